@@ -1,0 +1,208 @@
+"""Align faces onto a 5-point template with a similarity transform, and warp them back.
+
+A similarity (rotation, uniform scale, translation) keeps the face's proportions, so a smile is not
+squashed into a different expression; least squares over the five landmarks spreads detection noise
+over all of them. Every face keeps its transform (source pixel -> aligned pixel) so the video
+pipeline can paste an edited face back exactly where it came from.
+
+Coordinates are pixel-index coordinates (pixel ``i`` is centred on ``i``), as MTCNN and OpenCV use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from exaug.device import resolve_device
+from exaug.faces.detect import ImageFaces
+
+# Landmarks of the ArcFace/InsightFace 112x112 crop, the de-facto input of face-recognition training.
+_ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+# exaug's GAN crop: the ArcFace points pulled towards the centre so forehead, chin and cheeks (where
+# expressions show) are inside the square. Values are fractions of the side.
+_EXAUG_UNIT = np.array(
+    [[0.3450, 0.4050], [0.6550, 0.4050], [0.5000, 0.5650], [0.3700, 0.7200], [0.6300, 0.7200]],
+    dtype=np.float64,
+)
+_TEMPLATES = {"exaug": (_EXAUG_UNIT, 128), "arcface": ((_ARCFACE_112 + 0.5) / 112.0, 112)}
+TEMPLATE_NAMES = tuple(_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class Template:
+    """Where the five landmarks go in an aligned ``size`` x ``size`` face."""
+
+    name: str
+    size: int
+    points: np.ndarray  # (5, 2) float64, pixel-index coordinates at ``size``
+
+
+def get_template(name: str = "exaug", size: int | None = None) -> Template:
+    """The named template scaled to ``size`` (default: 128 for exaug, 112 for arcface)."""
+    if name not in _TEMPLATES:
+        raise ValueError(f"unknown template {name!r}: use one of {', '.join(TEMPLATE_NAMES)}")
+    unit, default_size = _TEMPLATES[name]
+    size = size or default_size
+    return Template(name, size, unit * size - 0.5)
+
+
+def estimate_similarity(points: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Least-squares similarity transforms mapping each ``(5,2)`` landmark set onto ``template``.
+
+    Closed form (no reflection): for centred points s and d, a = sum(s.d)/|s|^2 and
+    b = sum(s x d)/|s|^2 give the rotation-scale [[a, -b], [b, a]]. Returns ``(n, 2, 3)``.
+    """
+    points = points.to(torch.float64)
+    template = template.to(points)
+    src_mean, dst_mean = points.mean(1, keepdim=True), template.mean(0)
+    s, d = points - src_mean, template - dst_mean
+    norm = (s**2).sum((1, 2)).clamp_min(1e-12)
+    a = (s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1]).sum(1) / norm
+    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(1) / norm
+    rotation = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)
+    shift = dst_mean - (rotation @ src_mean.transpose(1, 2)).squeeze(-1)
+    return torch.cat([rotation, shift[..., None]], -1).float()
+
+
+def invert_affine(transforms: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``(n, 2, 3)`` affine transforms."""
+    linear_inv = torch.linalg.inv(transforms[..., :2].double())
+    shift = -(linear_inv @ transforms[..., 2:].double())
+    return torch.cat([linear_inv, shift], -1).to(transforms.dtype)
+
+
+def apply_affine(transforms: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Map ``(n, k, 2)`` points through ``(n, 2, 3)`` transforms."""
+    return points @ transforms[..., :2].transpose(1, 2) + transforms[..., 2][:, None, :]
+
+
+def _pixel_grid(height: int, width: int, device: torch.device, x0: float = 0, y0: float = 0) -> torch.Tensor:
+    ys = torch.arange(height, device=device, dtype=torch.float32) + y0
+    xs = torch.arange(width, device=device, dtype=torch.float32) + x0
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y], -1).reshape(1, -1, 2)
+
+
+def _square_corners(size: int, device: torch.device) -> torch.Tensor:
+    """The outer pixel edges of an aligned face, ``(1, 4, 2)``: its footprint in the source is their image."""
+    return torch.tensor([[[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]]], device=device)
+
+
+def _normalise(coords: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pixel-index coordinates to grid_sample's [-1, 1] (align_corners=False)."""
+    scale = torch.tensor([2.0 / width, 2.0 / height], device=coords.device)
+    return (coords + 0.5) * scale - 1.0
+
+
+def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torch.Tensor:
+    """Aligned ``(n, C, size, size)`` float faces from one ``(C, H, W)`` float image.
+
+    Two steps keep small faces sharp and large ones free of aliasing: ``roi_align`` box-filters
+    each face's footprint into a crop at twice the output resolution (all faces of the image in
+    one call), then ``grid_sample`` applies the rotation from that crop.
+    """
+    n = transforms.shape[0]
+    if n == 0:
+        return image.new_zeros((0, image.shape[0], size, size))
+    to_source = invert_affine(transforms)
+    footprint = apply_affine(to_source, _square_corners(size, image.device).expand(n, 4, 2))
+    low, high = footprint.amin(1), footprint.amax(1)  # (n, 2): x0, y0 / x1, y1 (pixel edges)
+    crop = 2 * size
+    boxes = torch.cat([torch.zeros(n, 1, device=image.device), low + 0.5, high + 0.5], 1)
+    crops = roi_align(image[None], boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    step = (high - low) / crop  # source pixels per crop pixel, per axis
+    source = apply_affine(to_source, _pixel_grid(size, size, image.device).expand(n, -1, -1))
+    in_crop = (source - low[:, None, :]) / step[:, None, :] - 0.5  # crop pixel u spans low + [u, u+1) * step
+    grid = _normalise(in_crop, crop, crop).reshape(n, size, size, 2)
+    return F.grid_sample(crops, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@dataclass
+class Patch:
+    """An aligned face warped back into its source image: ``pixels`` cover rows top.. and cols left..."""
+
+    pixels: torch.Tensor  # (C, h, w)
+    top: int
+    left: int
+
+
+def unwarp_faces(faces: torch.Tensor, transforms: torch.Tensor, image_size: tuple[int, int]) -> list[Patch]:
+    """Warp aligned ``(n, C, S, S)`` faces back into the source frame (the inverse of warp_faces).
+
+    Each face comes back as a patch over the bounding box of its footprint, clipped to the image;
+    any extra channel (a blending mask, say) is warped with the same sampling.
+    """
+    height, width = image_size
+    size = faces.shape[-1]
+    to_source = invert_affine(transforms)
+    edges = _square_corners(size, faces.device)
+    patches = []
+    for face, forward, backward in zip(faces, transforms, to_source):
+        corners = apply_affine(backward[None], edges)[0]
+        left, top = (int(max(0, np.floor(v))) for v in corners.amin(0).tolist())
+        right = int(min(width, np.ceil(corners[:, 0].max().item()) + 1))
+        bottom = int(min(height, np.ceil(corners[:, 1].max().item()) + 1))
+        if right <= left or bottom <= top:
+            continue
+        pixels = apply_affine(forward[None], _pixel_grid(bottom - top, right - left, faces.device, left, top))
+        grid = _normalise(pixels, size, size).reshape(1, bottom - top, right - left, 2)
+        warped = F.grid_sample(face[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        patches.append(Patch(warped[0], top, left))
+    return patches
+
+
+@dataclass
+class AlignedFaces:
+    """Aligned faces of a batch of images, with what is needed to trace each back to its source."""
+
+    images: torch.Tensor  # (n, 3, S, S) uint8 RGB, on the aligner's device
+    transforms: torch.Tensor  # (n, 2, 3) float32: source pixel -> aligned pixel
+    image_index: np.ndarray  # (n,) which input image each face came from
+    face_index: np.ndarray  # (n,) which face of that image (0 = most probable)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+class FaceAligner:
+    """Warps detected faces onto a template on one device, every face of an image in one call."""
+
+    def __init__(self, template: Template | str = "exaug", size: int | None = None, device: str | torch.device = "auto"):
+        self.template = get_template(template, size) if isinstance(template, str) else template
+        self.device = resolve_device(device)
+        self._points = torch.from_numpy(self.template.points).to(self.device)
+
+    @property
+    def size(self) -> int:
+        return self.template.size
+
+    def transforms_for(self, landmarks: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(n, 2, 3)`` transforms taking ``(n, 5, 2)`` landmarks onto the template."""
+        return estimate_similarity(torch.as_tensor(landmarks, device=self.device), self._points)
+
+    def align(self, images: Sequence[np.ndarray | torch.Tensor], faces: Sequence[ImageFaces]) -> AlignedFaces:
+        """Align every detected face of every ``HxWx3 uint8`` image."""
+        crops, transforms, image_index, face_index = [], [], [], []
+        for number, (image, found) in enumerate(zip(images, faces)):
+            if len(found) == 0:
+                continue
+            pixels = torch.as_tensor(image).to(self.device, non_blocking=True).permute(2, 0, 1).float()
+            matrices = self.transforms_for(found.landmarks)
+            crops.append(warp_faces(pixels, matrices, self.size).round_().clamp_(0, 255).to(torch.uint8))
+            transforms.append(matrices)
+            image_index += [number] * len(found)
+            face_index += range(len(found))
+        if not crops:
+            return AlignedFaces(
+                torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8, device=self.device),
+                torch.zeros((0, 2, 3), device=self.device), np.zeros(0, np.int64), np.zeros(0, np.int64),
+            )
+        return AlignedFaces(torch.cat(crops), torch.cat(transforms), np.array(image_index), np.array(face_index))

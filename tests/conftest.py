@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data beside the checkout, and a small trained test checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EXAUG_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def data_path(*parts: str) -> Path:
+    """A path under ../shared/data; a missing one fails the test loudly instead of skipping it."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"test data missing: {path} (set EXAUG_DATA to the folder holding faces/, video/, expressions/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    return data_path("faces")
+
+
+@pytest.fixture(scope="session")
+def people_dir() -> Path:
+    return data_path("faces", "people")
+
+
+@pytest.fixture(scope="session")
+def multiface_jpg() -> Path:
+    return data_path("faces", "groups", "multiface.jpg")
+
+
+@pytest.fixture(scope="session")
+def ckplus_dir() -> Path:
+    return data_path("expressions", "ckplus128")
+
+
+@pytest.fixture(scope="session")
+def video_clip() -> Path:
+    return data_path("video", "street_1080p_audio.mp4")
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
