@@ -1,0 +1,136 @@
+"""Detection finds every real face; alignment puts landmarks on the template; warps invert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exaug.faces import FaceAligner, FaceDetector
+from exaug.faces.align import apply_affine, estimate_similarity, get_template, unwarp_faces, warp_faces
+from exaug.io.images import load_image
+from exaug.io.sources import discover_sources
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector("cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(faces_dir):
+    sources = discover_sources(faces_dir)
+    return {source.relpath: load_image(source.path) for source in sources}
+
+
+@pytest.fixture(scope="module")
+def detections(detector, photos):
+    return dict(zip(photos, detector.detect(list(photos.values()))))
+
+
+def test_every_person_photo_yields_one_face(detections):
+    people = {name: found for name, found in detections.items() if name.startswith("people/")}
+    assert len(people) == 4
+    for name, found in people.items():
+        assert len(found) == 1, f"{name}: {len(found)} faces"
+        assert found.probs[0] > 0.95
+
+
+def test_group_photo_yields_its_six_faces(detections):
+    found = detections["groups/multiface.jpg"]
+    assert len(found) == 6
+    assert (np.diff(found.probs) <= 0).all(), "faces come most probable first"
+    boxes = found.boxes
+    assert len({round(x) for x in boxes[:, 0]}) == 6, "six distinct faces, not duplicates"
+
+
+def test_batched_detection_matches_one_image_at_a_time(detector, photos):
+    images = list(photos.values())
+    together = detector.detect(images)
+    alone = [detector.detect([image])[0] for image in images]
+    def clear_faces(found):  # faces near the size limit may appear at one pyramid scale only
+        return found.landmarks[np.minimum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1]) > 60]
+
+    for batched, single in zip(map(clear_faces, together), map(clear_faces, alone)):
+        assert len(batched) == len(single)
+        for points in batched:  # faces of equal probability may come in either order
+            nearest = min(single, key=lambda other: np.linalg.norm(other - points))
+            eye_distance = np.linalg.norm(points[0] - points[1])
+            assert np.linalg.norm(nearest - points, axis=1).max() < 0.15 * eye_distance
+
+
+def test_full_resolution_coordinates_after_downscaled_detection(people_dir):
+    """Detection runs on a downscaled copy, but landmarks must land on the full-resolution face."""
+    image = load_image(people_dir / "paul_rudd" / "1.jpg")  # 2048 px tall
+    coarse = FaceDetector("cpu", max_side=512).detect([image])[0]
+    fine = FaceDetector("cpu", max_side=2048).detect([image])[0]
+    eye_distance = np.linalg.norm(fine.landmarks[0, 0] - fine.landmarks[0, 1])
+    assert np.linalg.norm(coarse.landmarks[0] - fine.landmarks[0], axis=1).max() < 0.08 * eye_distance
+
+
+def test_largest_and_thresholds(detector, photos):
+    group = photos["groups/multiface.jpg"]
+    largest = FaceDetector("cpu", faces="largest").detect([group])[0]
+    everyone = detector.detect([group])[0]
+    areas = (everyone.boxes[:, 2] - everyone.boxes[:, 0]) * (everyone.boxes[:, 3] - everyone.boxes[:, 1])
+    assert len(largest) == 1 and np.allclose(largest.boxes[0], everyone.boxes[np.argmax(areas)])
+    assert len(FaceDetector("cpu", min_face_size=400).detect([group])[0]) == 0
+
+
+@pytest.mark.parametrize("template", ["exaug", "arcface"])
+def test_aligned_landmarks_land_on_the_template(detector, photos, detections, template):
+    """Re-detect the five points on every aligned real face: they sit on the template."""
+    aligner = FaceAligner(template, device="cpu")
+    images = list(photos.values())
+    aligned = aligner.align(images, [detections[name] for name in photos])
+    assert len(aligned) == 10 and aligned.images.shape[1:] == (3, aligner.size, aligner.size)
+    # MTCNN misplaces points of a face that touches the border; give it the margin a photo has.
+    margin = aligner.size // 2
+    padded = np.pad(aligned.images.permute(0, 2, 3, 1).numpy(), ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+    redetected = detector.detect(list(padded))
+    distances = np.array([np.linalg.norm(found.landmarks[0] - margin - aligner.template.points, axis=1).mean()
+                          for found in redetected])
+    # The residual is the face's own shape against the template plus MTCNN's noise: a few pixels.
+    assert (distances < 0.045 * aligner.size).all(), distances.round(2)
+    assert np.median(distances) < 0.035 * aligner.size, distances.round(2)
+
+
+def _blob_image(points: np.ndarray, height: int, width: int, sigma: float) -> torch.Tensor:
+    ys, xs = np.mgrid[0:height, 0:width]
+    image = sum(np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in points)
+    return torch.tensor(image, dtype=torch.float32)[None].repeat(3, 1, 1) * 255
+
+
+@pytest.mark.parametrize("scale, degrees", [(0.25, 0), (1.0, 15), (3.0, -30)])
+def test_warp_is_subpixel_exact(scale, degrees):
+    """Gaussian blobs at known points end up centred on the template, whatever the scale and roll."""
+    template = get_template("exaug", 128)
+    theta = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) / scale
+    source_points = (template.points - 64) @ rotation.T + [500, 400]
+    image = _blob_image(source_points, 800, 1000, sigma=2.0 / scale)
+    transform = estimate_similarity(torch.tensor(source_points)[None], torch.tensor(template.points))
+    assert torch.allclose(apply_affine(transform, torch.tensor(source_points, dtype=torch.float32)[None])[0],
+                          torch.tensor(template.points, dtype=torch.float32), atol=1e-3)
+    face = warp_faces(image, transform, 128)[0, 0].numpy()
+    for x, y in template.points:
+        x0, y0 = round(x), round(y)
+        window = face[y0 - 5:y0 + 6, x0 - 5:x0 + 6]
+        grid_y, grid_x = np.mgrid[y0 - 5:y0 + 6, x0 - 5:x0 + 6]
+        centre = ((window * grid_x).sum() / window.sum(), (window * grid_y).sum() / window.sum())
+        assert np.hypot(centre[0] - x, centre[1] - y) < 0.15
+
+
+def test_unwarp_puts_the_face_back(people_dir, detector):
+    """Align then warp back unchanged: the face region of the original is reproduced."""
+    image = load_image(people_dir / "kate_siegel" / "1.jpg")
+    found = detector.detect([image])
+    aligner = FaceAligner("exaug", 256, device="cpu")
+    aligned = aligner.align([image], found)
+    patch = unwarp_faces(aligned.images.float(), aligned.transforms, image.shape[:2])[0]
+    _, h, w = patch.pixels.shape
+    original = torch.from_numpy(image).permute(2, 0, 1).float()[:, patch.top:patch.top + h, patch.left:patch.left + w]
+    x0, y0, x1, y1 = (found[0].boxes[0] - [patch.left, patch.top, patch.left, patch.top]).astype(int)
+    inner = (slice(None), slice(y0 + 10, y1 - 10), slice(x0 + 10, x1 - 10))
+    error = (patch.pixels[inner] - original[inner]).abs().mean().item()
+    assert error < 4.0, f"mean error {error:.2f} grey levels inside the face"
