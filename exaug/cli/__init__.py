@@ -1,8 +1,7 @@
 """The ``exaug`` command: thin Typer commands over the library, one module per command.
 
 Commands parse their options and call library functions (the same ones the tests call). Every
-:class:`~exaug.errors.ExaugError` is printed as one line naming the file and the reason, exit code 2;
-Ctrl-C exits with 130 after the library has saved what it had.
+:class:`~exaug.errors.ExaugError` is printed as one line naming the file and the reason, exit code 2.
 """
 
 from __future__ import annotations
@@ -48,23 +47,9 @@ _register()
 
 
 def main() -> None:
-    """Entry point: user errors become one red line, not a traceback."""
+    """Entry point: user errors become one red line and exit code 2, not a traceback."""
     try:
-        app(standalone_mode=False)
+        app()
     except ExaugError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as err:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise

@@ -62,8 +62,8 @@ class FaceDetector:
         self.batch_size = batch_size
         self._mtcnn = MTCNN(keep_all=True, device=self.device, min_face_size=min_face_size, post_process=False)
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[ImageFaces]:
-        """Faces of each ``HxWx3 uint8`` RGB image, in the order given."""
+    def detect(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[ImageFaces]:
+        """Faces of each ``HxWx3 uint8`` RGB image (numpy, or a tensor already on the device), in order."""
         results: list[ImageFaces] = [ImageFaces.empty() for _ in images]
         scales = [min(1.0, self.max_side / max(image.shape[:2])) for image in images]
         for group in self._size_groups(images, scales):
@@ -71,7 +71,7 @@ class FaceDetector:
                 results[index] = found
         return results
 
-    def _size_groups(self, images: Sequence[np.ndarray], scales: list[float]) -> list[list[int]]:
+    def _size_groups(self, images: Sequence[np.ndarray | torch.Tensor], scales: list[float]) -> list[list[int]]:
         """Batches of images whose detection sizes are close, so padding to one canvas wastes little."""
         def detection_shape(i: int) -> tuple[int, int]:
             h, w = images[i].shape[:2]
@@ -80,11 +80,11 @@ class FaceDetector:
         order = sorted(range(len(images)), key=lambda i: (detection_shape(i)[0] > detection_shape(i)[1], detection_shape(i)))
         return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
-    def _detect_group(self, images: list[np.ndarray], scales: list[float]) -> list[ImageFaces]:
+    def _detect_group(self, images: list[np.ndarray | torch.Tensor], scales: list[float]) -> list[ImageFaces]:
         sizes = [(max(1, round(im.shape[0] * s)), max(1, round(im.shape[1] * s))) for im, s in zip(images, scales)]
         canvas = torch.zeros((len(images), max(h for h, _ in sizes), max(w for _, w in sizes), 3), device=self.device)
         for slot, (image, (h, w)) in enumerate(zip(images, sizes)):
-            pixels = torch.from_numpy(image).to(self.device, non_blocking=True)
+            pixels = torch.as_tensor(image).to(self.device, non_blocking=True)
             if (h, w) != image.shape[:2]:
                 resized = F.interpolate(pixels.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear",
                                         antialias=True, align_corners=False)

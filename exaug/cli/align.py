@@ -1,0 +1,39 @@
+"""``exaug align INPUT -o OUTPUT``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from exaug.cli.common import DEVICE, FACES, OVERWRITE, QUIET, DeviceChoice, FacesChoice, command_line, print_summary
+from exaug.pipelines.align import AlignOptions, align_dataset
+
+
+class TemplateChoice(str, Enum):
+    exaug = "exaug"
+    arcface = "arcface"
+
+
+def align_command(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Folder of images, of identity folders, or of expression folders."),
+    output: Path = typer.Option(..., "--output", "-o", help="A .h5/.hdf5 file, or a folder of PNGs with manifest.csv."),
+    template: TemplateChoice = typer.Option(TemplateChoice.exaug, help="exaug (128px, for the GAN) or arcface (112px, face recognition)."),
+    size: int = typer.Option(None, help="Output size in pixels (default: the template's)."),
+    faces: FacesChoice = FACES,
+    min_face_size: int = typer.Option(20, help="Smallest face to keep, in pixels of the original image."),
+    threshold: float = typer.Option(0.9, help="Smallest detection probability to keep."),
+    max_side: int = typer.Option(1024, help="Images are downscaled to this for detection (crops come from the original)."),
+    batch_size: int = typer.Option(16, help="Images detected together."),
+    workers: int = typer.Option(4, help="Threads decoding images ahead of detection."),
+    device: DeviceChoice = DEVICE,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+) -> None:
+    """Detect and align every face under INPUT (5-point similarity alignment)."""
+    options = AlignOptions(template=template.value, size=size, device=device.value, faces=faces.value,
+                           min_face_size=min_face_size, threshold=threshold, max_side=max_side,
+                           batch_size=batch_size, workers=workers)
+    summary = align_dataset(input_path, output, options, overwrite=overwrite, command=command_line(), show_progress=not quiet)
+    print_summary(summary)

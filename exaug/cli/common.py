@@ -1,0 +1,51 @@
+"""Options and output shared by the commands, so every command spells and reports them alike."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from enum import Enum
+
+import typer
+from rich.table import Table
+
+from exaug.pipelines.align import RunSummary
+from exaug.progress import console
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class FacesChoice(str, Enum):
+    all = "all"
+    largest = "largest"
+
+
+DEVICE = typer.Option(DeviceChoice.auto, "--device", help="auto picks CUDA when present.")
+FACES = typer.Option(FacesChoice.all, "--faces", help="Every face of an image, or only the largest.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def command_line() -> str:
+    """The command as typed, stored in outputs so a file says how it was made."""
+    return shlex.join(["exaug", *sys.argv[1:]])
+
+
+def print_summary(summary: RunSummary, what: str = "faces", max_failures: int = 20) -> None:
+    """A table of what the run did, then each failed input with its reason."""
+    table = Table(title=f"exaug: {summary.output}", show_header=False, title_justify="left")
+    table.add_row("images found", str(summary.sources))
+    if summary.resumed:
+        table.add_row("already done (resumed)", str(summary.resumed))
+    table.add_row(f"{what} written", str(summary.faces))
+    table.add_row("failed or faceless images", str(len(summary.failures)))
+    table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")
+    console.print(table)
+    for source, reason in summary.failures[:max_failures]:
+        console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
+    if len(summary.failures) > max_failures:
+        console.print(f"  ... and {len(summary.failures) - max_failures} more (all are recorded in the output)")

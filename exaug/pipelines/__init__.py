@@ -1,0 +1,1 @@
+"""Library entry points for each job: align, augment, video. The CLI and the tests both call these."""

@@ -1,0 +1,151 @@
+"""Stages shared by the pipelines: decode images ahead of use, then detect and align them.
+
+Decoding a JPEG costs about as much CPU time as detecting faces in it, and both can wait on disk,
+so images are decoded by a thread pool a few batches ahead (PIL releases the GIL while decoding),
+and :func:`in_background` lets the consumer of a stage (the generator on the GPU) run while the
+stage prepares the next batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from exaug.errors import ImageLoadError
+from exaug.faces.align import AlignedFaces, FaceAligner
+from exaug.faces.detect import FaceDetector, ImageFaces
+from exaug.io.images import load_image
+from exaug.io.sources import Source
+
+T = TypeVar("T")
+NO_FACE = "no face found"
+
+
+@dataclass
+class LoadedImage:
+    source: Source
+    pixels: np.ndarray | None  # HxWx3 uint8, None when it could not be read
+    error: str | None = None
+
+
+def _load(source: Source) -> LoadedImage:
+    try:
+        return LoadedImage(source, load_image(source.path))
+    except ImageLoadError as err:
+        return LoadedImage(source, None, err.reason)
+
+
+def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2) -> Iterator[list[LoadedImage]]:
+    """Batches of decoded images, in order, at most ``prefetch`` batches decoded ahead."""
+    starts = iter(range(0, len(sources), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="exaug-decode") as pool:
+        pending: deque[list] = deque()
+
+        def submit_next() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append([pool.submit(_load, source) for source in sources[start:start + batch_size]])
+
+        for _ in range(prefetch + 1):
+            submit_next()
+        while pending:
+            futures = pending.popleft()
+            submit_next()
+            yield [future.result() for future in futures]
+
+
+@dataclass
+class FaceBatch:
+    """One batch of sources after detection and alignment."""
+
+    sources: list[Source]  # every source of the batch, failed ones included: all are done once committed
+    aligned: AlignedFaces  # aligned.image_index indexes ``sources``
+    detections: list[ImageFaces]  # per source (empty for failures)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+
+
+def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetector, aligner: FaceAligner) -> Iterator[FaceBatch]:
+    """Detect faces in each decoded batch and align them; unreadable and faceless images become failures."""
+    for batch in batches:
+        readable = [item for item in batch if item.pixels is not None]
+        detections = detector.detect([item.pixels for item in readable]) if readable else []
+        by_source = {id(item): found for item, found in zip(readable, detections)}
+        per_source = [by_source.get(id(item), ImageFaces.empty()) for item in batch]
+        failures = [(item.source.relpath, item.error) for item in batch if item.error]
+        failures += [(item.source.relpath, NO_FACE) for item, found in zip(batch, per_source)
+                     if item.pixels is not None and len(found) == 0]
+        images = [item.pixels if item.pixels is not None else np.zeros((1, 1, 3), np.uint8) for item in batch]
+        aligned = aligner.align(images, per_source)
+        yield FaceBatch([item.source for item in batch], aligned, per_source, failures)
+
+
+def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Run ``items`` in a thread, ``depth`` ahead of the consumer; its exceptions re-raise here."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((True, finished))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            slots.put((False, err))
+
+    thread = threading.Thread(target=produce, name="exaug-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is finished:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+class StageTimer:
+    """Seconds spent per stage; waits for the GPU at each boundary so its time lands where it is spent."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def timed(self, items: Iterable[T], stage: str) -> Iterator[T]:
+        """Charge the time spent producing each item of ``items`` to ``stage``."""
+        iterator = iter(items)
+        while True:
+            with self(stage):
+                item = next(iterator, None)
+            if item is None:
+                return
+            yield item

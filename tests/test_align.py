@@ -1,0 +1,136 @@
+"""``exaug align`` end to end on the shared photos: rows, layouts, bad files, resume, CLI errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from exaug.expressions import EXPRESSIONS
+from exaug.io.store import read_faces
+from exaug.pipelines.align import AlignOptions, align_dataset
+
+
+def _exaug(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exaug", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def aligned_h5(tmp_path_factory, faces_dir) -> Path:
+    output = tmp_path_factory.mktemp("align") / "faces.h5"
+    align_dataset(faces_dir, output, show_progress=False)
+    return output
+
+
+def test_hdf5_rows_say_where_each_face_came_from(aligned_h5):
+    with read_faces(aligned_h5) as table:
+        assert len(table) == 10
+        sources = list(table.source)
+        assert sources.count("groups/multiface.jpg") == 6
+        for person in ["angelina_jolie", "kate_siegel", "paul_rudd", "shea_whigham"]:
+            assert sources.count(f"people/{person}/1.jpg") == 1
+        group_rows = np.flatnonzero(table.source == "groups/multiface.jpg")
+        assert sorted(table.face[group_rows]) == list(range(6))
+        assert set(table.identity) == {"groups", "angelina_jolie", "kate_siegel", "paul_rudd", "shea_whigham"}
+        assert (table.expression == -1).all() and not table.synthetic.any()
+        assert table.extra["landmarks"].shape == (10, 5, 2) and (table.extra["prob"] > 0.9).all()
+        assert table.images[0:10].shape == (10, 128, 128, 3)
+    with h5py.File(aligned_h5) as h5:
+        assert list(h5.attrs["expressions"]) == list(EXPRESSIONS)
+        assert h5.attrs["template"] == "exaug" and int(h5.attrs["size"]) == 128
+
+
+def test_transform_maps_landmarks_onto_the_template(aligned_h5):
+    from exaug.faces.align import get_template
+
+    with read_faces(aligned_h5) as table:
+        landmarks, transforms = table.extra["landmarks"], table.extra["transform"]
+    mapped = np.einsum("nij,nkj->nki", transforms[:, :, :2], landmarks) + transforms[:, None, :, 2]
+    assert np.linalg.norm(mapped - get_template("exaug").points, axis=2).mean() < 5
+
+
+def test_expression_folders_and_arcface_folder_output(tmp_path, people_dir):
+    for folder, person in [("Happiness", "paul_rudd"), ("angry", "kate_siegel")]:
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        shutil.copy(people_dir / person / "1.jpg", tmp_path / "in" / folder / f"{person}.jpg")
+    output = tmp_path / "out"
+    align_dataset(tmp_path / "in", output, AlignOptions(template="arcface"), show_progress=False)
+    manifest = (output / "manifest.csv").read_text().splitlines()
+    assert manifest[0].startswith("path,identity,expression,synthetic,source,face")
+    with read_faces(output) as table:
+        assert sorted(EXPRESSIONS[e] for e in table.expression) == ["anger", "happy"]
+        assert table.images[0].shape == (112, 112, 3)
+    pngs = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.png"))
+    assert pngs == ["anger/kate_siegel_f0_original.png", "happy/paul_rudd_f0_original.png"]
+
+
+def _folder_with_bad_files(root: Path, people_dir: Path, examples: Path) -> Path:
+    folder = root / "mixed"
+    folder.mkdir()
+    shutil.copy(people_dir / "paul_rudd" / "1.jpg", folder / "good.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    data = (people_dir / "kate_siegel" / "1.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.png").write_text("not a picture at all")
+    (folder / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    sky = Image.open(examples / "astronaut.png").convert("RGB").crop((380, 0, 512, 132))  # flag and sky, no face
+    sky.save(folder / "no_face.png")
+    return folder
+
+
+EXPECTED_FAILURES = {
+    "empty.jpg": "empty file",
+    "truncated.jpg": "truncated",
+    "notes.png": "not an image",
+    "phone.heic": "unsupported image format",
+    "no_face.png": "no face found",
+}
+
+
+def test_bad_files_are_reported_and_the_run_goes_on(tmp_path, people_dir):
+    folder = _folder_with_bad_files(tmp_path, people_dir, REPO / "examples")
+    result = _exaug("align", str(folder), "-o", str(tmp_path / "out.h5"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name, reason in EXPECTED_FAILURES.items():
+        assert any(name in line and reason in line for line in result.stderr.splitlines()), (name, result.stderr)
+    with read_faces(tmp_path / "out.h5") as table:
+        assert list(table.source) == ["good.jpg"]
+        recorded = dict(table.failures)
+    assert set(recorded) == set(EXPECTED_FAILURES)
+    assert all(reason in recorded[name] for name, reason in EXPECTED_FAILURES.items())
+
+
+def test_running_again_resumes_and_changes_nothing(aligned_h5, faces_dir, tmp_path):
+    copy = tmp_path / "again.h5"
+    shutil.copy(aligned_h5, copy)
+    summary = align_dataset(faces_dir, copy, show_progress=False)
+    assert summary.resumed == 5 and summary.faces == 0
+    with read_faces(copy) as again, read_faces(aligned_h5) as first:
+        assert np.array_equal(again.images[0:10], first.images[0:10])
+    other = align_dataset  # a different template is a different run: refused without --overwrite
+    from exaug.errors import ExaugError
+    with pytest.raises(ExaugError, match="overwrite"):
+        other(faces_dir, copy, AlignOptions(template="arcface"), show_progress=False)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    missing = _exaug("align", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o.h5"))
+    assert missing.returncode == 2 and "nowhere: no such file or folder" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = _exaug("align", str(tmp_path / "empty"), "-o", str(tmp_path / "o.h5"))
+    assert empty.returncode == 2 and "no image files found" in empty.stderr and "Traceback" not in empty.stderr
+    usage = _exaug("align")
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+
+
+def test_help_lists_only_finished_commands():
+    result = _exaug("--help")
+    assert result.returncode == 0 and "align" in result.stdout
