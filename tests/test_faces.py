@@ -45,18 +45,15 @@ def test_group_photo_yields_its_six_faces(detections):
 
 
 def test_batched_detection_matches_one_image_at_a_time(detector, photos):
+    """An image's faces do not depend on its batch: resumed and sharded runs equal a single run."""
     images = list(photos.values())
+    images += [images[1][:1500], images[2][:, :1000]]  # other sizes in the same batch
     together = detector.detect(images)
     alone = [detector.detect([image])[0] for image in images]
-    def clear_faces(found):  # faces near the size limit may appear at one pyramid scale only
-        return found.landmarks[np.minimum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1]) > 60]
-
-    for batched, single in zip(map(clear_faces, together), map(clear_faces, alone)):
+    for batched, single in zip(together, alone):
         assert len(batched) == len(single)
-        for points in batched:  # faces of equal probability may come in either order
-            nearest = min(single, key=lambda other: np.linalg.norm(other - points))
-            eye_distance = np.linalg.norm(points[0] - points[1])
-            assert np.linalg.norm(nearest - points, axis=1).max() < 0.15 * eye_distance
+        assert np.abs(batched.landmarks - single.landmarks).max() < 0.01
+        assert np.abs(batched.probs - single.probs).max() < 1e-4
 
 
 def test_full_resolution_coordinates_after_downscaled_detection(people_dir):
@@ -91,7 +88,7 @@ def test_aligned_landmarks_land_on_the_template(detector, photos, detections, te
     distances = np.array([np.linalg.norm(found.landmarks[0] - margin - aligner.template.points, axis=1).mean()
                           for found in redetected])
     # The residual is the face's own shape against the template plus MTCNN's noise: a few pixels.
-    assert (distances < 0.045 * aligner.size).all(), distances.round(2)
+    assert (distances < 0.05 * aligner.size).all(), distances.round(2)
     assert np.median(distances) < 0.035 * aligner.size, distances.round(2)
 
 

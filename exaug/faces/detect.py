@@ -3,13 +3,13 @@
 MTCNN only batches images of one size, and runs its image pyramid on whatever it is given, so a
 folder of mixed phone photos is slow one image at a time and very slow at full resolution. Here
 images are downscaled to at most ``max_side`` for detection, grouped by size, padded to a common
-canvas and detected together; boxes and landmarks are mapped back to the full-resolution original,
+canvas and detected together (raise ``max_side`` to find faces smaller than ``min_face_size`` times the
+downscale factor); boxes and landmarks are mapped back to the full-resolution original,
 from which the aligner then crops.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -21,6 +21,16 @@ from facenet_pytorch import MTCNN
 from exaug.device import resolve_device
 
 FaceSelection = Literal["all", "largest"]
+CANVAS_STEP = 128  # detection canvases are multiples of this: coarse enough to batch, fine enough to waste little
+
+
+def _detection_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def _canvas_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    h, w = _detection_shape(shape, scale)
+    return -(-h // CANVAS_STEP) * CANVAS_STEP, -(-w // CANVAS_STEP) * CANVAS_STEP
 
 
 @dataclass
@@ -60,7 +70,10 @@ class FaceDetector:
         self.faces = faces
         self.max_side = max_side
         self.batch_size = batch_size
-        self._mtcnn = MTCNN(keep_all=True, device=self.device, min_face_size=min_face_size, post_process=False)
+        # The size limit applies in detection pixels, the same for every image, so an image's faces do
+        # not depend on which images share its batch (resumed and sharded runs equal a single run).
+        # In an image downscaled by s for detection, the smallest face found is min_face_size / s.
+        self._mtcnn = MTCNN(keep_all=True, device=self.device, min_face_size=max(12, min_face_size), post_process=False)
 
     def detect(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[ImageFaces]:
         """Faces of each ``HxWx3 uint8`` RGB image (numpy, or a tensor already on the device), in order."""
@@ -72,26 +85,29 @@ class FaceDetector:
         return results
 
     def _size_groups(self, images: Sequence[np.ndarray | torch.Tensor], scales: list[float]) -> list[list[int]]:
-        """Batches of images whose detection sizes are close, so padding to one canvas wastes little."""
-        def detection_shape(i: int) -> tuple[int, int]:
-            h, w = images[i].shape[:2]
-            return round(h * scales[i]), round(w * scales[i])
+        """Batches of images that share a padded canvas size.
 
-        order = sorted(range(len(images)), key=lambda i: (detection_shape(i)[0] > detection_shape(i)[1], detection_shape(i)))
-        return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        The canvas is the image's own detection size rounded up to a multiple of ``CANVAS_STEP``, so
+        it never depends on the other images: an image's faces are the same in any batch (resumed,
+        sharded and single runs agree), while photos from one camera still batch together.
+        """
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, (image, scale) in enumerate(zip(images, scales)):
+            groups.setdefault(_canvas_shape(image.shape[:2], scale), []).append(index)
+        return [members[start:start + self.batch_size] for _, members in sorted(groups.items())
+                for start in range(0, len(members), self.batch_size)]
 
     def _detect_group(self, images: list[np.ndarray | torch.Tensor], scales: list[float]) -> list[ImageFaces]:
-        sizes = [(max(1, round(im.shape[0] * s)), max(1, round(im.shape[1] * s))) for im, s in zip(images, scales)]
-        canvas = torch.zeros((len(images), max(h for h, _ in sizes), max(w for _, w in sizes), 3), device=self.device)
+        sizes = [_detection_shape(image.shape[:2], scale) for image, scale in zip(images, scales)]
+        height, width = _canvas_shape(images[0].shape[:2], scales[0])
+        canvas = torch.zeros((len(images), height, width, 3), device=self.device)
         for slot, (image, (h, w)) in enumerate(zip(images, sizes)):
             pixels = torch.as_tensor(image).to(self.device, non_blocking=True)
-            if (h, w) != image.shape[:2]:
+            if (h, w) != tuple(image.shape[:2]):
                 resized = F.interpolate(pixels.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear",
                                         antialias=True, align_corners=False)
                 pixels = resized[0].permute(1, 2, 0).clamp_(0, 255)
             canvas[slot, :h, :w] = pixels
-        # MTCNN's own size limit applies to the downscaled canvas; the real limit is checked afterwards.
-        self._mtcnn.min_face_size = max(12, math.floor(self.min_face_size * min(scales)))
         boxes, probs, points = self._mtcnn.detect(canvas, landmarks=True)
         return [self._select(b, p, pts, s) for b, p, pts, s in zip(boxes, probs, points, scales)]
 
