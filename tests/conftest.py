@@ -48,3 +48,20 @@ def video_clip() -> Path:
 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def test_checkpoint(tmp_path_factory) -> Path:
+    """A tiny luma generator (64 px) trained for a few steps on CK+ crops: real weights in seconds.
+
+    Its faces are not convincing, but every path a real model takes (luma with kept chroma, the
+    source estimator, fp32 on CPU) runs through it.
+    """
+    from exaug.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("checkpoint") / "run"
+    config = TrainConfig(data=str(data_path("expressions", "ckplus128")), output=str(run), image_size=64,
+                         channels=1, conv_dim=8, repeat_num=1, iters=4, batch_size=4, n_critic=2, align=False,
+                         sample_every=100, save_every=100, log_every=1, workers=0, device="cpu",
+                         val_subjects="2", n_samples=2)
+    return train(config)

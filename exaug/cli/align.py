@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
-from exaug.cli.common import DEVICE, FACES, OVERWRITE, QUIET, DeviceChoice, FacesChoice, command_line, print_summary
+from exaug.cli.common import (DEVICE, FACES, OVERWRITE, QUIET, DeviceChoice, FacesChoice, TemplateChoice, command_line,
+                              print_summary)
 from exaug.pipelines.align import AlignOptions, align_dataset
-
-
-class TemplateChoice(str, Enum):
-    exaug = "exaug"
-    arcface = "arcface"
 
 
 def align_command(

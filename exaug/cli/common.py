@@ -19,6 +19,11 @@ class DeviceChoice(str, Enum):
     cuda = "cuda"
 
 
+class TemplateChoice(str, Enum):
+    exaug = "exaug"
+    arcface = "arcface"
+
+
 class FacesChoice(str, Enum):
     all = "all"
     largest = "largest"

@@ -43,6 +43,7 @@ _COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 _CHUNK_BYTES = 256 * 1024  # small enough that reading one random face decompresses little
 _COPY_ROWS = 256  # rows held in memory at a time while consolidating
 _FOLDER_PARTS = ".exaug-parts"
+_FOLDER_INFO = "exaug.json"  # run key, attrs, extra-column shapes; also marks a folder as exaug's own
 _PNG_THREADS = 8
 _MANIFEST_COLUMNS = ("path", "identity", "expression", "synthetic", "source", "face")
 _RESERVED_ATTRS = ("run_key", "json_attrs")
@@ -493,7 +494,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _read_folder_table(root: Path) -> FaceTable:
-    info = json.loads((root / "exaug.json").read_text()) if (root / "exaug.json").is_file() else {}
+    info = json.loads((root / _FOLDER_INFO).read_text()) if (root / _FOLDER_INFO).is_file() else {}
     rows = _read_csv(root / "manifest.csv")
     failures = _read_csv(root / "failures.csv") if (root / "failures.csv").is_file() else []
     identities: dict[str, int] = {}
@@ -800,11 +801,11 @@ class _FolderWriter(FaceWriter):
         return self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir()))
 
     def _existing_run_key(self) -> dict[str, Any] | None:
-        info = self.output / "exaug.json"
+        info = self.output / _FOLDER_INFO
         return json.loads(info.read_text()).get("run_key") if info.is_file() else None
 
     def _remove_output(self) -> None:
-        if self._output_exists() and not (self.output / "exaug.json").is_file() and not self.parts_dir.is_dir():
+        if self._output_exists() and not (self.output / _FOLDER_INFO).is_file() and not self.parts_dir.is_dir():
             raise ExaugError(f"{self.output} exists and was not written by exaug; --overwrite will not delete it")
         _remove_tree(self.output)
 
@@ -830,7 +831,7 @@ class _FolderWriter(FaceWriter):
         self.output.mkdir(parents=True, exist_ok=True)
         columns = {name: {"dtype": str(values.dtype), "shape": list(values.shape[1:])}
                    for name, values in ledger.extra.items()}
-        with _replacing(self.output / "exaug.json") as temporary:
+        with _replacing(self.output / _FOLDER_INFO) as temporary:
             temporary.write_text(json.dumps({"run_key": self.run_key, "attrs": self.attrs, "columns": columns},
                                             indent=2))
         _write_csv(self.output / "failures.csv", ("source", "reason"), ledger.failures)
@@ -861,8 +862,8 @@ def open_writer(output: Path | str, *, run_key: dict[str, Any], attrs: dict[str,
 def is_face_table(path: Path | str) -> bool:
     """Whether ``path`` is an output of align/augment (either form), finished or not."""
     path = Path(path)
-    if path.is_dir():
-        return (path / "manifest.csv").is_file()
+    if path.is_dir():  # datasets ship manifest.csv files of their own (CK+ does): exaug.json is ours
+        return (path / "manifest.csv").is_file() and (path / _FOLDER_INFO).is_file()
     if not (path.is_file() and h5py.is_hdf5(path)):
         return False
     with h5py.File(path, "r") as h5:

@@ -1,0 +1,63 @@
+"""``exaug augment INPUT -o OUTPUT`` and ``exaug merge PARTS... -o OUT.h5``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from exaug.cli.common import DEVICE, FACES, OVERWRITE, QUIET, DeviceChoice, FacesChoice, command_line, print_summary
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS, parse_expressions
+from exaug.model.checkpoint import resolve_checkpoint
+from exaug.model.default import model_path
+from exaug.model.generator import ExpressionGenerator
+from exaug.io.store import merge
+from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash, shard_from_environment
+from exaug.progress import console
+
+
+def augment_command(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Identity folders, a flat folder, or an aligned .h5 from exaug align."),
+    output: Path = typer.Option(..., "--output", "-o", help="A .h5/.hdf5 file, or a folder (ImageFolder layout)."),
+    all_emotions: bool = typer.Option(False, "--all-emotions", help="All eight expressions (the default when --emotion is not given)."),
+    emotion: str = typer.Option(None, "--emotion", help=f"Comma list of targets: {', '.join(EXPRESSIONS)}."),
+    model: Path = typer.Option(None, "--model", help="Generator file or training run folder (default: the bundled model)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Generator faces per forward pass (default: 128 on CUDA, 16 on CPU)."),
+    size: int = typer.Option(None, "--size", help="Output face size in pixels (default: the model's)."),
+    faces: FacesChoice = FACES,
+    intensity: float = typer.Option(1.0, "--intensity", min=0.0, max=1.0, help="0 keeps the face's expression, 1 the full target."),
+    preview: Path = typer.Option(None, "--preview", help="Also write a PNG sheet: rows faces, columns original + targets."),
+    num_shards: int = typer.Option(None, "--num-shards", help="Split the sources into N shards (default: $WORLD_SIZE or 1)."),
+    shard_index: int = typer.Option(None, "--shard-index", help="Which shard this run writes (default: $RANK or 0)."),
+    workers: int = typer.Option(4, help="Threads decoding images ahead of detection."),
+    device: DeviceChoice = DEVICE,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+) -> None:
+    """Write every face of INPUT as it is and in each target expression."""
+    if all_emotions and emotion:
+        raise ExaugError("give either --all-emotions or --emotion, not both")
+    try:
+        expressions = parse_expressions(emotion) if emotion else list(EXPRESSIONS)
+    except ValueError as err:
+        raise ExaugError(f"--emotion: {err}") from err
+    checkpoint = model_path(model)
+    generator = ExpressionGenerator.load(checkpoint, device.value, max_batch=batch_size)
+    shards, index = shard_from_environment(num_shards, shard_index)
+    options = AugmentOptions(expressions=expressions, intensity=intensity, size=size, faces=faces.value,
+                             workers=workers, num_shards=shards, shard_index=index, preview=preview)
+    summary = augment_dataset(input_path, output, generator, file_hash(resolve_checkpoint(checkpoint)), options,
+                              overwrite=overwrite, command=command_line(), show_progress=not quiet)
+    print_summary(summary)
+    if preview:
+        console.print(f"preview: {preview}")
+
+
+def merge_command(
+    parts: list[Path] = typer.Argument(..., metavar="PARTS...", help="Finished outputs of the shards, in shard order."),
+    output: Path = typer.Option(..., "--output", "-o", help="The joined .h5 file."),
+) -> None:
+    """Join the outputs of sharded runs into one HDF5 file with the same layout."""
+    merge(parts, output)
+    console.print(f"merged {len(parts)} parts into {output}")

@@ -1,0 +1,182 @@
+"""Checkpoint files: a small inference file and, apart from it, the state training resumes from.
+
+Both are plain dicts of tensors, numbers and strings (metadata as a JSON string), so they load with
+``torch.load(weights_only=True)``: opening a checkpoint never runs code from it. Both are written
+atomically (temp file, fsync, rename), so a crash or Ctrl-C mid-write leaves the previous file.
+
+The inference file holds G, the small source estimator (see
+:class:`~exaug.model.networks.ExpressionClassifier`) and metadata: expressions, image size, channels,
+mode, alignment template, a summary of the training data, steps and the exaug version. The training
+state holds D, the optimisers, the step and the RNG states, and is only needed to resume.
+
+A run directory names its newest pair in ``latest`` (JSON, replaced atomically); anything that
+takes a checkpoint path also takes the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from exaug import __version__
+from exaug.errors import ExaugError
+from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
+
+GENERATOR_FORMAT = "exaug.generator"
+STATE_FORMAT = "exaug.train-state"
+FORMAT_VERSION = 1
+LATEST = "latest"
+
+
+def atomic_write(path: Path, write: Any) -> Path:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def cpu_state_dict(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """CPU tensors (DDP's ``module.`` prefix never reaches a file)."""
+    module = getattr(module, "module", module)
+    return {name: (t.detach().to("cpu", dtype) if dtype and t.is_floating_point() else t.detach().cpu())
+            for name, t in module.state_dict().items()}
+
+
+def generator_metadata(model: ModelConfig, *, expressions: list[str] | tuple[str, ...], template: str | None,
+                       data: Mapping[str, Any], steps: int,
+                       training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata an inference file carries: enough to rebuild G and to say what it was trained on."""
+    return {
+        "expressions": list(expressions),
+        "image_size": model.image_size,
+        "channels": model.channels,
+        "mode": "rgb" if model.channels == 3 else "luma",
+        "model": asdict(model),
+        "template": template,
+        "data": dict(data),
+        "steps": steps,
+        "training": dict(training or {}),
+        "exaug_version": __version__,
+    }
+
+
+def save_generator(path: Path, generator: nn.Module, source_estimator: nn.Module, meta: Mapping[str, Any], *,
+                   half: bool = False) -> Path:
+    """Write the inference file; ``half`` stores weights in fp16 (half the size, outputs within a
+    grey level or two), which is how the default model ships inside the package."""
+    dtype = torch.float16 if half else None
+    payload = {
+        "format": GENERATOR_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": json.dumps({**meta, "dtype": "float16" if half else "float32"}),
+        "generator": cpu_state_dict(generator, dtype),
+        "source_estimator": cpu_state_dict(source_estimator, dtype),
+    }
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def save_state(path: Path, state: Mapping[str, Any]) -> Path:
+    """Write a training state (a dict of state dicts, numbers and strings)."""
+    return atomic_write(path, lambda handle: torch.save({"format": STATE_FORMAT, "format_version": FORMAT_VERSION,
+                                                         **state}, handle))
+
+
+def _load(path: Path, expected: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with every way a file can be wrong turned into one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExaugError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise ExaugError(f"{path}: not a readable checkpoint (corrupt or truncated, or not a checkpoint at all)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ExaugError(f"{path}: not an exaug checkpoint (it holds Python objects, e.g. a whole pickled model, "
+                         "not just tensors; those are never loaded, as loading them could run code)") from err
+    except Exception as err:  # zip, EOF and storage errors from a damaged archive
+        raise ExaugError(f"{path}: not a readable checkpoint (corrupt or truncated?): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") not in (GENERATOR_FORMAT, STATE_FORMAT):
+        raise ExaugError(f"{path}: not an exaug checkpoint")
+    if payload["format"] != expected:
+        wanted = "an inference (generator) file" if expected == GENERATOR_FORMAT else "a training state file"
+        raise ExaugError(f"{path}: this is a {payload['format']} file; {wanted} is needed here")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ExaugError(f"{path}: written by a newer exaug (format {payload['format_version']}); upgrade exaug")
+    return payload
+
+
+def resolve_checkpoint(path: Path, kind: str = "generator") -> Path:
+    """A checkpoint file as given, or the newest ``kind`` ("generator" or "state") of a run directory."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    latest = read_latest(path)
+    if latest is None:
+        raise ExaugError(f"{path}: a directory without a '{LATEST}' checkpoint pointer (not a training run?)")
+    try:
+        return path / latest[kind]
+    except (KeyError, TypeError):
+        raise ExaugError(f"{path / LATEST}: unreadable checkpoint pointer (no {kind!r} entry)") from None
+
+
+def read_latest(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``latest`` pointer ({"step", "generator", "state"}), or None before its first save."""
+    pointer = Path(run_dir) / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        return json.loads(pointer.read_text())
+    except ValueError as err:
+        raise ExaugError(f"{pointer}: unreadable checkpoint pointer ({err})") from err
+
+
+def write_latest(run_dir: Path, step: int, generator: Path, state: Path) -> None:
+    run_dir = Path(run_dir)
+    text = json.dumps({"step": step, "generator": str(generator.relative_to(run_dir)),
+                       "state": str(state.relative_to(run_dir))})
+    atomic_write(run_dir / LATEST, lambda handle: handle.write(text.encode() + b"\n"))
+
+
+def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[str, Any]]:
+    """Rebuild G and the source estimator (fp32, CPU) from an inference file or a run directory."""
+    path = resolve_checkpoint(path, "generator")
+    payload = _load(path, GENERATOR_FORMAT)
+    try:
+        meta = json.loads(payload["meta"])
+        config = ModelConfig(**meta["model"])
+        generator, estimator = Generator(config), ExpressionClassifier(config)
+        for module, key in ((generator, "generator"), (estimator, "source_estimator")):
+            module.load_state_dict({name: t.float() for name, t in payload[key].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ExaugError(f"{path}: damaged exaug checkpoint (weights do not match its metadata): {err}") from err
+    return generator.eval(), estimator.eval(), meta
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A training state from a state file or a run directory."""
+    return _load(resolve_checkpoint(path, "state"), STATE_FORMAT)

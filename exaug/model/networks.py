@@ -1,0 +1,147 @@
+"""The networks: StarGAN's generator and discriminator, and the small classifier shipped beside G.
+
+The generator sees the face and the target expression as a one-hot label tiled over the image; the
+discriminator is a PatchGAN (a real/fake score per patch) with an auxiliary expression classifier
+(Choi et al., StarGAN, CVPR 2018). Two departures from the paper, both for keeping identity:
+
+* an optional attention mask (Pumarola et al., GANimation, ECCV 2018): G also predicts a mask A and
+  outputs ``A * x + (1 - A) * C``, so pixels the expression does not touch (hair, background,
+  glasses) are copied from the input instead of being redrawn. It is on by default because keeping
+  identity is exaug's whole point and it costs one 7x7 convolution.
+* instance norm without running statistics, so a face is rendered the same whether it is alone or
+  in a batch of 64, in training and at inference.
+
+Sizes, widths, depth and channels are :class:`ModelConfig`, stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from exaug.expressions import EXPRESSIONS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild G and D; StarGAN's 128px defaults.
+
+    ``channels`` is 3 for an RGB model and 1 for a luma model (trained on greyscale data; at
+    inference it edits the Y channel of colour faces and keeps their chroma). ``conv_dim`` is the
+    width of G's first layer and of D's first layer, as in StarGAN.
+    """
+
+    image_size: int = 128
+    channels: int = 3
+    conv_dim: int = 64
+    repeat_num: int = 6
+    attention: bool = True
+    num_expressions: int = len(EXPRESSIONS)
+
+    def __post_init__(self) -> None:
+        if self.image_size not in (32, 64, 128, 256, 512):
+            raise ValueError(f"image size must be a power of two from 32 to 512, not {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (luma) or 3 (RGB), not {self.channels}")
+        if self.conv_dim < 1 or self.repeat_num < 0:
+            raise ValueError("conv_dim must be positive and repeat_num non-negative")
+
+    @property
+    def d_repeat_num(self) -> int:
+        """D's stride-2 layers: down to 2x2 patches, at most StarGAN's six (4x4 patches at 256px)."""
+        return min(6, self.image_size.bit_length() - 2)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.InstanceNorm2d(dim, affine=True), nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.InstanceNorm2d(dim, affine=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.main(x)
+
+
+class Generator(nn.Module):
+    """7x7 conv, two stride-2 down-samplings, residual blocks, two up-samplings, tanh."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dim = config.conv_dim
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.channels + config.num_expressions, dim, 7, 1, 3, bias=False),
+            nn.InstanceNorm2d(dim, affine=True), nn.ReLU(inplace=True),
+        ]
+        for _ in range(2):
+            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1, bias=False), nn.InstanceNorm2d(dim * 2, affine=True),
+                       nn.ReLU(inplace=True)]
+            dim *= 2
+        layers += [ResidualBlock(dim) for _ in range(config.repeat_num)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False),
+                       nn.InstanceNorm2d(dim // 2, affine=True), nn.ReLU(inplace=True)]
+            dim //= 2
+        self.body = nn.Sequential(*layers)
+        self.color = nn.Sequential(nn.Conv2d(dim, config.channels, 7, 1, 3, bias=False), nn.Tanh())
+        self.attention = (nn.Sequential(nn.Conv2d(dim, 1, 7, 1, 3, bias=False), nn.Sigmoid())
+                          if config.attention else None)
+
+    def forward(self, x: Tensor, label: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``x`` in [-1, 1], ``label`` (N, 8) (one-hot, or a blend for partial intensity).
+
+        Returns the edited face and the attention mask (1 = keep the input pixel), or None without one.
+        """
+        tiled = label.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        features = self.body(torch.cat([x, tiled], dim=1))
+        color = self.color(features)
+        if self.attention is None:
+            return color, None
+        mask = self.attention(features)
+        return mask * x + (1 - mask) * color, mask
+
+
+class Discriminator(nn.Module):
+    """PatchGAN critic with an auxiliary expression classifier sharing its features."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dim = config.conv_dim
+        layers: list[nn.Module] = [nn.Conv2d(config.channels, dim, 4, 2, 1), nn.LeakyReLU(0.01)]
+        for _ in range(1, config.d_repeat_num):
+            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1), nn.LeakyReLU(0.01)]
+            dim *= 2
+        self.main = nn.Sequential(*layers)
+        self.src = nn.Conv2d(dim, 1, 3, 1, 1, bias=False)
+        self.cls = nn.Conv2d(dim, config.num_expressions, config.image_size >> config.d_repeat_num, bias=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-patch realness scores (N, 1, P, P) and expression logits (N, 8)."""
+        features = self.main(x)
+        return self.src(features), self.cls(features).flatten(1)
+
+
+class ExpressionClassifier(nn.Module):
+    """The source estimator: which expression does a real face show?
+
+    Partial intensity blends the target label with the source expression, which a caller often
+    does not know. D's classifier head knows it, but D is several times G's size, so a separate
+    classifier of about 0.2M parameters is trained on the same real faces and shipped with G.
+    """
+
+    def __init__(self, config: ModelConfig, widths: tuple[int, ...] = (16, 32, 64, 128)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = config.channels
+        for width in widths:
+            layers += [nn.Conv2d(previous, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            previous = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(previous, config.num_expressions)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Expression logits (N, 8) for faces in [-1, 1]."""
+        return self.head(self.features(x))

@@ -1,0 +1,197 @@
+"""``exaug augment``: every face of every identity, as it is and in each target expression.
+
+Decoding and detection of the next batch run in background threads while the generator works on
+the current one (on the GPU, under autocast); only the finished uint8 faces come back to the CPU,
+once per batch, to be written. Rows are committed a batch of sources at a time through
+:mod:`exaug.io.store`, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exaug import __version__
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS
+from exaug.faces.align import AlignedFaces, FaceAligner
+from exaug.faces.detect import FaceDetector, FaceSelection, ImageFaces
+from exaug.io.sheets import labelled_grid, save_atomically
+from exaug.io.sources import Source, discover_sources
+from exaug.io.store import FaceRows, HDF5_SUFFIXES, open_writer, read_faces
+from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.align import RunSummary
+from exaug.pipelines.stages import FaceBatch, detect_and_align, in_background, load_batches
+from exaug.progress import progress_bar
+
+
+@dataclass
+class AugmentOptions:
+    expressions: list[str] = field(default_factory=lambda: list(EXPRESSIONS))
+    intensity: float = 1.0
+    size: int | None = None  # output face size; None: the model's
+    faces: FaceSelection = "all"
+    batch_size: int = 16  # source images per batch (detection and commit unit)
+    min_face_size: int = 20
+    threshold: float = 0.9
+    max_side: int = 1024
+    workers: int = 4
+    num_shards: int = 1
+    shard_index: int = 0
+    preview: Path | None = None
+    preview_faces: int = 8
+
+
+def shard_from_environment(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
+    """Explicit values win; under torchrun (or any launcher setting WORLD_SIZE/RANK) use those."""
+    shards = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
+    index = shard_index if shard_index is not None else int(os.environ.get("RANK", 0))
+    if shards < 1 or not 0 <= index < shards:
+        raise ExaugError(f"--shard-index must be in 0..{shards - 1} for --num-shards {shards} (got {index})")
+    return shards, index
+
+
+def shard_sources(sources: list[Source], num_shards: int, shard_index: int) -> list[Source]:
+    """A contiguous block per shard: merging shards in index order gives exactly a single run's order."""
+    count = len(sources)
+    return sources[shard_index * count // num_shards:(shard_index + 1) * count // num_shards]
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def augment_dataset(input_path: Path | str, output: Path | str, generator: ExpressionGenerator, model_hash: str,
+                    options: AugmentOptions | None = None, *, overwrite: bool = False, command: str = "",
+                    show_progress: bool = True) -> RunSummary:
+    """Write originals and generated expressions for every face under ``input_path`` to ``output``."""
+    options = options or AugmentOptions()
+    input_path, output = Path(input_path), Path(output)
+    targets = [EXPRESSIONS.index(name) for name in options.expressions]
+    sources, batches_for = _open_input(input_path, generator, options)
+    sources = shard_sources(sources, options.num_shards, options.shard_index)
+    size = options.size or generator.image_size
+    run_key = {"command": "augment", "input": str(input_path.resolve()), "model_hash": model_hash,
+               "expressions": options.expressions, "intensity": options.intensity, "size": size,
+               "faces": options.faces, "shard": [options.shard_index, options.num_shards]}
+    attrs = {"exaug_version": __version__, "model_hash": model_hash, "template": generator.template or "",
+             "size": size, "expressions": list(EXPRESSIONS), "command": command}
+    summary = RunSummary(output, sources=len(sources))
+    started = time.perf_counter()
+    with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
+        todo = [source for source in sources if source.relpath not in writer.done_sources]
+        summary.resumed = len(sources) - len(todo)
+        with progress_bar("images", disable=not show_progress) as bar:
+            task = bar.add_task("augmenting", total=len(todo), info="")
+            for batch in in_background(batches_for(todo)):
+                rows = _augmented_rows(batch, generator, targets, options.intensity, size)
+                writer.commit(rows, done=[s.relpath for s in batch.sources], failures=batch.failures)
+                summary.faces += len(rows.identity)
+                summary.failures += batch.failures
+                bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
+        writer.finish()
+    summary.seconds = time.perf_counter() - started
+    if options.preview:
+        save_atomically(preview_sheet(output, options.preview_faces), options.preview)
+    return summary
+
+
+BatchSource = Callable[[list[Source]], Iterator[FaceBatch]]
+
+
+def _open_input(input_path: Path, generator: ExpressionGenerator, options: AugmentOptions) -> tuple[list[Source], BatchSource]:
+    """The sources of INPUT, and how to turn a list of them into aligned batches."""
+    if input_path.is_file() and input_path.suffix.lower() in HDF5_SUFFIXES:
+        return _aligned_table_input(input_path, generator, options.batch_size)
+    detector = FaceDetector(generator.device, min_face_size=options.min_face_size, threshold=options.threshold,
+                            faces=options.faces, max_side=options.max_side, batch_size=options.batch_size)
+    aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=generator.device)
+    sources = [source for source in discover_sources(input_path)]
+
+    def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
+        return detect_and_align(load_batches(todo, options.batch_size, options.workers), detector, aligner)
+
+    return sources, batches_for
+
+
+def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size: int) -> tuple[list[Source], BatchSource]:
+    """An ``exaug align`` output: its original faces are used as they are, no detection."""
+    table = read_faces(path)
+    size, template = table.attrs.get("size"), table.attrs.get("template")
+    if size != generator.image_size or (generator.template and template != generator.template):
+        raise ExaugError(f"{path}: faces are aligned with template {template!r} at {size}px, but the model needs "
+                         f"{generator.template!r} at {generator.image_size}px; re-run exaug align with "
+                         f"--template {generator.template} --size {generator.image_size}, or give the photo folder")
+    originals = np.flatnonzero(~table.synthetic)
+    rows_of: dict[str, list[int]] = {}
+    for row in originals:
+        rows_of.setdefault(table.sources[table.source_index[row]], []).append(int(row))
+    identity = table.identity
+    sources = [Source(path, name, identity[rows[0]], _expression_name(table.expression[rows[0]]))
+               for name, rows in rows_of.items()]
+
+    def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            rows = [(number, row) for number, source in enumerate(chunk) for row in rows_of[source.relpath]]
+            images = torch.from_numpy(np.stack([table.images[row] for _, row in rows])).permute(0, 3, 1, 2)
+            aligned = AlignedFaces(images.to(generator.device), torch.zeros(len(rows), 2, 3),
+                                   np.array([n for n, _ in rows]), table.face[[row for _, row in rows]].astype(np.int64))
+            yield FaceBatch(chunk, aligned, [ImageFaces.empty() for _ in chunk])
+
+    return sources, batches_for
+
+
+def _expression_name(index: int) -> str | None:
+    return EXPRESSIONS[index] if index >= 0 else None
+
+
+def _augmented_rows(batch: FaceBatch, generator: ExpressionGenerator, targets: list[int], intensity: float,
+                    size: int) -> FaceRows:
+    """Per face: the original, then each target expression, adjacent, so a face's rows stay together."""
+    aligned = batch.aligned
+    n, per_face = len(aligned), 1 + len(targets)
+    if n == 0:
+        return FaceRows.empty(size, size)
+    names = [generator.expressions[i] for i in targets]
+    generated = generator.generate_all(aligned.images, names, intensity=intensity)
+    faces = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
+    if size != faces.shape[-1]:
+        faces = F.interpolate(faces.float(), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    sources = [batch.sources[i] for i in aligned.image_index]
+    known = [EXPRESSIONS.index(s.expression) if s.expression else -1 for s in sources]
+    return FaceRows(
+        images=faces.permute(0, 2, 3, 1).cpu().numpy(),
+        identity=[s.identity for s in sources for _ in range(per_face)],
+        expression=np.array([[k, *targets] for k in known], np.int8).reshape(-1),
+        source=[s.relpath for s in sources for _ in range(per_face)],
+        face=np.repeat(aligned.face_index, per_face).astype(np.int16),
+        synthetic=np.tile([False] + [True] * len(targets), n),
+        extra={},
+    )
+
+
+def preview_sheet(output: Path, max_faces: int):
+    """Rows: the first faces of the output; columns: the original, then each generated expression."""
+    with read_faces(output) as table:
+        originals = np.flatnonzero(~table.synthetic)
+        if len(originals) == 0:
+            raise ExaugError(f"{output}: no faces to preview")
+        starts, ends = originals[:max_faces], np.append(originals[1:], len(table))[:max_faces]
+        width = int((ends - starts).min())
+        grid = np.stack([table.images[int(start):int(start) + width] for start in starts])
+        labels = ["original"] + [EXPRESSIONS[i] for i in table.expression[starts[0] + 1:starts[0] + width]]
+    return labelled_grid(grid, labels)

@@ -1,0 +1,103 @@
+"""Every training option in one dataclass, saved as RUN_DIR/config.json so ``--resume`` continues
+the same run. Defaults are StarGAN's (lambda_cls 1, lambda_rec 10, lambda_gp 10, n_critic 5, Adam
+1e-4 with betas (0.5, 0.999), batch 16, linear decay over the second half of the iterations)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from exaug.errors import ExaugError
+from exaug.model.networks import ModelConfig
+
+CONFIG_FILE = "config.json"
+AMP_MODES = ("bf16", "fp16", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of one training run; paths are strings so the file stays plain JSON.
+
+    ``iters`` counts discriminator iterations (G trains every ``n_critic``-th), as in StarGAN.
+    ``batch_size`` is per process: with N processes under torchrun the effective batch is N times it.
+    ``align``: False reads DATA's expression sub-folders as ready-cropped faces, without face
+    detection (FER2013's 48px faces defeat MTCNN; CK+ crops are already tight).
+    ``val_subjects``: "auto" (about 5% of the subjects), a number of subjects, a comma list of
+    subject ids, or "0" for none; whole subjects are held out so samples show unseen people.
+    """
+
+    data: str
+    output: str
+    image_size: int = 128
+    channels: int = 3
+    conv_dim: int = 64
+    repeat_num: int = 6
+    attention: bool = True
+    iters: int = 200_000
+    batch_size: int = 16
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    n_critic: int = 5
+    lambda_cls: float = 1.0
+    lambda_rec: float = 10.0
+    lambda_gp: float = 10.0
+    lambda_mask: float = 0.1
+    balance: bool = False
+    val_subjects: str = "auto"
+    flip: bool = True
+    align: bool = True
+    template: str = "exaug"
+    cache_dir: str | None = None
+    sample_every: int = 1000
+    save_every: int = 10_000
+    log_every: int = 10
+    keep: int = 3
+    n_samples: int = 8
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    amp: str = "bf16"
+
+    def __post_init__(self) -> None:
+        try:
+            self.model
+        except ValueError as err:
+            raise ExaugError(str(err)) from None
+        if self.amp not in AMP_MODES:
+            raise ExaugError(f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
+        for name in ("iters", "batch_size", "n_critic", "sample_every", "save_every", "log_every", "keep",
+                     "n_samples"):
+            if getattr(self, name) < 1:
+                raise ExaugError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.workers < 0:
+            raise ExaugError("--workers must be 0 or more")
+
+    @property
+    def model(self) -> ModelConfig:
+        return ModelConfig(image_size=self.image_size, channels=self.channels, conv_dim=self.conv_dim,
+                           repeat_num=self.repeat_num, attention=self.attention)
+
+    def save(self, run_dir: Path) -> None:
+        (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path, **runtime: object) -> TrainConfig:
+        """The config of an existing run; ``runtime`` replaces options that do not change the
+        schedule or the model (device, workers), e.g. to resume on another machine."""
+        path = Path(run_dir) / CONFIG_FILE
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ExaugError(f"{path}: missing; is {run_dir} a training run directory?") from None
+        except ValueError as err:
+            raise ExaugError(f"{path}: unreadable ({err})") from err
+        known = {f.name for f in fields(cls)}
+        unknown = set(saved) - known
+        if unknown:
+            raise ExaugError(f"{path}: unknown options {sorted(unknown)} (written by a newer exaug?)")
+        allowed = {"device", "workers"}
+        if set(runtime) - allowed:
+            raise ValueError(f"only {sorted(allowed)} can change on resume")
+        return replace(cls(**saved), output=str(run_dir), **runtime)

@@ -1,0 +1,224 @@
+"""``exaug augment``: the output contract, never losing work, shards, and reading it back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from exaug.data import AugmentedFaces
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS
+from exaug.io.store import merge, read_faces
+from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.align import align_dataset, AlignOptions
+from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash
+
+
+@pytest.fixture(scope="module")
+def generator(test_checkpoint) -> ExpressionGenerator:
+    return ExpressionGenerator.load(test_checkpoint, "cpu")
+
+
+@pytest.fixture(scope="module")
+def model_hash(test_checkpoint) -> str:
+    return file_hash(test_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def augmented_h5(tmp_path_factory, faces_dir, generator, model_hash) -> Path:
+    output = tmp_path_factory.mktemp("augment") / "out.h5"
+    augment_dataset(faces_dir, output, generator, model_hash, show_progress=False, command="exaug augment test")
+    return output
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path) as h5:
+        return {name: h5[name][()] for name in h5}
+
+
+def test_hdf5_contract(augmented_h5, model_hash):
+    with h5py.File(augmented_h5) as h5:
+        n = 10 * 9  # ten faces, each original + eight expressions
+        expected = {"images": ((n, 64, 64, 3), np.uint8), "expression": ((n,), np.int8),
+                    "identity": ((n,), np.int32), "source": ((n,), np.int32), "face": ((n,), np.int16),
+                    "synthetic": ((n,), np.bool_)}
+        for name, (shape, dtype) in expected.items():
+            assert h5[name].shape == shape and h5[name].dtype == dtype, name
+        assert h5["images"].chunks is not None and h5["images"].compression is not None
+        assert list(h5.attrs["expressions"]) == list(EXPRESSIONS)
+        assert h5.attrs["model_hash"] == model_hash and h5.attrs["exaug_version"]
+        assert h5.attrs["command"] == "exaug augment test" and int(h5.attrs["size"]) == 64
+        identities = [s.decode() if isinstance(s, bytes) else s for s in h5["identities"][()]]
+        sources = [s.decode() if isinstance(s, bytes) else s for s in h5["sources"][()]]
+        expression, synthetic = h5["expression"][()], h5["synthetic"][()]
+        face, source = h5["face"][()], h5["source"][()]
+        images = h5["images"][()]
+    assert set(identities) == {"groups", "angelina_jolie", "kate_siegel", "paul_rudd", "shea_whigham"}
+    assert set(sources) == {"groups/multiface.jpg"} | {f"people/{p}/1.jpg" for p in
+                                                       ["angelina_jolie", "kate_siegel", "paul_rudd", "shea_whigham"]}
+    # per face: the original (unknown expression) then the eight targets, in canonical order
+    groups = expression.reshape(10, 9)
+    assert (groups[:, 0] == -1).all() and (groups[:, 1:] == np.arange(8)).all()
+    assert (synthetic.reshape(10, 9) == [False] + [True] * 8).all()
+    assert sorted(face[source == sources.index("groups/multiface.jpg")][::9]) == list(range(6))
+    # generated faces differ from their original; a luma model keeps the original's colour (chroma)
+    originals, generated = images.reshape(10, 9, 64, 64, 3)[:, :1], images.reshape(10, 9, 64, 64, 3)[:, 1:]
+    assert np.abs(generated.astype(int) - originals).mean() > 2
+
+
+def test_folder_contract_is_what_imagefolder_reads(tmp_path, faces_dir, generator, model_hash):
+    from torchvision.datasets import ImageFolder
+
+    output = tmp_path / "out"
+    augment_dataset(faces_dir / "people", output, generator, model_hash,
+                    AugmentOptions(expressions=["happy", "sad"]), show_progress=False)
+    files = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.png"))
+    assert files[:3] == ["angelina_jolie/1_f0_happy.png", "angelina_jolie/1_f0_original.png", "angelina_jolie/1_f0_sad.png"]
+    assert len(files) == 4 * 3
+    header = (output / "manifest.csv").read_text().splitlines()[0]
+    assert header == "path,identity,expression,synthetic,source,face"
+    folder = ImageFolder(str(output))
+    assert folder.classes == ["angelina_jolie", "kate_siegel", "paul_rudd", "shea_whigham"] and len(folder) == 12
+
+
+def test_augmented_faces_reads_both_forms(augmented_h5, tmp_path, faces_dir, generator, model_hash):
+    folder = tmp_path / "folder"
+    augment_dataset(faces_dir, folder, generator, model_hash, show_progress=False)
+    for path in (augmented_h5, folder):
+        dataset = AugmentedFaces(path)
+        assert len(dataset) == 90
+        image, identity, expression, synthetic = dataset[1]
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+        assert dataset.identities[identity] in {"groups", "angelina_jolie", "kate_siegel", "paul_rudd", "shea_whigham"}
+        assert expression == 0 and synthetic
+        happy = AugmentedFaces(path, expressions=["happy"])
+        assert len(happy) == 10 and all(happy[i][2] == 1 for i in range(len(happy)))
+
+
+_KILLABLE_RUN = """
+import sys
+from pathlib import Path
+from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.augment import AugmentOptions, augment_dataset
+generator = ExpressionGenerator.load(sys.argv[1], "cpu")
+augment_dataset(Path(sys.argv[2]), Path(sys.argv[3]), generator, sys.argv[4], AugmentOptions(batch_size=1),
+                show_progress=False)
+"""
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, faces_dir, generator, model_hash, test_checkpoint):
+    whole = tmp_path / "whole.h5"
+    augment_dataset(faces_dir, whole, generator, model_hash, AugmentOptions(batch_size=1), show_progress=False)
+
+    killed = tmp_path / "killed.h5"
+    script = tmp_path / "run.py"
+    script.write_text(_KILLABLE_RUN)
+    process = subprocess.Popen([sys.executable, str(script), str(test_checkpoint), str(faces_dir), str(killed), model_hash],
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    parts = Path(f"{killed}.parts")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(parts.glob("part-*.h5"))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    with read_faces(killed) as partial:  # the killed output opens and holds the committed batches
+        committed = len(partial)
+        assert 0 < committed < 90 and len(partial.completed_sources()) >= 1  # part 2 may not be published yet
+
+    summary = augment_dataset(faces_dir, killed, generator, model_hash, AugmentOptions(batch_size=1), show_progress=False)
+    assert summary.resumed >= 1
+    assert not parts.exists()
+    resumed, uninterrupted = _datasets(killed), _datasets(whole)
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert np.array_equal(resumed[name], uninterrupted[name]), name
+
+
+@pytest.mark.parametrize("batch_size, tolerance", [(1, 0), (16, 1)])
+def test_shards_merged_equal_a_single_run(tmp_path, faces_dir, generator, model_hash, batch_size, tolerance):
+    """Exactly equal when batches hold the same faces; otherwise the CPU's convolutions may round a
+    pixel by one grey level depending on how many faces share a forward pass."""
+    single = tmp_path / "single.h5"
+    augment_dataset(faces_dir, single, generator, model_hash, AugmentOptions(batch_size=batch_size), show_progress=False)
+    shards = []
+    for index in range(2):
+        shard = tmp_path / f"shard{index}.h5"
+        augment_dataset(faces_dir, shard, generator, model_hash,
+                        AugmentOptions(batch_size=batch_size, num_shards=2, shard_index=index), show_progress=False)
+        shards.append(shard)
+    assert 0 < len(read_faces(shards[0])) < 90
+    merged = tmp_path / "merged.h5"
+    merge(shards, merged)
+    merged_data, single_data = _datasets(merged), _datasets(single)
+    assert merged_data.keys() == single_data.keys()
+    for name in single_data:
+        if name != "images":
+            assert np.array_equal(merged_data[name], single_data[name]), name
+    difference = np.abs(merged_data["images"].astype(np.int64) - single_data["images"])
+    assert difference.max() <= tolerance
+
+
+def test_a_different_model_is_not_mixed_in(augmented_h5, tmp_path, faces_dir, generator):
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(augmented_h5.read_bytes())
+    with pytest.raises(ExaugError, match="overwrite"):
+        augment_dataset(faces_dir, copy, generator, "another-model-hash", show_progress=False)
+    again = augment_dataset(faces_dir, copy, generator, "another-model-hash", overwrite=True, show_progress=False)
+    assert again.faces == 90
+
+
+def test_aligned_hdf5_input_skips_detection(tmp_path, faces_dir, generator, model_hash, augmented_h5):
+    aligned = tmp_path / "aligned.h5"
+    align_dataset(faces_dir, aligned, AlignOptions(size=64), show_progress=False)
+    output = tmp_path / "from_aligned.h5"
+    augment_dataset(aligned, output, generator, model_hash, show_progress=False)
+    assert np.array_equal(_datasets(output)["images"], _datasets(augmented_h5)["images"])
+    with pytest.raises(ExaugError, match="re-run exaug align"):
+        wrong = tmp_path / "arcface.h5"
+        align_dataset(faces_dir / "people", wrong, AlignOptions(template="arcface"), show_progress=False)
+        augment_dataset(wrong, tmp_path / "never.h5", generator, model_hash, show_progress=False)
+
+
+def test_bad_inputs_are_reported_and_recorded(tmp_path, people_dir, generator, model_hash):
+    folder = tmp_path / "in"
+    (folder / "alice").mkdir(parents=True)
+    (folder / "alice" / "1.jpg").write_bytes((people_dir / "paul_rudd" / "1.jpg").read_bytes())
+    (folder / "alice" / "broken.jpg").write_bytes(b"")
+    summary = augment_dataset(folder, tmp_path / "out.h5", generator, model_hash,
+                              AugmentOptions(expressions=["happy"]), show_progress=False)
+    assert summary.failures == [("alice/broken.jpg", "empty file (0 bytes)")]
+    with read_faces(tmp_path / "out.h5") as table:
+        assert table.failures == [("alice/broken.jpg", "empty file (0 bytes)")] and len(table) == 2
+
+
+def test_cli_preview_sheet(tmp_path, test_checkpoint):
+    sheet = tmp_path / "sheet.png"
+    result = subprocess.run([sys.executable, "-m", "exaug", "augment", str(REPO / "examples"), "-o", str(tmp_path / "o.h5"),
+                             "--emotion", "happy,sad", "--model", str(test_checkpoint), "--preview", str(sheet), "-q"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    with Image.open(sheet) as image:  # two example faces x (original + 2 targets), under a label row
+        assert image.size == (3 * 64, 16 + 2 * 64)
+
+
+def test_without_a_model_the_error_says_how_to_get_one(monkeypatch, tmp_path):
+    from exaug.model import default
+
+    monkeypatch.setattr(default, "DEFAULT_MODEL", tmp_path / "absent.pt")
+    with pytest.raises(ExaugError, match="exaug train"):
+        default.model_path(None)
+    with pytest.raises(ExaugError, match="no such model"):
+        default.model_path(tmp_path / "typo.pt")
