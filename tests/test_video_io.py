@@ -11,6 +11,7 @@ import pytest
 
 from exaug.errors import ExaugError
 from exaug.io.video import VideoInfo, VideoWriter, probe, read_frames
+from videotools import all_frames, audio_packets, psnr
 
 SMALL = (96, 160)  # height, width of the downscaled test frames
 
@@ -60,28 +61,12 @@ def make_video(path: Path, frames: np.ndarray, codec: str = "libx264", *, pts: l
     return path
 
 
-def all_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    chunks = list(read_frames(path, chunk_size=5))
-    return np.concatenate([c.frames for c in chunks]), np.concatenate([c.pts for c in chunks])
-
-
 def round_trip(src: Path, out: Path, **options) -> VideoInfo:
     info = probe(src)
     with VideoWriter(out, info, **options) as writer:
         for chunk in read_frames(src, chunk_size=8):
             writer.write(chunk.frames, chunk.pts)
     return probe(out)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    diff = np.subtract(a, b, dtype=np.int16).ravel()
-    mse = np.einsum("i,i->", diff, diff, dtype=np.float64) / diff.size
-    return float(10 * np.log10(255 ** 2 / mse)) if mse else float("inf")
-
-
-def audio_packets(path: Path) -> list[tuple[bytes, float]]:
-    with av.open(str(path)) as container:
-        return [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(audio=0) if p.size]
 
 
 def no_leftovers(folder: Path) -> bool:

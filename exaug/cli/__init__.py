@@ -39,8 +39,15 @@ def _root(
 def _register() -> None:
     """Commands appear here only once they are complete (a half-built command is not in --help)."""
     from exaug.cli.align import align_command
+    from exaug.cli.augment import augment_command, merge_command
+    from exaug.cli.train import train_command
+    from exaug.cli.video import video_command
 
     app.command("align")(align_command)
+    app.command("train")(train_command)
+    app.command("augment")(augment_command)
+    app.command("merge")(merge_command)
+    app.command("video")(video_command)
 
 
 _register()

@@ -180,3 +180,9 @@ def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[st
 def load_state(path: Path) -> dict[str, Any]:
     """A training state from a state file or a run directory."""
     return _load(resolve_checkpoint(path, "state"), STATE_FORMAT)
+
+
+def export_generator(source: Path | str, target: Path | str, *, half: bool = True, **notes: Any) -> Path:
+    """Re-save a run's (or file's) generator for shipping: fp16 by default, ``notes`` added to its meta."""
+    generator, estimator, meta = load_generator(Path(source))
+    return save_generator(Path(target), generator, estimator, {**meta, **notes}, half=half)

@@ -1,0 +1,42 @@
+"""``exaug video IN -o OUT --emotion happy``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from exaug.cli.common import DEVICE, FACES, QUIET, DeviceChoice, FacesChoice
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.model.default import model_path
+from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.video import STAGES, VideoOptions, edit_video
+from exaug.progress import console
+
+
+def video_command(
+    input_path: Path = typer.Argument(..., metavar="IN", help="A video file (MP4, MOV, AVI, WebM, MKV...)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The edited video (H.264 in MP4 for .mp4)."),
+    emotion: str = typer.Option(..., "--emotion", help=f"Target expression: {', '.join(EXPRESSIONS)}."),
+    intensity: float = typer.Option(1.0, "--intensity", min=0.0, max=1.0, help="0 keeps the face, 1 the full target."),
+    faces: FacesChoice = FACES,
+    model: Path = typer.Option(None, "--model", help="Generator file or training run folder (default: the bundled model)."),
+    crf: int = typer.Option(18, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
+    preset: str = typer.Option("medium", "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
+    side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
+    chunk_size: int = typer.Option(16, "--chunk-size", help="Frames detected and generated together."),
+    device: DeviceChoice = DEVICE,
+    quiet: bool = QUIET,
+) -> None:
+    """Change the expression of the faces in a video, frame-accurate, audio copied."""
+    target = canonical_expression(emotion)
+    if target is None:
+        raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
+    generator = ExpressionGenerator.load(model_path(model), device.value)
+    options = VideoOptions(emotion=target, intensity=intensity, faces=faces.value, crf=crf, preset=preset,
+                           side_by_side=side_by_side, chunk_size=chunk_size)
+    summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
+    stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
+    console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "
+                  f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
