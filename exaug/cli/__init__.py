@@ -40,6 +40,7 @@ def _register() -> None:
     """Commands appear here only once they are complete (a half-built command is not in --help)."""
     from exaug.cli.align import align_command
     from exaug.cli.augment import augment_command, merge_command
+    from exaug.cli.eval import eval_command
     from exaug.cli.train import train_command
     from exaug.cli.video import video_command
 
@@ -48,6 +49,7 @@ def _register() -> None:
     app.command("augment")(augment_command)
     app.command("merge")(merge_command)
     app.command("video")(video_command)
+    app.command("eval")(eval_command)
 
 
 _register()

@@ -8,6 +8,7 @@ import typer
 
 from exaug.cli.common import (DEVICE, FACES, OVERWRITE, QUIET, DeviceChoice, FacesChoice, TemplateChoice, command_line,
                               print_summary)
+from exaug.faces.detect import DetectionOptions
 from exaug.pipelines.align import AlignOptions, align_dataset
 
 
@@ -27,8 +28,8 @@ def align_command(
     quiet: bool = QUIET,
 ) -> None:
     """Detect and align every face under INPUT (5-point similarity alignment)."""
-    options = AlignOptions(template=template.value, size=size, device=device.value, faces=faces.value,
-                           min_face_size=min_face_size, threshold=threshold, max_side=max_side,
+    detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold, max_side=max_side)
+    options = AlignOptions(template=template.value, size=size, device=device.value, detection=detection,
                            batch_size=batch_size, workers=workers)
     summary = align_dataset(input_path, output, options, overwrite=overwrite, command=command_line(), show_progress=not quiet)
     print_summary(summary)

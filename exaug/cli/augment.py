@@ -12,6 +12,7 @@ from exaug.expressions import EXPRESSIONS, parse_expressions
 from exaug.model.checkpoint import resolve_checkpoint
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
+from exaug.faces.detect import DetectionOptions
 from exaug.io.store import merge
 from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash, shard_from_environment
 from exaug.progress import console
@@ -45,7 +46,8 @@ def augment_command(
     checkpoint = model_path(model)
     generator = ExpressionGenerator.load(checkpoint, device.value, max_batch=batch_size)
     shards, index = shard_from_environment(num_shards, shard_index)
-    options = AugmentOptions(expressions=expressions, intensity=intensity, size=size, faces=faces.value,
+    options = AugmentOptions(expressions=expressions, intensity=intensity, size=size,
+                             detection=DetectionOptions(faces=faces.value),
                              workers=workers, num_shards=shards, shard_index=index, preview=preview)
     summary = augment_dataset(input_path, output, generator, file_hash(resolve_checkpoint(checkpoint)), options,
                               overwrite=overwrite, command=command_line(), show_progress=not quiet)

@@ -9,6 +9,7 @@ import typer
 from exaug.cli.common import DEVICE, FACES, QUIET, DeviceChoice, FacesChoice
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.faces.detect import DetectionOptions
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
@@ -34,7 +35,8 @@ def video_command(
     if target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
     generator = ExpressionGenerator.load(model_path(model), device.value)
-    options = VideoOptions(emotion=target, intensity=intensity, faces=faces.value, crf=crf, preset=preset,
+    options = VideoOptions(emotion=target, intensity=intensity,
+                           detection=DetectionOptions(faces=faces.value), crf=crf, preset=preset,
                            side_by_side=side_by_side, chunk_size=chunk_size)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)

@@ -49,6 +49,20 @@ class ImageFaces:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
 
 
+@dataclass(frozen=True)
+class DetectionOptions:
+    """Which faces count; one set of options so align, augment and video find the same faces."""
+
+    faces: FaceSelection = "all"
+    min_face_size: int = 20  # pixels of the original image (see max_side)
+    threshold: float = 0.9
+    max_side: int = 1024
+
+    def detector(self, device: str | torch.device, batch_size: int) -> "FaceDetector":
+        return FaceDetector(device, min_face_size=self.min_face_size, threshold=self.threshold, faces=self.faces,
+                            max_side=self.max_side, batch_size=batch_size)
+
+
 class FaceDetector:
     """One MTCNN, created once, reused for every batch of images on CPU or CUDA."""
 

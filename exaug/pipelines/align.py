@@ -8,7 +8,7 @@ and transform. It is committed batch by batch, so an interrupted run resumes whe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from exaug import __version__
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import FaceAligner
-from exaug.faces.detect import FaceDetector, FaceSelection
+from exaug.faces.detect import DetectionOptions
 from exaug.io.sources import discover_sources
 from exaug.io.store import FaceRows, open_writer
 from exaug.pipelines.stages import FaceBatch, detect_and_align, in_background, load_batches
@@ -28,10 +28,7 @@ class AlignOptions:
     template: str = "exaug"
     size: int | None = None  # None: the template's own (128 exaug, 112 arcface)
     device: str = "auto"
-    faces: FaceSelection = "all"
-    min_face_size: int = 20
-    threshold: float = 0.9
-    max_side: int = 1024
+    detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16
     workers: int = 4
 
@@ -58,12 +55,10 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
     options = options or AlignOptions()
     input_path, output = Path(input_path), Path(output)
     sources = discover_sources(input_path)
-    detector = FaceDetector(options.device, min_face_size=options.min_face_size, threshold=options.threshold,
-                            faces=options.faces, max_side=options.max_side, batch_size=options.batch_size)
+    detector = options.detection.detector(options.device, options.batch_size)
     aligner = FaceAligner(options.template, options.size, device=detector.device)
     run_key = {"command": "align", "input": str(input_path.resolve()), "template": options.template,
-               "size": aligner.size, "faces": options.faces, "min_face_size": options.min_face_size,
-               "threshold": options.threshold}
+               "size": aligner.size, **asdict(options.detection)}
     attrs = {"exaug_version": __version__, "template": options.template, "size": aligner.size,
              "expressions": list(EXPRESSIONS), "command": command}
     summary = RunSummary(output, sources=len(sources))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,7 +23,7 @@ from exaug import __version__
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import AlignedFaces, FaceAligner
-from exaug.faces.detect import FaceDetector, FaceSelection, ImageFaces
+from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.io.sheets import labelled_grid, save_atomically
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows, HDF5_SUFFIXES, open_writer, read_faces
@@ -38,11 +38,8 @@ class AugmentOptions:
     expressions: list[str] = field(default_factory=lambda: list(EXPRESSIONS))
     intensity: float = 1.0
     size: int | None = None  # output face size; None: the model's
-    faces: FaceSelection = "all"
+    detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16  # source images per batch (detection and commit unit)
-    min_face_size: int = 20
-    threshold: float = 0.9
-    max_side: int = 1024
     workers: int = 4
     num_shards: int = 1
     shard_index: int = 0
@@ -85,7 +82,7 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     size = options.size or generator.image_size
     run_key = {"command": "augment", "input": str(input_path.resolve()), "model_hash": model_hash,
                "expressions": options.expressions, "intensity": options.intensity, "size": size,
-               "faces": options.faces, "shard": [options.shard_index, options.num_shards]}
+               **asdict(options.detection), "shard": [options.shard_index, options.num_shards]}
     attrs = {"exaug_version": __version__, "model_hash": model_hash, "template": generator.template or "",
              "size": size, "expressions": list(EXPRESSIONS), "command": command}
     summary = RunSummary(output, sources=len(sources))
@@ -115,8 +112,7 @@ def _open_input(input_path: Path, generator: ExpressionGenerator, options: Augme
     """The sources of INPUT, and how to turn a list of them into aligned batches."""
     if input_path.is_file() and input_path.suffix.lower() in HDF5_SUFFIXES:
         return _aligned_table_input(input_path, generator, options.batch_size)
-    detector = FaceDetector(generator.device, min_face_size=options.min_face_size, threshold=options.threshold,
-                            faces=options.faces, max_side=options.max_side, batch_size=options.batch_size)
+    detector = options.detection.detector(generator.device, options.batch_size)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=generator.device)
     sources = [source for source in discover_sources(input_path)]
 

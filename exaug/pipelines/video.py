@@ -18,7 +18,7 @@ import torch
 
 from exaug.faces.align import FaceAligner
 from exaug.faces.blend import feather_mask, paste_faces
-from exaug.faces.detect import FaceDetector, FaceSelection, ImageFaces
+from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.faces.track import FaceTracker, TrackedFace
 from exaug.io.video import VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
@@ -32,14 +32,11 @@ STAGES = ("decode", "detect", "generate", "blend", "encode")
 class VideoOptions:
     emotion: str = "happy"
     intensity: float = 1.0
-    faces: FaceSelection = "all"
+    detection: DetectionOptions = field(default_factory=DetectionOptions)
     crf: int = 18
     preset: str = "medium"
     side_by_side: bool = False
     chunk_size: int = 16
-    min_face_size: int = 20
-    threshold: float = 0.9
-    max_side: int = 1024
 
 
 @dataclass
@@ -63,8 +60,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     input_path, output = Path(input_path), Path(output)
     info = probe(input_path)
     device = generator.device
-    detector = FaceDetector(device, min_face_size=options.min_face_size, threshold=options.threshold,
-                            faces=options.faces, max_side=options.max_side, batch_size=options.chunk_size)
+    detector = options.detection.detector(device, options.chunk_size)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=device)
     tracker = FaceTracker(fps=float(info.fps) if info.fps else 25.0)
     mask = feather_mask(aligner.size, device)

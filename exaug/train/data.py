@@ -23,6 +23,7 @@ from PIL import Image
 
 from exaug.errors import ExaugError, ImageLoadError, InputError
 from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.faces.detect import DetectionOptions
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
 from exaug.io.store import is_face_table, read_faces
@@ -122,7 +123,8 @@ def _aligned_cache(path: Path, config: Any) -> Path:
 
 def _align(path: Path, cache: Path, config: Any, device: torch.device) -> None:
     console.print(f"aligning {path} for training (cached in {cache}; later runs reuse it)", highlight=False)
-    options = AlignOptions(template=config.template, size=config.image_size, device=str(device), faces="largest")
+    options = AlignOptions(template=config.template, size=config.image_size, device=str(device),
+                           detection=DetectionOptions(faces="largest"))
     align_dataset(path, cache, options, command=f"exaug train {path}")
 
 

@@ -113,8 +113,10 @@ class _Run:
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set
         self.template = faces.template
-        self.data_summary = {**self.train_set.summary(),
-                             "validation": {**faces.subset(val_pos).summary(), "note": note}}
+        validation = {**faces.subset(val_pos).summary(), "note": note}
+        if (faces.subjects != "").any():  # a subject split: `exaug eval` holds out the same people
+            validation["held_out_subjects"] = sorted(set(faces.subjects[val_pos].tolist()) - {""})
+        self.data_summary = {**self.train_set.summary(), "validation": validation}
         if world.is_main:
             console.print(f"training on {len(self.train_set)} faces from {faces.source}; {note}", highlight=False)
 

@@ -1,0 +1,59 @@
+"""``exaug eval DATA``: classifier accuracy on real and generated held-out faces, and what G changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from exaug.cli.common import DEVICE, QUIET, DeviceChoice
+from exaug.model.checkpoint import atomic_write
+from exaug.model.default import model_path
+from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.evaluate import EvalOptions, evaluate, report_table
+from exaug.progress import console
+
+
+def _default(name: str) -> Any:
+    """The library's default, so the CLI and EvalOptions cannot disagree."""
+    return EvalOptions.__dataclass_fields__[name].default
+
+
+def eval_command(
+    data: Path = typer.Argument(
+        ..., metavar="DATA",
+        help="Labelled faces, as exaug train takes them: aligned faces from `exaug align`, or a folder with one "
+             "sub-folder per expression."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", show_default=False,
+                                         help="Generator file or training run folder (default: the bundled model)."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", show_default=False,
+                                              help="Use this saved classifier instead of training one."),
+    save_classifier: Optional[Path] = typer.Option(None, "--save-classifier", show_default=False,
+                                                   help="Save the classifier, to score other models alike."),
+    epochs: int = typer.Option(_default("epochs"), help="Epochs of classifier training."),
+    val_subjects: Optional[str] = typer.Option(
+        None, show_default=False,
+        help="Held-out subjects: a number or a comma list of ids (default: the ones the generator held out)."),
+    seed: int = typer.Option(_default("seed"), help="Seed for the split and the classifier."),
+    align: bool = typer.Option(_default("align"), "--align/--no-align",
+                               help="--no-align: the expression folders hold cropped faces; read them as they are."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, envvar="EXAUG_CACHE", show_default=False,
+        help="Cache folder; aligned raw folders go to its aligned/ (default: ~/.cache/exaug)."),
+    json_output: Optional[Path] = typer.Option(None, "--json", metavar="OUT.json", show_default=False,
+                                               help="Also write the report as JSON."),
+    device: DeviceChoice = DEVICE,
+    batch_size: int = typer.Option(_default("batch_size"), help="Faces per classifier step and per generation batch."),
+    quiet: bool = QUIET,
+) -> None:
+    """Score a generator: an expression classifier's accuracy on real and generated held-out faces."""
+    options = EvalOptions(val_subjects=val_subjects, seed=seed, epochs=epochs, batch_size=batch_size,
+                          device=device.value, classifier=classifier, save_classifier=save_classifier, align=align,
+                          cache_dir=None if cache_dir is None else str(cache_dir), show_progress=not quiet)
+    generator = ExpressionGenerator.load(model_path(model), device.value)
+    report = evaluate(generator, data, options)
+    console.print(report_table(report))
+    if json_output is not None:
+        atomic_write(json_output, lambda handle: handle.write(report.to_json().encode() + b"\n"))
+        console.print(f"report: {json_output}", highlight=False)

@@ -1,0 +1,413 @@
+"""``exaug eval``: how well the generator does what it is asked, and how little it does besides.
+
+The StarGAN protocol: an expression classifier trained on real faces of some subjects is scored
+on real faces of held-out subjects (how good a judge it is), then on faces the generator rendered
+from those held-out subjects into every expression (how often the judge sees the asked-for one).
+Held-out means whole subjects, by default the ones the generator itself never trained on, so
+neither network has seen the people it is scored on.
+
+Two numbers say what the generator changes that it should not: the mean absolute change outside
+the inner face (where :func:`~exaug.faces.blend.feather_mask` is 0: background, hair, neck) and the
+cycle error, how far ``G(G(x, target), source)`` lands from ``x``. Both are in grey levels (0-255).
+
+The classifier always sees luma (replicated to ResNet's three channels): a colour model cannot
+score by tinting a face, and a greyscale dataset is judged the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from rich.table import Table
+from torch import Tensor, nn
+
+from exaug import __version__
+from exaug.device import resolve_device
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS
+from exaug.faces.blend import feather_mask
+from exaug.model.checkpoint import atomic_write, cpu_state_dict
+from exaug.model.color import encode
+from exaug.model.generator import ExpressionGenerator
+from exaug.progress import progress_bar
+from exaug.train.data import FaceSet, TrainBatches, load_faces, split_validation
+
+CLASSIFIER_FORMAT = "exaug.expression-classifier"
+CLASSIFIER_FORMAT_VERSION = 1
+OUTSIDE_THRESHOLD = 0.01  # feather_mask below this is "outside the face"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """``val_subjects`` None: the subjects the generator held out (as its metadata records them);
+    otherwise train's syntax (a number or a comma list), drawn with ``seed``. ``max_faces`` caps the
+    classifier's training faces and the held-out faces alike (a random subset): quick checks only."""
+
+    val_subjects: str | None = None
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    device: str = "auto"
+    classifier: Path | None = None  # load this instead of training one
+    save_classifier: Path | None = None
+    align: bool = True
+    cache_dir: str | None = None
+    max_faces: int | None = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_faces"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ExaugError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+
+
+@dataclass
+class EvalReport:
+    """Accuracies are fractions in [0, 1]; None for an expression without held-out real faces."""
+
+    data: str
+    held_out_subjects: list[str]
+    training_subjects: list[str]
+    split: str  # how the held-out subjects were chosen
+    classifier: str  # where the classifier came from
+    real_count: dict[str, int]
+    real_accuracy: dict[str, float | None]
+    real_overall: float
+    real_mean_per_expression: float  # CK+ is 2/3 neutral: the overall figure is mostly neutral's
+    generated_count: dict[str, int]
+    generated_accuracy: dict[str, float]
+    generated_overall: float
+    outside_change: float  # grey levels, mean over every generated face's outside pixels
+    cycle_error: float  # grey levels, mean over held-out faces and targets other than their own
+    generator_steps: int | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalReport:
+        return cls(**json.loads(text))
+
+
+# ------------------------------------------------------------------------------------ the classifier
+
+
+def _network() -> nn.Module:
+    return torchvision.models.resnet18(weights=None, num_classes=len(EXPRESSIONS))
+
+
+def _classifier_input(faces: Tensor) -> Tensor:
+    """uint8 RGB (N,3,S,S) -> luma in [-1, 1], replicated to three channels."""
+    return encode(faces, 1)[0].expand(-1, 3, -1, -1)
+
+
+def _at_size(images: np.ndarray, size: int) -> Tensor:
+    """(n,H,W,3) uint8 -> (n,3,S,S) uint8 at the generator's size, resized as training resizes."""
+    faces = torch.from_numpy(images).permute(0, 3, 1, 2)
+    if faces.shape[-2:] != (size, size):
+        faces = F.interpolate(faces.float(), size=(size, size), mode="bilinear", antialias=True)
+        faces = faces.round().clamp(0, 255).to(torch.uint8)
+    return faces
+
+
+def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Random horizontal flips and crops shifted by up to 1/16 of the side (edges replicated)."""
+    count, _, size, _ = x.shape
+    flip = (torch.rand(count, generator=generator) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    pad = max(1, size // 16)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (count, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, top:top + size, left:left + size] for i, (top, left) in enumerate(offsets)])
+
+
+def train_classifier(faces: FaceSet, *, image_size: int, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
+                     device: str | torch.device = "auto", seed: int = 0, show_progress: bool = False) -> nn.Module:
+    """A ResNet-18 from scratch on ``faces`` at ``image_size``; returned in eval mode.
+
+    Batches are class-balanced (train's sampler), so CK+'s 18 contempt faces weigh as much as its
+    593 neutral ones; an epoch is as many faces as the set holds. Faces are read a batch at a time,
+    so a large HDF5 table never has to fit in memory. The seed fixes the weights and the batches
+    without touching the global RNG.
+    """
+    if not len(faces):
+        raise ExaugError("no faces to train the expression classifier on")
+    device = resolve_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = _network().to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr, weight_decay=1e-4)
+    augment_rng = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(faces) / batch_size)
+    batches = iter(TrainBatches(faces.labels, batch_size, seed=seed, balance=True))
+    network.train()
+    with progress_bar("batches", disable=not show_progress) as bar:
+        task = bar.add_task("training the expression classifier", total=steps, info="")
+        for _ in range(steps):
+            index = next(batches)
+            x = _augment(_classifier_input(_at_size(faces.gather(index), image_size).to(device)), augment_rng)
+            loss = F.cross_entropy(network(x), torch.from_numpy(faces.labels[index]).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+    return network.eval()
+
+
+@torch.inference_mode()
+def predict_expressions(network: nn.Module, faces: Tensor, *, batch_size: int = 128) -> Tensor:
+    """Expression indices (N,) on the CPU for uint8 RGB faces (N,3,S,S)."""
+    device = next(network.parameters()).device
+    chunks = [network(_classifier_input(faces[i:i + batch_size].to(device))).argmax(dim=1).cpu()
+              for i in range(0, len(faces), batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
+
+
+def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) -> Path:
+    """Weights and metadata only (loads with ``weights_only=True``), written atomically."""
+    payload = {"format": CLASSIFIER_FORMAT, "format_version": CLASSIFIER_FORMAT_VERSION,
+               "meta": json.dumps(meta), "network": cpu_state_dict(network)}
+    return atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def load_classifier(path: Path | str, device: str | torch.device = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    """The network (eval mode, on ``device``) and its metadata; any way the file is wrong is one
+    ExaugError. Files holding Python objects are refused, never unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExaugError(f"{path}: no such classifier file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and storage errors alike: the file is not ours or is damaged
+        raise ExaugError(f"{path}: not a readable classifier file (corrupt, truncated, or not written by "
+                         f"exaug eval --save-classifier): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
+        raise ExaugError(f"{path}: not an exaug expression classifier (write one with exaug eval --save-classifier)")
+    if payload.get("format_version", 0) > CLASSIFIER_FORMAT_VERSION:
+        raise ExaugError(f"{path}: written by a newer exaug (format {payload['format_version']}); upgrade exaug")
+    try:
+        meta = json.loads(payload["meta"])
+        network = _network()
+        network.load_state_dict(payload["network"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ExaugError(f"{path}: damaged classifier file: {err}") from err
+    return network.to(resolve_device(device)).eval(), meta
+
+
+# ------------------------------------------------------------------------------------ the evaluation
+
+
+def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: EvalOptions | None = None) -> EvalReport:
+    """Score ``generator`` on the held-out subjects of ``data_path`` (any data ``exaug train`` takes)."""
+    options = options or EvalOptions()
+    started = time.perf_counter()
+    if tuple(generator.expressions) != EXPRESSIONS:
+        raise ExaugError(f"the generator's expressions {generator.expressions} are not exaug's {EXPRESSIONS}")
+    faces = _load(generator, Path(data_path), options)
+    train_pos, held_pos, split = _split(faces, generator.meta, options)
+    rng = np.random.default_rng(options.seed)
+    training, held = (faces.subset(_at_most(positions, options.max_faces, rng)) for positions in (train_pos, held_pos))
+    if not len(held):
+        raise ExaugError(f"{data_path}: no held-out faces to evaluate on")
+    loaded = time.perf_counter()
+
+    network, provenance = _classifier(training, held, generator.image_size, options)
+    trained = time.perf_counter()
+
+    scores = _score(generator, network, held, options)
+    finished = time.perf_counter()
+    real_count = np.bincount(held.labels, minlength=len(EXPRESSIONS))
+    real_accuracy = [float(c / n) if n else None for c, n in zip(scores.real_correct, real_count)]
+    generated_accuracy = scores.generated_correct / len(held)
+    return EvalReport(
+        data=str(data_path),
+        held_out_subjects=_subjects(held),
+        training_subjects=_subjects(training),
+        split=split,
+        classifier=provenance,
+        real_count=dict(zip(EXPRESSIONS, real_count.tolist())),
+        real_accuracy=dict(zip(EXPRESSIONS, real_accuracy)),
+        real_overall=float(scores.real_correct.sum() / len(held)),
+        real_mean_per_expression=float(np.mean([a for a in real_accuracy if a is not None])),
+        generated_count={name: len(held) for name in EXPRESSIONS},
+        generated_accuracy=dict(zip(EXPRESSIONS, generated_accuracy.tolist())),
+        generated_overall=float(generated_accuracy.mean()),
+        outside_change=scores.outside_change,
+        cycle_error=scores.cycle_error,
+        generator_steps=generator.meta.get("steps"),
+        seconds={"loading": round(loaded - started, 2), "classifier": round(trained - loaded, 2),
+                 "evaluation": round(finished - trained, 2), "total": round(finished - started, 2)},
+    )
+
+
+def _load(generator: ExpressionGenerator, path: Path, options: EvalOptions) -> FaceSet:
+    """The data as ``exaug train`` reads it, for this generator: its size, its template."""
+    source = SimpleNamespace(data=str(path), align=options.align, image_size=generator.image_size,
+                             template=generator.template or "exaug", cache_dir=options.cache_dir)
+    faces = load_faces(source, device=resolve_device(options.device), is_main=True, barrier=lambda: None)
+    if faces.template != generator.template:
+        def described(template: str | None) -> str:
+            return f"the {template} template" if template else "unaligned crops (--no-align)"
+        raise ExaugError(f"{path}: faces are {described(faces.template)}, but the generator was trained on "
+                         f"{described(generator.template)}; evaluate it on faces made the same way")
+    return faces
+
+
+def _split(faces: FaceSet, meta: dict[str, Any], options: EvalOptions) -> tuple[np.ndarray, np.ndarray, str]:
+    """Training and held-out positions, and how the held-out subjects were chosen."""
+    validation = meta.get("data", {}).get("validation", {})
+    recorded = validation.get("held_out_subjects") if isinstance(validation, dict) else None
+    if options.val_subjects is not None:
+        train_pos, held_pos, note = split_validation(faces, options.val_subjects, options.seed)
+        if recorded is not None:
+            seen = set(faces.subjects[held_pos].tolist()) - set(recorded) - {""}
+            if seen:
+                note += f"; the generator trained on {len(seen)} of these subjects"
+        return train_pos, held_pos, note
+    if recorded:
+        try:
+            train_pos, held_pos, note = split_validation(faces, ",".join(recorded), options.seed)
+        except ExaugError as err:
+            raise ExaugError(f"{faces.source}: not every subject the generator held out is in this data ({err}); "
+                             "choose held-out subjects with --val-subjects") from None
+        return train_pos, held_pos, f"the generator's held-out subjects: {note}"
+    if recorded is not None:
+        raise ExaugError("the generator held out no subjects (trained with --val-subjects 0), so it has seen every "
+                         "face; choose held-out subjects with --val-subjects to evaluate anyway")
+    train_pos, held_pos, note = split_validation(faces, "auto", options.seed)
+    return train_pos, held_pos, (f"{note}; the generator does not record its held-out subjects: these are the "
+                                 f"same only if it was trained on this data with --val-subjects auto "
+                                 f"--seed {options.seed}")
+
+
+def _at_most(positions: np.ndarray, count: int | None, rng: np.random.Generator) -> np.ndarray:
+    if count is None or len(positions) <= count:
+        return positions
+    return np.sort(rng.choice(positions, count, replace=False))
+
+
+def _subjects(faces: FaceSet) -> list[str]:
+    return sorted(set(faces.subjects.tolist()) - {""})
+
+
+def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: EvalOptions) -> tuple[nn.Module, str]:
+    """The classifier ``options`` names (checked against this evaluation) or one trained here."""
+    if options.classifier is not None:
+        network, meta = load_classifier(options.classifier, options.device)
+        if meta.get("image_size") != image_size:
+            raise ExaugError(f"{options.classifier}: a classifier for {meta.get('image_size')}px faces; this "
+                             f"generator makes {image_size}px faces")
+        if meta.get("expressions") != list(EXPRESSIONS):
+            raise ExaugError(f"{options.classifier}: its expressions {meta.get('expressions')} are not exaug's")
+        overlap = set(meta.get("training_subjects", ())) & set(_subjects(held))
+        if overlap:
+            raise ExaugError(f"{options.classifier}: trained on held-out subjects ({', '.join(sorted(overlap)[:8])}), "
+                             "which would overstate its accuracy; use the split it was saved with, or train a new one")
+        provenance = (f"loaded from {options.classifier} (trained for {meta.get('epochs')} epochs on "
+                      f"{meta.get('faces')} faces of {meta.get('data')})")
+    else:
+        network = train_classifier(training, image_size=image_size, epochs=options.epochs,
+                                   batch_size=options.batch_size, lr=options.lr, device=options.device,
+                                   seed=options.seed, show_progress=options.show_progress)
+        meta = {"image_size": image_size, "expressions": list(EXPRESSIONS), "epochs": options.epochs,
+                "faces": len(training), "training_subjects": _subjects(training), "data": training.source,
+                "seed": options.seed, "exaug_version": __version__}
+        provenance = (f"trained here for {options.epochs} epochs on {len(training)} faces of "
+                      f"{len(_subjects(training))} subjects")
+    if options.save_classifier is not None:
+        save_classifier(options.save_classifier, network, meta)
+    return network, provenance
+
+
+@dataclass
+class _Scores:
+    real_correct: np.ndarray  # (E,) held-out real faces the classifier got right, per expression
+    generated_correct: np.ndarray  # (E,) generated faces classified as the target they were made for
+    outside_change: float
+    cycle_error: float
+
+
+def _score(generator: ExpressionGenerator, network: nn.Module, held: FaceSet, options: EvalOptions) -> _Scores:
+    """Classify the held-out faces and every rendering of them; measure what changed where it should not.
+
+    Faces go through a batch at a time: each becomes ``len(EXPRESSIONS)`` generated faces and as
+    many cycled back, so memory is bounded by the batch, not the data.
+    """
+    size, count = generator.image_size, len(EXPRESSIONS)
+    outside = (feather_mask(size, generator.device) < OUTSIDE_THRESHOLD)[0]
+    real_correct = np.zeros(count, np.int64)
+    generated_correct = np.zeros(count, np.int64)
+    outside_sum = cycle_sum = 0.0
+    cycle_terms = 0
+    with progress_bar("faces", disable=not options.show_progress) as bar:
+        task = bar.add_task("rendering held-out faces", total=len(held), info="")
+        for start in range(0, len(held), options.batch_size):
+            positions = np.arange(start, min(start + options.batch_size, len(held)))
+            faces = _at_size(held.gather(positions), size).to(generator.device)
+            labels = torch.from_numpy(held.labels[positions])
+            real_hits = predict_expressions(network, faces, batch_size=options.batch_size) == labels
+            real_correct += np.bincount(labels[real_hits].numpy(), minlength=count)
+
+            generated = generator.generate_all(faces, EXPRESSIONS)  # (n, E, 3, S, S)
+            flat = generated.flatten(0, 1)
+            predicted = predict_expressions(network, flat, batch_size=options.batch_size).view(-1, count)
+            generated_correct += (predicted == torch.arange(count)).sum(dim=0).numpy()
+
+            change = (generated.float() - faces[:, None].float()).abs()
+            outside_sum += float(change[..., outside].mean(dim=(2, 3)).sum())
+
+            back = generator.generate(flat, labels.to(generator.device).repeat_interleave(count)).view_as(generated)
+            cycle = (back.float() - faces[:, None].float()).abs().mean(dim=(2, 3, 4)).cpu()  # (n, E)
+            other = torch.arange(count) != labels[:, None]
+            cycle_sum += float(cycle[other].sum())
+            cycle_terms += int(other.sum())
+            bar.update(task, advance=len(positions))
+    return _Scores(real_correct, generated_correct, outside_change=outside_sum / (len(held) * count),
+                   cycle_error=cycle_sum / cycle_terms)
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def report_table(report: EvalReport) -> Table:
+    """Per expression: held-out real faces, the classifier's accuracy on them, and on the
+    generated faces asked to show that expression; the change metrics below."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    table = Table(title=f"exaug eval: {report.data} ({len(report.held_out_subjects)} held-out subjects)",
+                  title_justify="left", caption_justify="left")
+    table.add_column("expression")
+    table.add_column("n real", justify="right")
+    table.add_column("real acc", justify="right")
+    table.add_column("generated acc", justify="right")
+    for name in EXPRESSIONS:
+        table.add_row(name, str(report.real_count[name]), percent(report.real_accuracy[name]),
+                      percent(report.generated_accuracy[name]))
+    table.add_section()
+    table.add_row("overall", str(sum(report.real_count.values())), percent(report.real_overall),
+                  percent(report.generated_overall))
+    table.add_row("mean per expression", "", percent(report.real_mean_per_expression),
+                  percent(report.generated_overall))
+    table.caption = "\n".join([
+        f"mean change outside the face: {report.outside_change:.2f} grey levels",
+        f"cycle error (x -> target -> source): {report.cycle_error:.2f} grey levels",
+        f"held out: {report.split}",
+        f"classifier: {report.classifier}",
+        f"time: {report.seconds.get('total', 0):.1f} s",
+    ])
+    return table

@@ -1,0 +1,195 @@
+"""``exaug eval`` on real CK+ faces with the tiny test generator.
+
+The classifier trains for 30 steps on 300 faces: enough to beat chance on held-out subjects, not
+to be a good judge. What is checked is the protocol (subject-disjoint split, every expression
+scored, counts and accuracies agreeing, change metrics meaning what they say, files), not how good
+the tiny generator is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from exaug.cli.eval import eval_command
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS
+from exaug.model import ExpressionGenerator
+from exaug.pipelines.evaluate import (EvalOptions, EvalReport, evaluate, load_classifier, predict_expressions,
+                                      report_table, save_classifier, train_classifier)
+from exaug.progress import console
+from exaug.train.data import load_faces
+
+QUICK = dict(align=False, device="cpu", seed=0, show_progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on two cores shared with other work run ten times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class IdentityGenerator:
+    """Returns every face unchanged: what a generator that edits nothing would score."""
+
+    def __init__(self, like: ExpressionGenerator, **meta):
+        self.meta = {**like.meta, **meta}
+        self.image_size, self.template = self.meta["image_size"], self.meta["template"]
+        self.expressions = tuple(self.meta["expressions"])
+        self.device = torch.device("cpu")
+
+    def generate_all(self, faces: torch.Tensor, expressions) -> torch.Tensor:
+        return faces[:, None].expand(-1, len(expressions), -1, -1, -1).clone()
+
+    def generate(self, faces: torch.Tensor, expressions) -> torch.Tensor:
+        return faces.clone()
+
+
+@pytest.fixture(scope="module")
+def generator(test_checkpoint) -> ExpressionGenerator:
+    return ExpressionGenerator.load(test_checkpoint, "cpu")
+
+
+@pytest.fixture(scope="module")
+def evaluated(generator, ckplus_dir, tmp_path_factory) -> tuple[EvalReport, Path]:
+    """One real evaluation (classifier trained here and saved), shared by the tests that read it.
+    Six held-out subjects, pinned rather than the generator's two: a sturdier accuracy."""
+    saved = tmp_path_factory.mktemp("eval") / "classifier.pt"
+    options = EvalOptions(val_subjects="6", epochs=3, max_faces=300, save_classifier=saved, **QUICK)
+    return evaluate(generator, ckplus_dir, options), saved
+
+
+@pytest.fixture(scope="module")
+def ck_faces(ckplus_dir):
+    source = SimpleNamespace(data=str(ckplus_dir), image_size=64, template="exaug", align=False, cache_dir=None)
+    return load_faces(source, device=torch.device("cpu"), is_main=True, barrier=lambda: None)
+
+
+def test_report_covers_every_expression_with_consistent_counts(evaluated):
+    report, _ = evaluated
+    held = sum(report.real_count.values())
+    assert held > 0
+    for mapping in (report.real_count, report.real_accuracy, report.generated_count, report.generated_accuracy):
+        assert list(mapping) == list(EXPRESSIONS)
+    assert all(count == held for count in report.generated_count.values())
+    hits = 0.0
+    for name in EXPRESSIONS:
+        accuracy, count = report.real_accuracy[name], report.real_count[name]
+        assert (accuracy is None) == (count == 0)
+        if accuracy is not None:
+            assert 0 <= accuracy <= 1 and accuracy * count == pytest.approx(round(accuracy * count))
+            hits += accuracy * count
+        generated = report.generated_accuracy[name]
+        assert 0 <= generated <= 1 and generated * held == pytest.approx(round(generated * held))
+    assert report.real_overall == pytest.approx(hits / held)
+    assert report.generated_overall == pytest.approx(np.mean(list(report.generated_accuracy.values())))
+    assert report.classifier.startswith("trained here for 3 epochs on 300 faces")
+    assert report.seconds["total"] >= report.seconds["classifier"] > 0
+
+
+def test_classifier_beats_chance_on_held_out_subjects(evaluated):
+    """Deterministic for the seed; chance is 1 in 8 whether counted per face or per expression."""
+    report, _ = evaluated
+    assert report.real_overall > 1 / len(EXPRESSIONS)
+    assert report.real_mean_per_expression > 1 / len(EXPRESSIONS)
+
+
+def test_held_out_subjects_are_unseen_by_the_classifier(evaluated, ck_faces):
+    report, saved = evaluated
+    assert report.held_out_subjects and report.training_subjects
+    assert not set(report.held_out_subjects) & set(report.training_subjects)
+    assert not set(report.held_out_subjects) & set(load_classifier(saved, "cpu")[1]["training_subjects"])
+    held_faces = np.isin(ck_faces.subjects, report.held_out_subjects).sum()
+    assert sum(report.real_count.values()) == held_faces  # whole subjects: every face of each
+
+
+def test_real_generator_changes_outside_the_face_and_cycles_finitely(evaluated):
+    report, _ = evaluated
+    assert report.outside_change > 0
+    assert np.isfinite(report.cycle_error) and report.cycle_error > 0
+
+
+def test_identity_generator_changes_nothing(generator, evaluated, ckplus_dir):
+    """Its held-out subjects come from its metadata; each face is classified once per target, so
+    the generated accuracies of a generator that changes nothing add up to one."""
+    report, saved = evaluated
+    identity = IdentityGenerator(generator, data={"validation": {"held_out_subjects": report.held_out_subjects}})
+    unchanged = evaluate(identity, ckplus_dir, EvalOptions(classifier=saved, **QUICK))
+    assert unchanged.outside_change == 0 and unchanged.cycle_error == 0
+    assert unchanged.held_out_subjects == report.held_out_subjects
+    assert unchanged.split.startswith("the generator's held-out subjects")
+    assert unchanged.real_count == report.real_count and unchanged.real_accuracy == report.real_accuracy
+    assert sum(unchanged.generated_accuracy.values()) == pytest.approx(1)
+    assert unchanged.classifier.startswith(f"loaded from {saved}")
+
+
+def test_report_json_round_trip_and_table(evaluated, tmp_path):
+    report, _ = evaluated
+    assert EvalReport.from_json(report.to_json()) == report
+    with console.capture() as captured:
+        console.print(report_table(report))
+    text = captured.get()
+    assert all(name in text for name in EXPRESSIONS) and "cycle error" in text and "outside the face" in text
+
+
+def test_cli_writes_table_and_json(test_checkpoint, evaluated, ckplus_dir, tmp_path):
+    """A subset of the fixture's held-out subjects (the same seeded draw), so the saved classifier,
+    which never saw them, may judge them."""
+    report, saved = evaluated
+    app = typer.Typer()
+    app.command()(eval_command)
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, [str(ckplus_dir), "--model", str(test_checkpoint), "--classifier", str(saved),
+                                      "--val-subjects", "2", "--no-align", "--device", "cpu", "--json", str(out),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    written = EvalReport.from_json(out.read_text())
+    assert len(written.held_out_subjects) == 2 and set(written.held_out_subjects) <= set(report.held_out_subjects)
+    assert "generated acc" in result.output
+
+
+def test_saved_classifier_predicts_identically(ck_faces, tmp_path):
+    faces = ck_faces.subset(np.arange(0, len(ck_faces), 30))
+    network = train_classifier(faces, image_size=64, epochs=1, device="cpu")
+    path = save_classifier(tmp_path / "classifier.pt", network, {"image_size": 64})
+    loaded, meta = load_classifier(path, "cpu")
+    images = torch.from_numpy(faces.gather(np.arange(len(faces)))).permute(0, 3, 1, 2)
+    assert meta == {"image_size": 64}
+    assert torch.equal(predict_expressions(network, images), predict_expressions(loaded, images))
+
+
+def test_bad_classifier_files_are_clear_errors(test_checkpoint, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    pickled = tmp_path / "pickled.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    for path in (garbage, pickled, Path(test_checkpoint), tmp_path / "missing.pt"):
+        with pytest.raises(ExaugError, match=str(path.name)):
+            load_classifier(path, "cpu")
+
+
+def test_loaded_classifier_must_fit_the_evaluation(generator, evaluated, ckplus_dir, tmp_path):
+    """A classifier for another face size, or one that trained on the held-out people, is refused."""
+    report, saved = evaluated
+    network, meta = load_classifier(saved, "cpu")
+    for name, changed in (("other_size", {"image_size": 128}),
+                          ("saw_held_out", {"training_subjects": report.held_out_subjects[:1]})):
+        path = save_classifier(tmp_path / f"{name}.pt", network, {**meta, **changed})
+        options = EvalOptions(classifier=path, val_subjects=",".join(report.held_out_subjects), **QUICK)
+        with pytest.raises(ExaugError, match="128px|held-out subjects"):
+            evaluate(generator, ckplus_dir, options)
+
+
+def test_template_mismatch_is_an_error(generator, ckplus_dir):
+    aligned = IdentityGenerator(generator, template="exaug")
+    with pytest.raises(ExaugError, match="unaligned crops"):
+        evaluate(aligned, ckplus_dir, EvalOptions(**QUICK))
