@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from exaug.faces.track import FaceTracker, TrackedFace, box_iou
+from exaug.faces.track import FaceTracker, TrackedFace, box_iou, confirmed_faces
 
 # A frontal face's landmarks inside its box, as fractions of the box (eyes, nose, mouth corners).
 LAYOUT = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]])
@@ -184,3 +184,17 @@ def test_real_clip_track_ids_are_stable(video_clip: Path) -> None:
                 width = t.box[2] - t.box[0]
                 assert np.abs(t.landmarks - frame_landmarks[t.detection]).mean() < 0.15 * width
     assert len({t.track_id for r in results for t in r}) <= max(len(b) for b in boxes if b is not None) + 3
+
+
+def _face(track_id: int, missing: int) -> TrackedFace:
+    return TrackedFace(track_id, np.zeros((5, 2)), np.zeros(4), missing, 0.99, None if missing else 0)
+
+
+def test_coasting_faces_are_kept_only_when_seen_again():
+    # track 1 is missed in frames 1-2 and found again in frame 3: the gap is bridged;
+    # track 2 disappears after frame 0 for good (a cut): its coasting frames are dropped.
+    frames = [[_face(1, 0), _face(2, 0)], [_face(1, 1), _face(2, 1)], [_face(1, 2), _face(2, 2)], [_face(1, 0)]]
+    kept = confirmed_faces(frames)
+    assert [[face.track_id for face in frame] for frame in kept] == [[1, 2], [1], [1], [1]]
+    # the decision can come from the look-ahead frames of the next chunk
+    assert [[f.track_id for f in frame] for frame in confirmed_faces(frames[:2], later=[frames[2], frames[3]])] == [[1, 2], [1]]

@@ -226,3 +226,19 @@ class FaceTracker:
     def _state(track: _Track, det: int | None) -> TrackedFace:
         return TrackedFace(track.track_id, track.landmarks.copy(), track.box.copy(), track.missing,
                            track.prob, det)
+
+
+def confirmed_faces(frames: list[list[TrackedFace]], later: Iterable[list[TrackedFace]] = ()) -> list[list[TrackedFace]]:
+    """Drop coasting faces whose track is never detected again.
+
+    Coasting bridges a detector miss of a frame or two, but at a cut to a shot without that face it
+    would paste a stale face into frames that have none. A coasting face is kept only if its track is
+    detected in a later frame of ``frames`` or of ``later`` (the next frames; a track dies after
+    ``max_missing`` misses, so a look-ahead of ``max_missing + 1`` frames decides every case).
+    """
+    seen_later = {face.track_id for frame in later for face in frame if face.missing == 0}
+    kept: list[list[TrackedFace]] = []
+    for frame in reversed(frames):
+        kept.append([face for face in frame if face.missing == 0 or face.track_id in seen_later])
+        seen_later |= {face.track_id for face in frame if face.missing == 0}
+    return kept[::-1]

@@ -3,7 +3,8 @@
 Frames are processed in chunks so detection and generation run batched. Faces are tracked across
 frames and their landmarks smoothed (:mod:`exaug.faces.track`) before alignment: the transform, and
 so the edited face, then moves smoothly with the head instead of jittering with the detector, and a
-face the detector misses for a frame or two is still edited. Edited faces go back through the
+face the detector misses for a frame or two is still edited (but not pasted into a shot it has
+left: each chunk is rendered after the next one is tracked). Edited faces go back through the
 inverse warp under a feathered mask (:mod:`exaug.faces.blend`); frames without faces pass through.
 """
 
@@ -19,8 +20,8 @@ import torch
 from exaug.faces.align import FaceAligner
 from exaug.faces.blend import feather_mask, paste_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
-from exaug.faces.track import FaceTracker, TrackedFace
-from exaug.io.video import VideoWriter, probe, read_frames
+from exaug.faces.track import FaceTracker, TrackedFace, confirmed_faces
+from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.stages import StageTimer
 from exaug.progress import progress_bar
@@ -71,12 +72,12 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     with VideoWriter(output, info, width=width, crf=options.crf, preset=options.preset) as writer, \
             progress_bar("frames", disable=not show_progress) as bar:
         task = bar.add_task("editing", total=info.frames or None, info="")
-        for chunk in timer.timed(read_frames(input_path, options.chunk_size), "decode"):
-            frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
-            with timer("detect"):
-                tracked = tracker.update_many(detector.detect(list(frames)), chunk.times)
+
+        def render(chunk: FrameChunk, frames: torch.Tensor, tracked: list[list[TrackedFace]],
+                   later: list[list[TrackedFace]]) -> None:
             with timer("generate"):
-                aligned = aligner.align(list(frames), [_tracked_landmarks(faces) for faces in tracked])
+                faces = [_tracked_landmarks(found) for found in confirmed_faces(tracked, later)]
+                aligned = aligner.align(list(frames), faces)
                 edited = generator.generate(aligned.images, options.emotion, intensity=options.intensity)
             with timer("blend"):
                 canvas = frames.permute(0, 3, 1, 2).float()
@@ -92,6 +93,19 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             summary.faces_edited += len(aligned)
             summary.faces_per_frame += np.bincount(aligned.image_index, minlength=len(chunk)).tolist()
             bar.update(task, advance=len(chunk), info=f"{summary.faces_edited} faces")
+
+        # A chunk is rendered once the next one is tracked: whether a face the detector lost is
+        # bridged or dropped depends on whether it is found again (see confirmed_faces).
+        pending = None
+        for chunk in timer.timed(read_frames(input_path, options.chunk_size), "decode"):
+            frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
+            with timer("detect"):
+                tracked = tracker.update_many(detector.detect(list(frames)), chunk.times)
+            if pending:
+                render(*pending, later=tracked)
+            pending = (chunk, frames, tracked)
+        if pending:
+            render(*pending, later=[])
     summary.seconds = time.perf_counter() - started
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
     return summary
