@@ -38,6 +38,10 @@ FORMAT_VERSION = 1
 LATEST = "latest"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Any) -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
@@ -45,6 +49,7 @@ def atomic_write(path: Path, write: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would stay after the rename
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
