@@ -9,7 +9,7 @@ from enum import Enum
 import typer
 from rich.table import Table
 
-from exaug.pipelines.align import RunSummary
+from exaug.pipelines.stages import RunSummary
 from exaug.progress import console
 
 

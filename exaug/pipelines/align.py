@@ -7,9 +7,9 @@ and transform. It is committed batch by batch, so an interrupted run resumes whe
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -17,10 +17,9 @@ from exaug import __version__
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
-from exaug.io.sources import discover_sources
-from exaug.io.store import FaceRows, open_writer
-from exaug.pipelines.stages import FaceBatch, detect_and_align, in_background, load_batches
-from exaug.progress import progress_bar
+from exaug.io.sources import Source, discover_sources
+from exaug.io.store import FaceRows
+from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
 
 
 @dataclass
@@ -31,22 +30,6 @@ class AlignOptions:
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16
     workers: int = 4
-
-
-@dataclass
-class RunSummary:
-    """What a run did, for the summary table and for tests."""
-
-    output: Path
-    sources: int = 0  # images found under INPUT
-    resumed: int = 0  # of those, done by an earlier run and skipped
-    faces: int = 0  # rows written by this run
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), this run
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return (self.sources - self.resumed) / self.seconds if self.seconds else 0.0
 
 
 def align_dataset(input_path: Path | str, output: Path | str, options: AlignOptions | None = None, *,
@@ -61,22 +44,12 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
                "size": aligner.size, **asdict(options.detection)}
     attrs = {"exaug_version": __version__, "template": options.template, "size": aligner.size,
              "expressions": list(EXPRESSIONS), "command": command}
-    summary = RunSummary(output, sources=len(sources))
-    started = time.perf_counter()
-    with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
-        todo = [source for source in sources if source.relpath not in writer.done_sources]
-        summary.resumed = len(sources) - len(todo)
-        batches = detect_and_align(load_batches(todo, options.batch_size, options.workers), detector, aligner)
-        with progress_bar("images", disable=not show_progress) as bar:
-            task = bar.add_task("aligning", total=len(todo), info="")
-            for batch in in_background(batches):
-                writer.commit(face_rows(batch), done=[s.relpath for s in batch.sources], failures=batch.failures)
-                summary.faces += len(batch.aligned)
-                summary.failures += batch.failures
-                bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
-        writer.finish()
-    summary.seconds = time.perf_counter() - started
-    return summary
+
+    def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
+        return detect_and_align(load_batches(todo, options.batch_size, options.workers), detector, aligner)
+
+    return write_face_table(output, sources, batches_for, face_rows, run_key=run_key, attrs=attrs,
+                            overwrite=overwrite, description="aligning", show_progress=show_progress)
 
 
 def face_rows(batch: FaceBatch) -> FaceRows:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,11 +25,9 @@ from exaug.faces.align import AlignedFaces, FaceAligner
 from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.io.sheets import labelled_grid, save_atomically
 from exaug.io.sources import Source, discover_sources
-from exaug.io.store import FaceRows, HDF5_SUFFIXES, open_writer, read_faces
+from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
 from exaug.model.generator import ExpressionGenerator
-from exaug.pipelines.align import RunSummary
-from exaug.pipelines.stages import FaceBatch, detect_and_align, in_background, load_batches
-from exaug.progress import progress_bar
+from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
 
 
 @dataclass
@@ -85,21 +82,10 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
                **asdict(options.detection), "shard": [options.shard_index, options.num_shards]}
     attrs = {"exaug_version": __version__, "model_hash": model_hash, "template": generator.template or "",
              "size": size, "expressions": list(EXPRESSIONS), "command": command}
-    summary = RunSummary(output, sources=len(sources))
-    started = time.perf_counter()
-    with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
-        todo = [source for source in sources if source.relpath not in writer.done_sources]
-        summary.resumed = len(sources) - len(todo)
-        with progress_bar("images", disable=not show_progress) as bar:
-            task = bar.add_task("augmenting", total=len(todo), info="")
-            for batch in in_background(batches_for(todo)):
-                rows = _augmented_rows(batch, generator, targets, options.intensity, size)
-                writer.commit(rows, done=[s.relpath for s in batch.sources], failures=batch.failures)
-                summary.faces += len(rows.identity)
-                summary.failures += batch.failures
-                bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
-        writer.finish()
-    summary.seconds = time.perf_counter() - started
+    summary = write_face_table(output, sources, batches_for,
+                               lambda batch: _augmented_rows(batch, generator, targets, options.intensity, size),
+                               run_key=run_key, attrs=attrs, overwrite=overwrite, description="augmenting",
+                               show_progress=show_progress)
     if options.preview:
         save_atomically(preview_sheet(output, options.preview_faces), options.preview)
     return summary
@@ -114,7 +100,7 @@ def _open_input(input_path: Path, generator: ExpressionGenerator, options: Augme
         return _aligned_table_input(input_path, generator, options.batch_size)
     detector = options.detection.detector(generator.device, options.batch_size)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=generator.device)
-    sources = [source for source in discover_sources(input_path)]
+    sources = discover_sources(input_path)
 
     def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
         return detect_and_align(load_batches(todo, options.batch_size, options.workers), detector, aligner)

@@ -15,7 +15,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from exaug.faces.align import AlignedFaces, FaceAligner
 from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.io.images import load_image
 from exaug.io.sources import Source
+from exaug.io.store import FaceRows, open_writer
+from exaug.progress import progress_bar
 
 T = TypeVar("T")
 NO_FACE = "no face found"
@@ -149,3 +152,42 @@ class StageTimer:
             if item is None:
                 return
             yield item
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the summary table and for tests."""
+
+    output: Path
+    sources: int = 0  # images found under INPUT (this shard's)
+    resumed: int = 0  # of those, done by an earlier run and skipped
+    faces: int = 0  # rows written by this run
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), this run
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.sources - self.resumed) / self.seconds if self.seconds else 0.0
+
+
+def write_face_table(output: Path, sources: list[Source], batches_for: Callable[[list[Source]], Iterable[FaceBatch]],
+                     rows_of: Callable[[FaceBatch], FaceRows], *, run_key: dict[str, Any], attrs: dict[str, Any],
+                     overwrite: bool, description: str, show_progress: bool) -> RunSummary:
+    """The run loop of align and augment: skip what an earlier run finished, then commit each
+    batch's rows (and the sources it completes) atomically, so a killed run resumes here."""
+    summary = RunSummary(output, sources=len(sources))
+    started = time.perf_counter()
+    with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
+        todo = [source for source in sources if source.relpath not in writer.done_sources]
+        summary.resumed = len(sources) - len(todo)
+        with progress_bar("images", disable=not show_progress) as bar:
+            task = bar.add_task(description, total=len(todo), info="")
+            for batch in in_background(batches_for(todo)):
+                rows = rows_of(batch)
+                writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
+                summary.faces += len(rows.identity)
+                summary.failures += batch.failures
+                bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
+        writer.finish()
+    summary.seconds = time.perf_counter() - started
+    return summary
