@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, cuda_only
 from exaug.expressions import EXPRESSIONS
 from exaug.io.store import read_faces
 from exaug.pipelines.align import AlignOptions, align_dataset
@@ -134,3 +134,13 @@ def test_cli_errors_are_one_clear_line(tmp_path):
 def test_help_lists_only_finished_commands():
     result = _exaug("--help")
     assert result.returncode == 0 and "align" in result.stdout
+
+
+@cuda_only
+def test_cuda_alignment_matches_the_cpu(faces_dir, tmp_path, aligned_h5):
+    """Pinned decoding, detection and warping on the GPU give the CPU's faces."""
+    output = tmp_path / "cuda.h5"
+    align_dataset(faces_dir, output, AlignOptions(device="cuda"), show_progress=False)
+    with read_faces(output) as gpu, read_faces(aligned_h5) as cpu:
+        assert list(gpu.source) == list(cpu.source)
+        assert np.abs(gpu.images[0:len(gpu)].astype(np.int16) - cpu.images[0:len(cpu)]).mean() < 2

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, cuda_only
 from exaug.data import AugmentedFaces
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
@@ -222,3 +222,13 @@ def test_without_a_model_the_error_says_how_to_get_one(monkeypatch, tmp_path):
         default.model_path(None)
     with pytest.raises(ExaugError, match="no such model"):
         default.model_path(tmp_path / "typo.pt")
+
+
+@cuda_only
+def test_cuda_augment_matches_the_cpu(tmp_path, faces_dir, test_checkpoint, model_hash, augmented_h5):
+    """bf16 autocast on the GPU stays within a few grey levels of the CPU's fp32 faces."""
+    output = tmp_path / "cuda.h5"
+    augment_dataset(faces_dir, output, ExpressionGenerator.load(test_checkpoint, "cuda"), model_hash, show_progress=False)
+    gpu, cpu = _datasets(output), _datasets(augmented_h5)
+    assert np.array_equal(gpu["expression"], cpu["expression"]) and np.array_equal(gpu["source"], cpu["source"])
+    assert np.abs(gpu["images"].astype(np.int16) - cpu["images"]).mean() < 4

@@ -46,7 +46,8 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
              "expressions": list(EXPRESSIONS), "command": command}
 
     def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
-        return detect_and_align(load_batches(todo, options.batch_size, options.workers), detector, aligner)
+        return detect_and_align(load_batches(todo, options.batch_size, options.workers,
+                                             pin_memory=detector.device.type == "cuda"), detector, aligner)
 
     return write_face_table(output, sources, batches_for, face_rows, run_key=run_key, attrs=attrs,
                             overwrite=overwrite, description="aligning", show_progress=show_progress)

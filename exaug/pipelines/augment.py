@@ -103,7 +103,8 @@ def _open_input(input_path: Path, generator: ExpressionGenerator, options: Augme
     sources = discover_sources(input_path)
 
     def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
-        return detect_and_align(load_batches(todo, options.batch_size, options.workers), detector, aligner)
+        return detect_and_align(load_batches(todo, options.batch_size, options.workers,
+                                             pin_memory=generator.device.type == "cuda"), detector, aligner)
 
     return sources, batches_for
 

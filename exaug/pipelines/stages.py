@@ -36,19 +36,23 @@ NO_FACE = "no face found"
 @dataclass
 class LoadedImage:
     source: Source
-    pixels: np.ndarray | None  # HxWx3 uint8, None when it could not be read
+    pixels: np.ndarray | torch.Tensor | None  # HxWx3 uint8 (pinned tensor on CUDA), None when unreadable
     error: str | None = None
 
 
-def _load(source: Source) -> LoadedImage:
+def _load(source: Source, pin_memory: bool) -> LoadedImage:
     try:
-        return LoadedImage(source, load_image(source.path))
+        pixels = load_image(source.path)
     except ImageLoadError as err:
         return LoadedImage(source, None, err.reason)
+    # Page-locked memory lets the copy to the GPU run asynchronously (non_blocking) with compute.
+    return LoadedImage(source, torch.from_numpy(pixels).pin_memory() if pin_memory else pixels)
 
 
-def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2) -> Iterator[list[LoadedImage]]:
-    """Batches of decoded images, in order, at most ``prefetch`` batches decoded ahead."""
+def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2, *,
+                 pin_memory: bool = False) -> Iterator[list[LoadedImage]]:
+    """Batches of decoded images, in order, at most ``prefetch`` batches decoded ahead; with
+    ``pin_memory`` (CUDA only) each image is a pinned ``HxWx3 uint8`` tensor instead of an array."""
     starts = iter(range(0, len(sources), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="exaug-decode") as pool:
         pending: deque[list] = deque()
@@ -56,7 +60,7 @@ def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, p
         def submit_next() -> None:
             start = next(starts, None)
             if start is not None:
-                pending.append([pool.submit(_load, source) for source in sources[start:start + batch_size]])
+                pending.append([pool.submit(_load, source, pin_memory) for source in sources[start:start + batch_size]])
 
         for _ in range(prefetch + 1):
             submit_next()
