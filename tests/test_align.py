@@ -144,3 +144,12 @@ def test_cuda_alignment_matches_the_cpu(faces_dir, tmp_path, aligned_h5):
     with read_faces(output) as gpu, read_faces(aligned_h5) as cpu:
         assert list(gpu.source) == list(cpu.source)
         assert np.abs(gpu.images[0:len(gpu)].astype(np.int16) - cpu.images[0:len(cpu)]).mean() < 2
+
+
+def test_installed_console_script_reports_errors_without_a_traceback(tmp_path):
+    script = Path(sys.executable).parent / "exaug"
+    assert script.exists(), "the package's console script is installed beside the interpreter"
+    result = subprocess.run([str(script), "augment", str(tmp_path / "missing"), "-o", str(tmp_path / "o.h5")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "missing: no such file or folder" in result.stderr
+    assert "Traceback" not in result.stderr
