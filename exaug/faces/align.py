@@ -125,6 +125,15 @@ def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torc
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def resize_faces(faces: torch.Tensor, size: int) -> torch.Tensor:
+    """``(n, C, H, W)`` uint8 faces at ``size`` x ``size``, antialiased: the one resize that training,
+    evaluation and augment share, so a face is scaled the same way wherever it is used."""
+    if tuple(faces.shape[-2:]) == (size, size):
+        return faces
+    resized = F.interpolate(faces.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
 @dataclass
 class Patch:
     """An aligned face warped back into its source image: ``pixels`` cover rows top.. and cols left..."""

@@ -16,12 +16,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from exaug import __version__
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
-from exaug.faces.align import AlignedFaces, FaceAligner
+from exaug.faces.align import AlignedFaces, FaceAligner, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.io.sheets import labelled_grid, save_atomically
 from exaug.io.sources import Source, discover_sources
@@ -151,9 +150,7 @@ def _augmented_rows(batch: FaceBatch, generator: ExpressionGenerator, targets: l
     names = [generator.expressions[i] for i in targets]
     generated = generator.generate_all(aligned.images, names, intensity=intensity)
     faces = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
-    if size != faces.shape[-1]:
-        faces = F.interpolate(faces.float(), size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    faces = resize_faces(faces, size)
     sources = [batch.sources[i] for i in aligned.image_index]
     known = [EXPRESSIONS.index(s.expression) if s.expression else -1 for s in sources]
     return FaceRows(

@@ -114,15 +114,6 @@ def _classifier_input(faces: Tensor) -> Tensor:
     return encode(faces, 1)[0].expand(-1, 3, -1, -1)
 
 
-def _at_size(images: np.ndarray, size: int) -> Tensor:
-    """(n,H,W,3) uint8 -> (n,3,S,S) uint8 at the generator's size, resized as training resizes."""
-    faces = torch.from_numpy(images).permute(0, 3, 1, 2)
-    if faces.shape[-2:] != (size, size):
-        faces = F.interpolate(faces.float(), size=(size, size), mode="bilinear", antialias=True)
-        faces = faces.round().clamp(0, 255).to(torch.uint8)
-    return faces
-
-
 def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """Random horizontal flips and crops shifted by up to 1/16 of the side (edges replicated)."""
     count, _, size, _ = x.shape
@@ -158,7 +149,7 @@ def train_classifier(faces: FaceSet, *, image_size: int, epochs: int = 10, batch
         task = bar.add_task("training the expression classifier", total=steps, info="")
         for _ in range(steps):
             index = next(batches)
-            x = _augment(_classifier_input(_at_size(faces.gather(index), image_size).to(device)), augment_rng)
+            x = _augment(_classifier_input(faces.faces_at(index, image_size).to(device)), augment_rng)
             loss = F.cross_entropy(network(x), torch.from_numpy(faces.labels[index]).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -356,7 +347,7 @@ def _score(generator: ExpressionGenerator, network: nn.Module, held: FaceSet, op
         task = bar.add_task("rendering held-out faces", total=len(held), info="")
         for start in range(0, len(held), options.batch_size):
             positions = np.arange(start, min(start + options.batch_size, len(held)))
-            faces = _at_size(held.gather(positions), size).to(generator.device)
+            faces = held.faces_at(positions, size).to(generator.device)
             labels = torch.from_numpy(held.labels[positions])
             real_hits = predict_expressions(network, faces, batch_size=options.batch_size) == labels
             real_correct += np.bincount(labels[real_hits].numpy(), minlength=count)

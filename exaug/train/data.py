@@ -23,6 +23,7 @@ from PIL import Image
 
 from exaug.errors import ExaugError, ImageLoadError, InputError
 from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.faces.align import resize_faces
 from exaug.faces.detect import DetectionOptions
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
@@ -57,6 +58,10 @@ class FaceSet:
         """Images of the given positions, in that order (repeats allowed), as (n, H, W, 3) uint8."""
         unique, inverse = np.unique(self.rows[index], return_inverse=True)
         return np.asarray(self.images[unique])[inverse]
+
+    def faces_at(self, index: np.ndarray, size: int) -> torch.Tensor:
+        """Images of the given positions as (n, 3, size, size) uint8, resized as everywhere else."""
+        return resize_faces(torch.from_numpy(self.gather(index)).permute(0, 3, 1, 2), size)
 
     def summary(self) -> dict[str, Any]:
         counts = np.bincount(self.labels, minlength=len(EXPRESSIONS))

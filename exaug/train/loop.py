@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
@@ -34,7 +33,7 @@ from exaug.io.sheets import save_atomically
 from exaug.model.generator import ExpressionGenerator
 from exaug.progress import console, progress_bar
 from exaug.train.config import TrainConfig
-from exaug.train.data import FaceSet, TrainBatches, batch_loader, load_faces, sample_positions, split_validation
+from exaug.train.data import TrainBatches, batch_loader, load_faces, sample_positions, split_validation
 from exaug.train.distributed import World
 from exaug.train.sheets import sample_sheet
 from exaug.train.trainer import Trainer
@@ -127,21 +126,13 @@ class _Run:
             if not world.is_main:
                 torch.manual_seed(config.seed * 1000 + world.rank + 7919 * self.start)
         picks = sample_positions(self.val_set, config.n_samples, config.seed)
-        self.sample_faces = self._faces_at(self.val_set, picks)
-        self.val_faces = self._faces_at(self.val_set, np.arange(min(len(self.val_set), VALIDATION_LIMIT)))
+        self.sample_faces = self.val_set.faces_at(picks, self.config.image_size)
+        self.val_faces = self.val_set.faces_at(np.arange(min(len(self.val_set), VALIDATION_LIMIT)),
+                                              self.config.image_size)
         self.val_labels = torch.from_numpy(self.val_set.labels[:VALIDATION_LIMIT])
         self.metrics = self.run_dir / METRICS_FILE
         if world.is_main and resume:
             self._truncate_metrics()
-
-    def _faces_at(self, faces: FaceSet, positions: np.ndarray) -> torch.Tensor:
-        """uint8 RGB faces at the model's size (sample sheets and validation go through inference)."""
-        images = torch.from_numpy(faces.gather(positions)).permute(0, 3, 1, 2)
-        size = self.config.image_size
-        if images.shape[-1] != size:
-            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-            images = images.round().clamp(0, 255).to(torch.uint8)
-        return images
 
     def train(self, on_step: StepCallback | None) -> Path:
         config, world, trainer = self.config, self.world, self.trainer
