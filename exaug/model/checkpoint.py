@@ -34,7 +34,10 @@ from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
 
 GENERATOR_FORMAT = "exaug.generator"
 STATE_FORMAT = "exaug.train-state"
+CLASSIFIER_FORMAT = "exaug.expression-classifier"  # exaug eval's judge (exaug.pipelines.evaluate)
 FORMAT_VERSION = 1
+_WHAT = {GENERATOR_FORMAT: "an inference (generator) file", STATE_FORMAT: "a training state file",
+         CLASSIFIER_FORMAT: "an expression classifier file (written by exaug eval --save-classifier)"}
 LATEST = "latest"
 
 
@@ -111,8 +114,9 @@ def save_state(path: Path, state: Mapping[str, Any]) -> Path:
                                                          **state}, handle))
 
 
-def _load(path: Path, expected: str) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with every way a file can be wrong turned into one clear line."""
+def load_payload(path: Path, expected: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of an exaug file of format ``expected``, with every way a
+    file can be wrong turned into one clear line."""
     path = Path(path)
     if not path.is_file():
         raise ExaugError(f"{path}: no such checkpoint file")
@@ -125,11 +129,10 @@ def _load(path: Path, expected: str) -> dict[str, Any]:
                          "not just tensors; those are never loaded, as loading them could run code)") from err
     except Exception as err:  # zip, EOF and storage errors from a damaged archive
         raise ExaugError(f"{path}: not a readable checkpoint (corrupt or truncated?): {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") not in (GENERATOR_FORMAT, STATE_FORMAT):
+    if not isinstance(payload, dict) or payload.get("format") not in _WHAT:
         raise ExaugError(f"{path}: not an exaug checkpoint")
     if payload["format"] != expected:
-        wanted = "an inference (generator) file" if expected == GENERATOR_FORMAT else "a training state file"
-        raise ExaugError(f"{path}: this is a {payload['format']} file; {wanted} is needed here")
+        raise ExaugError(f"{path}: this is {_WHAT[payload['format']]}; {_WHAT[expected]} is needed here")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ExaugError(f"{path}: written by a newer exaug (format {payload['format_version']}); upgrade exaug")
     return payload
@@ -170,7 +173,7 @@ def write_latest(run_dir: Path, step: int, generator: Path, state: Path) -> None
 def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[str, Any]]:
     """Rebuild G and the source estimator (fp32, CPU) from an inference file or a run directory."""
     path = resolve_checkpoint(path, "generator")
-    payload = _load(path, GENERATOR_FORMAT)
+    payload = load_payload(path, GENERATOR_FORMAT)
     try:
         meta = json.loads(payload["meta"])
         config = ModelConfig(**meta["model"])
@@ -184,7 +187,7 @@ def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[st
 
 def load_state(path: Path) -> dict[str, Any]:
     """A training state from a state file or a run directory."""
-    return _load(resolve_checkpoint(path, "state"), STATE_FORMAT)
+    return load_payload(resolve_checkpoint(path, "state"), STATE_FORMAT)
 
 
 def export_generator(source: Path | str, target: Path | str, *, half: bool = True, **notes: Any) -> Path:

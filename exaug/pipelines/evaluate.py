@@ -36,14 +36,12 @@ from exaug.device import resolve_device
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
-from exaug.model.checkpoint import atomic_write, cpu_state_dict
+from exaug.model.checkpoint import CLASSIFIER_FORMAT, FORMAT_VERSION, atomic_write, cpu_state_dict, load_payload
 from exaug.model.color import encode
 from exaug.model.generator import ExpressionGenerator
 from exaug.progress import progress_bar
 from exaug.train.data import FaceSet, TrainBatches, load_faces, split_validation
 
-CLASSIFIER_FORMAT = "exaug.expression-classifier"
-CLASSIFIER_FORMAT_VERSION = 1
 OUTSIDE_THRESHOLD = 0.01  # feather_mask below this is "outside the face"
 
 
@@ -169,7 +167,7 @@ def predict_expressions(network: nn.Module, faces: Tensor, *, batch_size: int = 
 
 def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) -> Path:
     """Weights and metadata only (loads with ``weights_only=True``), written atomically."""
-    payload = {"format": CLASSIFIER_FORMAT, "format_version": CLASSIFIER_FORMAT_VERSION,
+    payload = {"format": CLASSIFIER_FORMAT, "format_version": FORMAT_VERSION,
                "meta": json.dumps(meta), "network": cpu_state_dict(network)}
     return atomic_write(Path(path), lambda handle: torch.save(payload, handle))
 
@@ -178,17 +176,7 @@ def load_classifier(path: Path | str, device: str | torch.device = "auto") -> tu
     """The network (eval mode, on ``device``) and its metadata; any way the file is wrong is one
     ExaugError. Files holding Python objects are refused, never unpickled."""
     path = Path(path)
-    if not path.is_file():
-        raise ExaugError(f"{path}: no such classifier file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and storage errors alike: the file is not ours or is damaged
-        raise ExaugError(f"{path}: not a readable classifier file (corrupt, truncated, or not written by "
-                         f"exaug eval --save-classifier): {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
-        raise ExaugError(f"{path}: not an exaug expression classifier (write one with exaug eval --save-classifier)")
-    if payload.get("format_version", 0) > CLASSIFIER_FORMAT_VERSION:
-        raise ExaugError(f"{path}: written by a newer exaug (format {payload['format_version']}); upgrade exaug")
+    payload = load_payload(path, CLASSIFIER_FORMAT)
     try:
         meta = json.loads(payload["meta"])
         network = _network()
