@@ -128,9 +128,10 @@ def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             rows = [(number, row) for number, source in enumerate(chunk) for row in rows_of[source.relpath]]
-            images = torch.from_numpy(np.stack([table.images[row] for _, row in rows])).permute(0, 3, 1, 2)
+            positions = np.array([row for _, row in rows])  # ascending: one read of the HDF5 chunks
+            images = torch.from_numpy(table.images[positions]).permute(0, 3, 1, 2)
             aligned = AlignedFaces(images.to(generator.device), torch.zeros(len(rows), 2, 3),
-                                   np.array([n for n, _ in rows]), table.face[[row for _, row in rows]].astype(np.int64))
+                                   np.array([n for n, _ in rows]), table.face[positions].astype(np.int64))
             yield FaceBatch(chunk, aligned, [ImageFaces.empty() for _ in chunk])
 
     return sources, batches_for
