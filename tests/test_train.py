@@ -118,6 +118,29 @@ def test_resume_continues_the_step_count_and_schedule(ckplus_dir, tmp_path):
     assert (a.int() - b.int()).abs().max() <= 1
 
 
+def test_a_larger_iters_extends_a_finished_run(ckplus_dir, tmp_path):
+    from exaug.cli.train import train_command
+
+    app = typer.Typer()
+    app.command()(train_command)
+    run_dir = tmp_path / "run"
+    train(_config(ckplus_dir, run_dir, iters=4, sample_every=100, save_every=100))
+    first = _metrics(run_dir)
+    assert first[-1]["lr"] < first[0]["lr"]  # decayed towards the end of the first schedule
+
+    result = CliRunner().invoke(app, ["--resume", str(run_dir), "--iters", "8"])
+    assert result.exit_code == 0, result.output
+    rows = _metrics(run_dir)
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    assert rows[:4] == first
+    assert rows[4]["lr"] == first[0]["lr"] and rows[-1]["lr"] < rows[4]["lr"]  # the new schedule, from full rate
+    assert TrainConfig.load(run_dir).iters == 8 and load_state(run_dir)["step"] == 8
+
+    undo = CliRunner().invoke(app, ["--resume", str(run_dir), "--iters", "5"])
+    assert isinstance(undo.exception, ExaugError) and "8 iterations" in str(undo.exception)
+    assert TrainConfig.load(run_dir).iters == 8
+
+
 @pytest.mark.slow
 def test_sigint_leaves_a_loadable_checkpoint_and_exits_130(ckplus_dir, tmp_path):
     run_dir = tmp_path / "run"

@@ -35,7 +35,8 @@ def train_command(
                                           help="Run folder: config, metrics.jsonl, samples/, checkpoints/, latest."),
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="RUN_DIR",
-        help="Continue this run from its last checkpoint with its saved options (only --device and --workers apply)."),
+        help="Continue this run from its last checkpoint with its saved options (only --device, --workers and "
+             "--iters apply; a larger --iters extends a run, even a finished one)."),
     image_size: int = typer.Option(_default("image_size"), help="Face size in pixels: 64, 128 or 256."),
     channels: int = typer.Option(_default("channels"),
                                  help="3 (RGB) or 1 (luma: for greyscale data; still edits colour faces)."),
@@ -43,7 +44,10 @@ def train_command(
     repeat_num: int = typer.Option(_default("repeat_num"), help="Residual blocks in G."),
     attention: bool = typer.Option(_default("attention"), "--attention/--no-attention",
                                    help="GANimation attention mask: keep the pixels an expression does not touch."),
-    iters: int = typer.Option(_default("iters"), help="Discriminator iterations (G trains every --n-critic)."),
+    iters: Optional[int] = typer.Option(
+        None, show_default=False,
+        help=f"Discriminator iterations (G trains every --n-critic) [default: {_default('iters')}]. With --resume: "
+             "the new total; the learning rate follows the new schedule."),
     batch_size: int = typer.Option(_default("batch_size"), help="Faces per step and process."),
     lr: float = typer.Option(_default("lr"), help="Adam learning rate; decays linearly over the second half."),
     n_critic: int = typer.Option(_default("n_critic"), help="D iterations per G iteration."),
@@ -76,13 +80,15 @@ def train_command(
     if resume is not None:
         if data is not None or output is not None:
             raise ExaugError("--resume RUN_DIR continues a run with its saved options: give no DATA or --output")
-        config = TrainConfig.load(resume, device=device.value, workers=workers)
+        extend = {} if iters is None else {"iters": iters}
+        config = TrainConfig.load(resume, device=device.value, workers=workers, **extend)
     elif data is None or output is None:
         raise ExaugError("give DATA and --output RUN_DIR (or --resume RUN_DIR)")
     else:
         config = TrainConfig(
             data=str(data), output=str(output), image_size=image_size, channels=channels, conv_dim=conv_dim,
-            repeat_num=repeat_num, attention=attention, iters=iters, batch_size=batch_size, lr=lr,
+            repeat_num=repeat_num, attention=attention, iters=_default("iters") if iters is None else iters,
+            batch_size=batch_size, lr=lr,
             n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
             lambda_mask=lambda_mask, balance=balance, val_subjects=val_subjects, align=align,
             template=template.value, cache_dir=None if cache_dir is None else str(cache_dir),

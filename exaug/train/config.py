@@ -84,8 +84,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, run_dir: Path, **runtime: object) -> TrainConfig:
-        """The config of an existing run; ``runtime`` replaces options that do not change the
-        schedule or the model (device, workers), e.g. to resume on another machine."""
+        """The config of an existing run; ``runtime`` replaces options that leave the model and the
+        data alone: device and workers (to resume on another machine) and iters (to extend a run)."""
         path = Path(run_dir) / CONFIG_FILE
         try:
             saved = json.loads(path.read_text())
@@ -97,7 +97,7 @@ class TrainConfig:
         unknown = set(saved) - known
         if unknown:
             raise ExaugError(f"{path}: unknown options {sorted(unknown)} (written by a newer exaug?)")
-        allowed = {"device", "workers"}
+        allowed = {"device", "workers", "iters"}
         if set(runtime) - allowed:
             raise ValueError(f"only {sorted(allowed)} can change on resume")
         return replace(cls(**saved), output=str(run_dir), **runtime)

@@ -101,10 +101,12 @@ class _Run:
                              f"{self.run_dir} or choose another --output")
         state = load_state(self.run_dir) if resume else None
         self.start = state["step"] if state else 0
+        if config.iters < self.start:
+            raise ExaugError(f"{self.run_dir}: has trained {self.start} iterations already; "
+                             f"--iters {config.iters} would undo them")
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                config.save(self.run_dir)
+            config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         torch.manual_seed(config.seed * 1000 + world.rank)
 
         faces = load_faces(config, device=world.device, is_main=world.is_main, barrier=world.barrier)
