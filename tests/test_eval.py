@@ -155,6 +155,7 @@ def test_cli_writes_table_and_json(test_checkpoint, evaluated, ckplus_dir, tmp_p
     written = EvalReport.from_json(out.read_text())
     assert len(written.held_out_subjects) == 2 and set(written.held_out_subjects) <= set(report.held_out_subjects)
     assert "generated acc" in result.output
+    assert "reading faces" not in result.output and "rendering" not in result.output  # --quiet: no progress bars
 
 
 def test_saved_classifier_predicts_identically(ck_faces, tmp_path):

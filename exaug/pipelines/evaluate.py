@@ -236,7 +236,8 @@ def _load(generator: ExpressionGenerator, path: Path, options: EvalOptions) -> F
     """The data as ``exaug train`` reads it, for this generator: its size, its template."""
     source = SimpleNamespace(data=str(path), align=options.align, image_size=generator.image_size,
                              template=generator.template or "exaug", cache_dir=options.cache_dir)
-    faces = load_faces(source, device=resolve_device(options.device), is_main=True, barrier=lambda: None)
+    faces = load_faces(source, device=resolve_device(options.device), is_main=True, barrier=lambda: None,
+                       show_progress=options.show_progress)
     if faces.template != generator.template:
         def described(template: str | None) -> str:
             return f"the {template} template" if template else "unaligned crops (--no-align)"

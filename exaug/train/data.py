@@ -85,22 +85,25 @@ def subject_of(source: str, identity: str) -> str:
     return ""
 
 
-def load_faces(config: Any, *, device: torch.device, is_main: bool, barrier: Callable[[], None]) -> FaceSet:
+def load_faces(config: Any, *, device: torch.device, is_main: bool, barrier: Callable[[], None],
+               show_progress: bool = True) -> FaceSet:
     """The labelled faces of ``config.data``; faces of unknown expression are left out (they cannot
-    train the classifier losses). Only the main process aligns; the others wait and read the cache."""
+    train the classifier losses). Only the main process aligns (and shows progress); the others wait
+    and read the cache."""
+    show_progress = show_progress and is_main
     path = Path(config.data)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file():
         faces = _read_table(path)
     elif not config.align:
-        faces = _read_crops(path, config.image_size, show_progress=is_main)
+        faces = _read_crops(path, config.image_size, show_progress=show_progress)
     elif is_face_table(path):
         faces = _read_table(path)
     else:
         cache = _aligned_cache(path, config)
         if is_main:  # resumable: a finished cache is only checked, an interrupted one completed
-            _align(path, cache, config, device)
+            _align(path, cache, config, device, show_progress=show_progress)
         barrier()
         faces = replace(_read_table(cache), source=str(path))
     known = faces.labels >= 0
@@ -126,11 +129,12 @@ def _aligned_cache(path: Path, config: Any) -> Path:
     return root / f"{digest.hexdigest()[:24]}.h5"
 
 
-def _align(path: Path, cache: Path, config: Any, device: torch.device) -> None:
-    console.print(f"aligning {path} for training (cached in {cache}; later runs reuse it)", highlight=False)
+def _align(path: Path, cache: Path, config: Any, device: torch.device, *, show_progress: bool) -> None:
+    if show_progress:
+        console.print(f"aligning {path} (cached in {cache}; later runs reuse it)", highlight=False)
     options = AlignOptions(template=config.template, size=config.image_size, device=str(device),
                            detection=DetectionOptions(faces="largest"))
-    align_dataset(path, cache, options, command=f"exaug train {path}")
+    align_dataset(path, cache, options, command=f"exaug train {path}", show_progress=show_progress)
 
 
 def _read_crops(root: Path, size: int, *, show_progress: bool) -> FaceSet:
