@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchlib import DATA, devices, load_model, machine
 from exaug.io.video import probe
+from exaug.faces.detect import DetectionOptions
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 
 
@@ -22,16 +23,18 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, default=DATA / "video" / "street_1080p_audio.mp4")
     parser.add_argument("--preset", default="medium")
     parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--max-side", type=int, default=DetectionOptions.max_side, help="detection resolution")
     args = parser.parse_args()
     info = probe(args.clip)
     report = {"clip": {"path": str(args.clip), "size": f"{info.width}x{info.height}", "frames": info.frames,
-                       "fps": float(info.fps)}, "results": {}}
+                       "fps": float(info.fps)}, "max_side": args.max_side, "results": {}}
     for device in devices():
         generator, described = load_model(args.model, device, args.image_size)
         report["model"] = described
         output = Path(tempfile.mkdtemp()) / "out.mp4"
         summary = edit_video(args.clip, output, generator,
-                             VideoOptions(emotion="happy", preset=args.preset, chunk_size=args.chunk_size),
+                             VideoOptions(emotion="happy", preset=args.preset, chunk_size=args.chunk_size,
+                                          detection=DetectionOptions(max_side=args.max_side)),
                              show_progress=False)
         report["results"][device] = {
             **machine(device),

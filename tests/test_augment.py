@@ -23,6 +23,7 @@ from exaug.io.store import merge, read_faces
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.align import align_dataset, AlignOptions
 from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash
+from exaug.pipelines.stages import NO_FACE
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +213,19 @@ def test_cli_preview_sheet(tmp_path, test_checkpoint):
     assert result.returncode == 0, result.stderr
     with Image.open(sheet) as image:  # two example faces x (original + 2 targets), under a label row
         assert image.size == (3 * 64, 16 + 2 * 64)
+
+
+def test_cli_detection_options_reach_the_detector(tmp_path, test_checkpoint):
+    """The examples' faces are about 200 px: a 1000 px minimum finds none, and says so for each image."""
+    output = tmp_path / "o.h5"
+    result = subprocess.run([sys.executable, "-m", "exaug", "augment", str(REPO / "examples"), "-o", str(output),
+                             "--emotion", "happy", "--model", str(test_checkpoint), "--min-face-size", "1000",
+                             "--max-side", "512", "--threshold", "0.95", "-q"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    with read_faces(output) as table:
+        assert len(table) == 0
+        assert sorted(table.failures) == [("astronaut.png", NO_FACE), ("grace_hopper.jpg", NO_FACE)]
 
 
 def test_without_a_model_the_error_says_how_to_get_one(monkeypatch, tmp_path):

@@ -72,6 +72,8 @@ def test_largest_and_thresholds(detector, photos):
     areas = (everyone.boxes[:, 2] - everyone.boxes[:, 0]) * (everyone.boxes[:, 3] - everyone.boxes[:, 1])
     assert len(largest) == 1 and np.allclose(largest.boxes[0], everyone.boxes[np.argmax(areas)])
     assert len(FaceDetector("cpu", min_face_size=400).detect([group])[0]) == 0
+    # A minimum larger than the detection canvas finds nothing, rather than failing inside MTCNN.
+    assert len(FaceDetector("cpu", min_face_size=3000, max_side=512).detect([group])[0]) == 0
 
 
 @pytest.mark.parametrize("template", ["exaug", "arcface"])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import (DEVICE, FACES, OVERWRITE, QUIET, DeviceChoice, FacesChoice, TemplateChoice, command_line,
-                              print_summary)
+from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD, DeviceChoice,
+                              FacesChoice, TemplateChoice, command_line, print_summary)
 from exaug.faces.detect import DetectionOptions
 from exaug.pipelines.align import AlignOptions, align_dataset
 
@@ -18,9 +18,9 @@ def align_command(
     template: TemplateChoice = typer.Option(TemplateChoice.exaug, help="exaug (128px, for the GAN) or arcface (112px, face recognition)."),
     size: int = typer.Option(None, help="Output size in pixels (default: the template's)."),
     faces: FacesChoice = FACES,
-    min_face_size: int = typer.Option(20, help="Smallest face to keep, in pixels of the original image."),
-    threshold: float = typer.Option(0.9, help="Smallest detection probability to keep."),
-    max_side: int = typer.Option(1024, help="Images are downscaled to this for detection (crops come from the original)."),
+    min_face_size: int = MIN_FACE_SIZE,
+    threshold: float = THRESHOLD,
+    max_side: int = MAX_SIDE,
     batch_size: int = typer.Option(16, help="Images detected together."),
     workers: int = typer.Option(4, help="Threads decoding images ahead of detection."),
     device: DeviceChoice = DEVICE,

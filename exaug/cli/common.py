@@ -9,6 +9,7 @@ from enum import Enum
 import typer
 from rich.table import Table
 
+from exaug.faces.detect import DetectionOptions
 from exaug.pipelines.stages import RunSummary
 from exaug.progress import console
 
@@ -31,6 +32,12 @@ class FacesChoice(str, Enum):
 
 DEVICE = typer.Option(DeviceChoice.auto, "--device", help="auto picks CUDA when present.")
 FACES = typer.Option(FacesChoice.all, "--faces", help="Every face of an image, or only the largest.")
+MIN_FACE_SIZE = typer.Option(DetectionOptions.min_face_size, "--min-face-size",
+                             help="Smallest face to keep, in pixels of the original image.")
+THRESHOLD = typer.Option(DetectionOptions.threshold, "--threshold", help="Smallest detection probability to keep.")
+MAX_SIDE = typer.Option(DetectionOptions.max_side, "--max-side",
+                        help="Images are downscaled to this for detection (faces are cut from the original); "
+                             "lower is faster and misses more small faces.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 

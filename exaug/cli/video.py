@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import DEVICE, FACES, QUIET, DeviceChoice, FacesChoice
+from exaug.cli.common import DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, QUIET, THRESHOLD, DeviceChoice, FacesChoice
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
 from exaug.faces.detect import DetectionOptions
@@ -27,6 +27,9 @@ def video_command(
     preset: str = typer.Option("medium", "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
     chunk_size: int = typer.Option(16, "--chunk-size", help="Frames detected and generated together."),
+    min_face_size: int = MIN_FACE_SIZE,
+    threshold: float = THRESHOLD,
+    max_side: int = MAX_SIDE,
     device: DeviceChoice = DEVICE,
     quiet: bool = QUIET,
 ) -> None:
@@ -35,8 +38,9 @@ def video_command(
     if target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
     generator = ExpressionGenerator.load(model_path(model), device.value)
-    options = VideoOptions(emotion=target, intensity=intensity,
-                           detection=DetectionOptions(faces=faces.value), crf=crf, preset=preset,
+    detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold,
+                                 max_side=max_side)
+    options = VideoOptions(emotion=target, intensity=intensity, detection=detection, crf=crf, preset=preset,
                            side_by_side=side_by_side, chunk_size=chunk_size)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)

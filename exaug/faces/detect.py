@@ -114,6 +114,8 @@ class FaceDetector:
     def _detect_group(self, images: list[np.ndarray | torch.Tensor], scales: list[float]) -> list[ImageFaces]:
         sizes = [_detection_shape(image.shape[:2], scale) for image, scale in zip(images, scales)]
         height, width = _canvas_shape(images[0].shape[:2], scales[0])
+        if min(height, width) < self._mtcnn.min_face_size:  # no face that large fits (MTCNN fails on it)
+            return [ImageFaces.empty() for _ in images]
         canvas = torch.zeros((len(images), height, width, 3), device=self.device)
         for slot, (image, (h, w)) in enumerate(zip(images, sizes)):
             pixels = torch.as_tensor(image).to(self.device, non_blocking=True)
