@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from exaug.cli.common import DEVICE, QUIET, DeviceChoice
-from exaug.model.checkpoint import atomic_write
+from exaug.io.atomic import atomic_write
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.evaluate import EvalOptions, evaluate, report_table

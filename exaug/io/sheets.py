@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from exaug.io.atomic import replacing
+
 HEADER_HEIGHT = 16
 
 
@@ -29,6 +31,5 @@ def labelled_grid(grid: np.ndarray, labels: Sequence[str]) -> Image.Image:
 def save_atomically(image: Image.Image, path: Path) -> None:
     """A sheet is replaced whole or not at all (a reader never sees half a PNG)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    image.save(partial, format="PNG")
-    partial.replace(path)
+    with replacing(path) as temporary:
+        image.save(temporary, format="PNG")

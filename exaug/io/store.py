@@ -23,9 +23,8 @@ import json
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from exaug.errors import ExaugError, InputError
+from exaug.io.atomic import replacing
 from exaug.expressions import EXPRESSIONS
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -323,21 +323,6 @@ def _concat_tables(tables: Sequence[FaceTable]) -> FaceTable:
 # ----------------------------------------------------------------------------------------- file I/O
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, fsynced and renamed over it on success: readers see the old
-    file or the new one, never half of one, whenever the process dies."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        yield temporary
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _write_strings(h5: h5py.File, name: str, strings: Sequence[str]) -> None:
     h5.create_dataset(name, data=np.array(list(strings), dtype=object).reshape(-1), dtype=_STRING)
 
@@ -424,7 +409,7 @@ def _write_final(path: Path, tables: Sequence[FaceTable], attrs: dict[str, Any],
     """One self-contained, compressed file holding ``tables`` in order: consolidation and merge."""
     joined = _concat_tables(tables)
     shape = (len(joined), *_image_size(tables, attrs), 3)
-    with _replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
         _write_header(h5, attrs, run_key)
         _write_columns(h5, joined, compress=True)
         images = h5.create_dataset("images", shape=shape, dtype=np.uint8, **_chunked(shape, np.uint8))
@@ -441,7 +426,7 @@ def _write_master(path: Path, ledger: FaceTable, parts: Sequence[tuple[Path, int
     """The visible output of an unfinished HDF5 run: real small columns, ``images`` a virtual dataset
     over the part files (relative paths, so it opens from any working directory)."""
     shape = (len(ledger), *size, 3)
-    with _replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
         _write_header(h5, attrs, run_key)
         _write_columns(h5, ledger, compress=False)
         if not len(ledger):
@@ -482,7 +467,7 @@ def _manifest_cell(values: np.ndarray) -> list[str]:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    with _replacing(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+    with replacing(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         writer.writerows(rows)
@@ -517,7 +502,7 @@ def _read_folder_table(root: Path) -> FaceTable:
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
-    with _replacing(path) as temporary:
+    with replacing(path) as temporary:
         Image.fromarray(image).save(temporary, format="PNG")
 
 
@@ -682,13 +667,13 @@ class FaceWriter(ABC):
         run_file = self.parts_dir / "run.json"
         if not run_file.exists():
             self.parts_dir.mkdir(parents=True, exist_ok=True)
-            with _replacing(run_file) as temporary:
+            with replacing(run_file) as temporary:
                 temporary.write_text(json.dumps(self.run_key))
 
     def _append_part(self, table: FaceTable, store_images: Callable[[h5py.File], None]) -> None:
         self._start_parts()
         part = self.parts_dir / f"part-{len(self._parts):05d}.h5"
-        with _replacing(part) as temporary, h5py.File(temporary, "w") as h5:
+        with replacing(part) as temporary, h5py.File(temporary, "w") as h5:
             _write_columns(h5, table, compress=False)
             _write_strings(h5, "done_sources", table.completed_sources())
             if table.paths is not None:
@@ -831,7 +816,7 @@ class _FolderWriter(FaceWriter):
         self.output.mkdir(parents=True, exist_ok=True)
         columns = {name: {"dtype": str(values.dtype), "shape": list(values.shape[1:])}
                    for name, values in ledger.extra.items()}
-        with _replacing(self.output / _FOLDER_INFO) as temporary:
+        with replacing(self.output / _FOLDER_INFO) as temporary:
             temporary.write_text(json.dumps({"run_key": self.run_key, "attrs": self.attrs, "columns": columns},
                                             indent=2))
         _write_csv(self.output / "failures.csv", ("source", "reason"), ledger.failures)

@@ -16,9 +16,7 @@ takes a checkpoint path also takes the run directory.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -30,6 +28,7 @@ from torch import nn
 
 from exaug import __version__
 from exaug.errors import ExaugError
+from exaug.io.atomic import atomic_write
 from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
 
 GENERATOR_FORMAT = "exaug.generator"
@@ -39,33 +38,6 @@ FORMAT_VERSION = 1
 _WHAT = {GENERATOR_FORMAT: "an inference (generator) file", STATE_FORMAT: "a training state file",
          CLASSIFIER_FORMAT: "an expression classifier file (written by exaug eval --save-classifier)"}
 LATEST = "latest"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Any) -> Path:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would stay after the rename
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
 
 
 def cpu_state_dict(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

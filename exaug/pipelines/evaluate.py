@@ -36,7 +36,8 @@ from exaug.device import resolve_device
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
-from exaug.model.checkpoint import CLASSIFIER_FORMAT, FORMAT_VERSION, atomic_write, cpu_state_dict, load_payload
+from exaug.io.atomic import atomic_write
+from exaug.model.checkpoint import CLASSIFIER_FORMAT, FORMAT_VERSION, cpu_state_dict, load_payload
 from exaug.model.color import encode
 from exaug.model.generator import ExpressionGenerator
 from exaug.progress import progress_bar

@@ -27,7 +27,8 @@ import torch
 
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
-from exaug.model.checkpoint import (atomic_write, generator_metadata, load_state, read_latest, save_generator,
+from exaug.io.atomic import atomic_write
+from exaug.model.checkpoint import (generator_metadata, load_state, read_latest, save_generator,
                                     save_state, write_latest)
 from exaug.io.sheets import save_atomically
 from exaug.model.generator import ExpressionGenerator
