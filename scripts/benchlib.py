@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("EXAUG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def load_model(model: str | None, device: str, image_size: int, max_batch: int | None = None) -> tuple[ExpressionGenerator, str]:

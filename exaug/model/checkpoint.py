@@ -34,8 +34,10 @@ from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
 GENERATOR_FORMAT = "exaug.generator"
 STATE_FORMAT = "exaug.train-state"
 CLASSIFIER_FORMAT = "exaug.expression-classifier"  # exaug eval's judge (exaug.pipelines.evaluate)
+GUIDED_FORMAT = "exaug.guided-generator"  # the geometry-guided generator (exaug.model.guided)
 FORMAT_VERSION = 1
-_WHAT = {GENERATOR_FORMAT: "an inference (generator) file", STATE_FORMAT: "a training state file",
+_WHAT = {GENERATOR_FORMAT: "an inference (generator) file", GUIDED_FORMAT: "an inference (generator) file",
+         STATE_FORMAT: "a training state file",
          CLASSIFIER_FORMAT: "an expression classifier file (written by exaug eval --save-classifier)"}
 LATEST = "latest"
 
@@ -103,7 +105,7 @@ def load_payload(path: Path, expected: str) -> dict[str, Any]:
         raise ExaugError(f"{path}: not a readable checkpoint (corrupt or truncated?): {err}") from err
     if not isinstance(payload, dict) or payload.get("format") not in _WHAT:
         raise ExaugError(f"{path}: not an exaug checkpoint")
-    if payload["format"] != expected:
+    if payload["format"] != expected and _WHAT[payload["format"]] != _WHAT[expected]:
         raise ExaugError(f"{path}: this is {_WHAT[payload['format']]}; {_WHAT[expected]} is needed here")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ExaugError(f"{path}: written by a newer exaug (format {payload['format_version']}); upgrade exaug")
@@ -155,6 +157,37 @@ def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[st
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ExaugError(f"{path}: damaged exaug checkpoint (weights do not match its metadata): {err}") from err
     return generator.eval(), estimator.eval(), meta
+
+
+def generator_format(path: Path) -> str:
+    """Which kind of generator an inference file (or a run's newest) holds: StarGAN's or the guided one."""
+    return load_payload(resolve_checkpoint(path, "generator"), GENERATOR_FORMAT)["format"]
+
+
+def save_guided(path: Path, painter: nn.Module, geometry: Mapping[str, torch.Tensor], meta: Mapping[str, Any], *,
+                half: bool = False) -> Path:
+    """Write a geometry-guided generator: the painter's weights, the geometry model's tensors, metadata."""
+    payload = {
+        "format": GUIDED_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": json.dumps({**meta, "dtype": "float16" if half else "float32"}),
+        "painter": cpu_state_dict(painter, torch.float16 if half else None),
+        "geometry": {name: value for name, value in geometry.items() if name != "expressions"},
+    }
+    payload["meta"] = json.dumps({**json.loads(payload["meta"]), "expressions": list(geometry["expressions"])})
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def load_guided(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(painter state dict, geometry state, metadata) of a guided generator file or run directory."""
+    path = resolve_checkpoint(path, "generator")
+    payload = load_payload(path, GUIDED_FORMAT)
+    try:
+        meta = json.loads(payload["meta"])
+        geometry = {**payload["geometry"], "expressions": meta["expressions"]}
+        return {name: t.float() for name, t in payload["painter"].items()}, geometry, meta
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExaugError(f"{path}: damaged exaug checkpoint: {err}") from err
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from exaug.device import resolve_device
 from exaug.expressions import canonical_expression
-from exaug.model.checkpoint import load_generator
+from exaug.model.checkpoint import GUIDED_FORMAT, generator_format, load_generator
 from exaug.model.color import decode, encode
 
 ExpressionSpec = str | Sequence[str] | Tensor
@@ -53,6 +53,10 @@ class ExpressionGenerator:
 
         ``max_batch`` bounds the faces per forward pass (default 128 on CUDA, 16 on CPU).
         """
+        if generator_format(Path(path)) == GUIDED_FORMAT:  # the geometry-guided generator, same interface
+            from exaug.model.guided import GuidedExpressionGenerator
+
+            return GuidedExpressionGenerator.load(path, device, max_batch=max_batch)
         device = resolve_device(device)
         generator, estimator, meta = load_generator(Path(path))
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format

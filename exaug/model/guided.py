@@ -1,0 +1,192 @@
+"""The geometry-guided generator: move the face's own pixels, paint only what motion cannot.
+
+For each aligned face: its mesh (:mod:`exaug.faces.mesh`) -> where the points go for the target
+expression (:mod:`exaug.model.geometry`, a label or another face's expression) -> a dense warp
+(:mod:`exaug.model.warp`) -> the painter (:mod:`exaug.model.painter`) fills in what the warp cannot
+(teeth, the inside of the mouth, folds) under a mask. Identity and resolution come from the warp, so
+on a CPU-sized network the face stays the same person at full sharpness.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from exaug.faces.align import get_template
+from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template
+from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry, similarity_fit, transform_points
+from exaug.model.painter import Painter, PainterConfig
+from exaug.model.warp import backward_field, control_points, identity_field, warp
+
+TEMPLATE = "exaug"
+CONTROL_POINTS = control_points()
+
+
+class GuidedGenerator(nn.Module):
+    """Geometry model + painter; meshes in, faces out (all in the aligned crop's pixels)."""
+
+    def __init__(self, config: PainterConfig, geometry: ExpressionGeometry):
+        super().__init__()
+        self.config = config
+        self.geometry = geometry
+        self.painter = Painter(config)
+
+    def codes(self, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
+        """The painter's condition: the motion source -> target and the source's present expression,
+        both in the geometry model's expression basis (continuous: a label or another face's look)."""
+        frame = similarity_fit(source_mesh.double()[:, list(STABLE_POINTS)], self.geometry.reference)
+        motion = (transform_points(frame, target_mesh.double()) - transform_points(frame, source_mesh.double()))
+        motion_code = motion.flatten(1) @ self.geometry.expression_basis.T
+        present = self.geometry.explain(source_mesh.double())[1]
+        return torch.cat([motion_code, present], 1).float()
+
+    def field(self, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
+        """Backward sampling field (N, 64, 64, 2) in fractions of the crop side."""
+        size, points = self.config.image_size, CONTROL_POINTS
+        return backward_field((source_mesh[:, points] + 0.5) / size, (target_mesh[:, points] + 0.5) / size)
+
+    def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
+                field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``faces`` (N, C, S, S) in [-1, 1]. Returns (output, mask A, warped input)."""
+        field = self.field(source_mesh, target_mesh) if field is None else field
+        warped = warp(faces, field)
+        grid = torch.nn.functional.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear",
+                                               align_corners=False)
+        motion = grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2)
+        region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
+        output, keep = self.painter(faces, warped, motion, self.codes(source_mesh, target_mesh).to(faces.device), region)
+        return output, keep, warped
+
+
+def paint_region(mesh: Tensor, size: int) -> Tensor:
+    """Where new texture may appear: a soft ellipse around the mouth (teeth, its inside, the folds
+    beside it). Everywhere else the warp alone renders the face, which keeps skin, eyes, hair and
+    background exactly the person's own and stops the painter, trained on CK+'s greyscale studio
+    faces, from smudging faces unlike them (painted eyes and brows came out grey on colour photos)."""
+    from exaug.faces.mesh import LIPS_OUTER
+
+    centres = torch.arange(size, device=mesh.device, dtype=torch.float32)
+    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+    region = torch.zeros(len(mesh), 1, size, size, device=mesh.device)
+    for group, grow in ((LIPS_OUTER, 1.35),):
+        points = mesh[:, list(group), :2].float()
+        low, high = points.amin(1), points.amax(1)
+        centre, radius = (low + high) / 2, ((high - low) / 2 * grow).clamp_min(2.0)
+        distance = (((grid_x - centre[:, None, None, 0]) / radius[:, None, None, 0]) ** 2
+                    + ((grid_y - centre[:, None, None, 1]) / radius[:, None, None, 1]) ** 2).sqrt()
+        region = torch.maximum(region, (1.25 - distance).clamp(0, 0.25)[:, None] * 4)
+    return region
+
+
+class CropMesher:
+    """Meshes of faces already aligned on exaug's template: each crop is re-cut into the 192-pixel
+    mesh crop (a similarity, zero outside), meshed, and mapped back into the crop's pixels."""
+
+    def __init__(self, image_size: int, mesh: FaceMesh | None = None):
+        self.mesh = mesh or FaceMesh()
+        source = torch.from_numpy(get_template(TEMPLATE, image_size).points)
+        self.to_mesh = similarity_fit(source[None], torch.from_numpy(crop_template().points)).float()
+
+    @torch.no_grad()
+    def __call__(self, faces: Tensor) -> tuple[Tensor, Tensor]:
+        """(landmarks (N, 468, 2) in crop pixels, face scores (N,)) for uint8 (N, 3, S, S) faces."""
+        from exaug.faces.align import warp_faces
+
+        device = next(self.mesh.parameters()).device
+        transform = self.to_mesh.to(device)
+        crops = torch.stack([warp_faces(face.to(device).float(), transform, INPUT_SIZE)[0] for face in faces])
+        result = self.mesh(crops)
+        back = torch.linalg.inv(torch.cat([transform[0], torch.tensor([[0.0, 0.0, 1.0]], device=device)]))[:2]
+        xy = transform_points(back[None].expand(len(faces), -1, -1), result.landmarks[..., :2])
+        return xy, result.scores
+
+
+class GuidedExpressionGenerator:
+    """Inference with the geometry-guided generator, with :class:`~exaug.model.generator.ExpressionGenerator`'s
+    interface (uint8 aligned faces in and out) plus ``like``: the expression of other faces.
+
+    A luma model paints the Y channel; the chroma is warped with the same field, so colour moves with
+    the skin. ``intensity`` scales the motion continuously from 0 (the face's own points, its
+    present expression removed: "at rest") through 1 (the mean CK+ peak of that expression for this
+    face shape) to 1.5 (the same motion half as large again).
+    """
+
+    def __init__(self, model: GuidedGenerator, meta: dict, device: str | torch.device = "cpu", *,
+                 max_batch: int | None = None):
+        self.device = torch.device(device)
+        self._model = model.to(self.device).eval()
+        self._meta = meta
+        self._mesher = CropMesher(model.config.image_size)
+        self._mesher.mesh.to(self.device)
+        self.max_batch = max_batch or (128 if self.device.type == "cuda" else 16)
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "auto", *, max_batch: int | None = None) -> GuidedExpressionGenerator:
+        from dataclasses import fields
+
+        from exaug.device import resolve_device
+        from exaug.model.checkpoint import load_guided
+
+        painter, geometry, meta = load_guided(path)
+        known = {field.name for field in fields(PainterConfig)}
+        model = GuidedGenerator(PainterConfig(**{k: v for k, v in meta["painter"].items() if k in known}),
+                                ExpressionGeometry.from_state(geometry))
+        model.painter.load_state_dict(painter)
+        return cls(model, meta, resolve_device(device), max_batch=max_batch)
+
+    image_size = property(lambda self: self._model.config.image_size)
+    channels = property(lambda self: self._model.config.channels)
+    expressions = property(lambda self: tuple(self._model.geometry.expressions))
+    template = property(lambda self: TEMPLATE)
+    meta = property(lambda self: dict(self._meta))
+
+    def meshes(self, faces: Tensor) -> Tensor:
+        """(N, 468, 2) meshes of aligned uint8 faces, in their pixels."""
+        return torch.cat([self._mesher(faces[i:i + self.max_batch])[0] for i in range(0, len(faces), self.max_batch)]) \
+            if len(faces) else torch.zeros(0, 468, 2, device=self.device)
+
+    @torch.inference_mode()
+    def render(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
+        """Faces moved from their meshes to ``target_mesh`` (crop pixels), uint8 (N, 3, S, S)."""
+        from exaug.model.color import decode, encode
+
+        out = torch.empty_like(faces, device=self.device)
+        for start in range(0, len(faces), self.max_batch):
+            part = slice(start, start + self.max_batch)
+            x, chroma = encode(faces[part].to(self.device), self.channels)
+            field = self._model.field(source_mesh[part].to(self.device), target_mesh[part].to(self.device)).float()
+            edited, keep, _ = self._model(x, source_mesh[part].to(self.device), target_mesh[part].to(self.device), field)
+            # Mostly painted pixels are new texture (teeth, the mouth's inside): no colour is moved onto
+            # them; lightly retouched ones (keep > 0.75) keep the skin's and lips' own colour.
+            colour = ((keep - 0.25) / 0.5).clamp(0, 1)
+            out[part] = decode(edited, None if chroma is None else warp(chroma, field) * colour)
+        return out
+
+    def targets(self, meshes: Tensor, expressions: list[str] | None, intensity: float | Tensor,
+                like: Tensor | None = None) -> Tensor:
+        return self._model.geometry.target(meshes.cpu().double(), expressions, torch.as_tensor(intensity).cpu(),
+                                           like=None if like is None else like.cpu().double()).float()
+
+    def generate(self, faces: Tensor, expressions: str | list[str] | None = None, intensity: float | Tensor = 1.0,
+                 *, like: Tensor | None = None) -> Tensor:
+        """Each aligned uint8 face (N, 3, S, S) in an expression (one name, or one per face), or with the
+        expression of the aligned faces ``like`` (one, or one per face). Returns uint8 (N, 3, S, S)."""
+        if len(faces) == 0:
+            return faces.new_zeros((0, 3, self.image_size, self.image_size))
+        meshes = self.meshes(faces)
+        names = None
+        if like is None:
+            names = [expressions] * len(faces) if isinstance(expressions, str) else list(expressions)
+        else:
+            like = self.meshes(like.expand(len(faces), -1, -1, -1) if len(like) == 1 else like)
+        return self.render(faces, meshes, self.targets(meshes, names, intensity, like)).to(faces.device)
+
+    def generate_all(self, faces: Tensor, expressions: list[str], intensity: float | Tensor = 1.0) -> Tensor:
+        """Every face in every listed expression: uint8 (N, E, 3, S, S); each face is meshed once."""
+        n, e = len(faces), len(expressions)
+        if n == 0:
+            return faces.new_zeros((0, e, 3, self.image_size, self.image_size))
+        meshes = self.meshes(faces).repeat_interleave(e, 0)
+        targets = self.targets(meshes, list(expressions) * n, intensity)
+        out = self.render(faces.repeat_interleave(e, 0), meshes, targets)
+        return out.view(n, e, *out.shape[1:]).to(faces.device)

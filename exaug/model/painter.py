@@ -1,0 +1,100 @@
+"""The painter: what a warp cannot do (teeth, the mouth's inside, folds and furrows), under a mask.
+
+The geometry-guided generator first moves the face's own pixels (:mod:`exaug.model.warp`), then
+this small U-Net looks at the input face, the warped face, the motion field and the expression
+codes (where the face is going, and where it is now) and predicts a colour layer ``C`` and a mask
+``A``: ``out = A * warped + (1 - A) * C``. Trained to keep ``A`` near one, it paints only where the
+warp is wrong, so identity and resolution come from the warp and only a small area is invented.
+
+Upsampling is bilinear followed by a convolution, never a transposed convolution, whose uneven
+overlap is what printed the old model's checkerboard dots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class PainterConfig:
+    image_size: int = 128
+    channels: int = 1  # 1: luma (greyscale training data; colour faces keep their warped chroma), 3: RGB
+    width: int = 24
+    code_dim: int = 16  # size of one expression code (the geometry model's expression basis)
+
+
+def _conv(channels_in: int, channels_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, kernel_size=3, stride=stride, padding=1),
+                         nn.GroupNorm(num_groups=8, num_channels=channels_out), nn.LeakyReLU(0.2))
+
+
+class _Up(nn.Module):
+    """Double the resolution, then fuse with the encoder's features at that resolution."""
+
+    def __init__(self, channels_in: int, channels_skip: int, channels_out: int):
+        super().__init__()
+        self.fuse = nn.Sequential(_conv(channels_in + channels_skip, channels_out), _conv(channels_out, channels_out))
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([x, skip], 1))
+
+
+class Painter(nn.Module):
+    """U-Net: 128 -> 16 pixels and back, codes joined at the bottom, colour and mask heads on top."""
+
+    def __init__(self, config: PainterConfig):
+        super().__init__()
+        c, w = config.channels, config.width
+        self.config = config
+        # down: input face, warped face, motion field (2 channels)
+        self.down1 = nn.Sequential(_conv(2 * c + 2, w), _conv(w, w))  # 128
+        self.down2 = _conv(w, 2 * w, stride=2)  # 64
+        self.down3 = _conv(2 * w, 4 * w, stride=2)  # 32
+        self.down4 = _conv(4 * w, 8 * w, stride=2)  # 16
+        # bottleneck: the target motion code and the face's present expression code, tiled
+        self.bottleneck = nn.Sequential(_conv(8 * w + 2 * config.code_dim, 8 * w), _conv(8 * w, 8 * w))
+        # up
+        self.up3 = _Up(8 * w, 4 * w, 4 * w)
+        self.up2 = _Up(4 * w, 2 * w, 2 * w)
+        self.up1 = _Up(2 * w, w, w)
+        self.colour = nn.Conv2d(w, c, kernel_size=3, padding=1)
+        self.mask = nn.Conv2d(w, 1, kernel_size=3, padding=1)
+        nn.init.constant_(self.mask.bias, 3.0)  # start by trusting the warp everywhere (A ~ 0.95)
+
+    def forward(self, face: Tensor, warped: Tensor, motion: Tensor, codes: Tensor,
+                region: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``face``, ``warped``: (N, C, S, S) in [-1, 1]; ``motion``: (N, 2, S, S) sampling offsets in
+        fractions of the side; ``codes``: (N, 2 * code_dim); ``region``: (N, 1, S, S) in [0, 1], where
+        painting is allowed at all (elsewhere the output is the warp). Returns the output and the mask A."""
+        d1 = self.down1(torch.cat([face, warped, motion * 10], 1))
+        d2 = self.down2(d1)
+        d3 = self.down3(d2)
+        d4 = self.down4(d3)
+        tiled = codes[:, :, None, None].expand(-1, -1, *d4.shape[-2:])
+        u = self.bottleneck(torch.cat([d4, tiled], 1))
+        u = self.up1(self.up2(self.up3(u, d3), d2), d1)
+        keep = torch.sigmoid(self.mask(u))
+        if region is not None:
+            keep = 1 - region * (1 - keep)
+        return keep * warped + (1 - keep) * torch.tanh(self.colour(u)), keep
+
+
+class PatchCritic(nn.Module):
+    """A small PatchGAN (real/fake per 16-pixel patch) that keeps painted regions from going soft."""
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, 1, kernel_size=3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

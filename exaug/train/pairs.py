@@ -1,0 +1,84 @@
+"""Paired training faces: a CK+ sequence's neutral first frame and its labelled peak, both ways.
+
+A sequence ``S###_###`` starts neutral and ends at its peak, same person, same session, so the
+pair says exactly how this face moves and what it looks like when it gets there. Each pair is used
+in both directions (neutral -> peak teaches the expression, peak -> neutral teaches undoing one).
+
+Faces come from an aligned table with meshes (``exaug align --mesh``). The target face is moved
+into the source face's crop by a similarity fitted on the mesh points an expression does not move
+(eye corners, nose, upper head outline): MTCNN's alignment uses the mouth corners, so a smile
+shifts the peak's crop; fitting on stable points puts both frames in the same place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import torch
+from torch import Tensor
+
+from exaug.expressions import EXPRESSIONS
+from exaug.faces.align import warp_faces
+from exaug.model.geometry import STABLE_POINTS, similarity_fit, transform_points
+
+_CK_NAME = re.compile(r"^(S\d{3})_(\d{3})_\d{8}$")
+
+
+@dataclass
+class PairedFaces:
+    source: Tensor  # (n, 3, S, S) uint8: the face that goes in
+    target: Tensor  # (n, 3, S, S) uint8: the same person's real face in the target expression, in source's frame
+    source_mesh: Tensor  # (n, 468, 2) float64, source crop pixels
+    target_mesh: Tensor  # (n, 468, 2) float64, the target face's mesh in the source crop's pixels
+    target_expression: list[str]
+    source_expression: list[str]
+    subject: list[str]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def select(self, keep: Tensor) -> PairedFaces:
+        rows = keep.nonzero().flatten().tolist()
+        return PairedFaces(self.source[rows], self.target[rows], self.source_mesh[rows], self.target_mesh[rows],
+                           [self.target_expression[i] for i in rows], [self.source_expression[i] for i in rows],
+                           [self.subject[i] for i in rows])
+
+
+def sequence_pairs(sources: list[str], expressions: list[int]) -> list[tuple[int, int]]:
+    """(neutral row, peak row) for every labelled peak whose sequence's neutral frame is in the table."""
+    neutral_rows, peaks = {}, []
+    for row, (source, expression) in enumerate(zip(sources, expressions)):
+        match = _CK_NAME.match(PurePosixPath(source).stem)
+        if not match:
+            continue
+        sequence = match.group(1, 2)
+        if expression == EXPRESSIONS.index("neutral"):
+            neutral_rows[sequence] = row
+        elif expression >= 0:
+            peaks.append((sequence, row))
+    return [(neutral_rows[sequence], row) for sequence, row in peaks if sequence in neutral_rows]
+
+
+def build_pairs(images: Tensor, meshes: Tensor, transforms: Tensor, sources: list[str],
+                expressions: list[int]) -> PairedFaces:
+    """Both directions of every CK+ sequence pair in an aligned table: ``images`` (N, S, S, 3) uint8,
+    ``meshes`` (N, 468, 3) and ``transforms`` (N, 2, 3) in source-image pixels, as align --mesh writes."""
+    size = images.shape[1]
+    crop_meshes = transform_points(transforms.double(), meshes[..., :2].double())
+    rows = sequence_pairs(sources, expressions)
+    order = [(a, b) for a, b in rows] + [(b, a) for a, b in rows]
+    source_rows, target_rows = [a for a, _ in order], [b for _, b in order]
+    stable = list(STABLE_POINTS)
+    into_source = similarity_fit(crop_meshes[target_rows][:, stable], crop_meshes[source_rows][:, stable])
+    faces = images.permute(0, 3, 1, 2)
+    targets = torch.stack([
+        warp_faces(faces[row].float(), matrix[None].float(), size)[0].round().clamp(0, 255).to(torch.uint8)
+        for row, matrix in zip(target_rows, into_source)])
+    return PairedFaces(
+        source=faces[source_rows].contiguous(), target=targets, source_mesh=crop_meshes[source_rows],
+        target_mesh=transform_points(into_source, crop_meshes[target_rows]),
+        target_expression=[EXPRESSIONS[expressions[row]] for row in target_rows],
+        source_expression=[EXPRESSIONS[expressions[row]] for row in source_rows],
+        subject=[PurePosixPath(sources[row]).stem[:4] for row in source_rows])
