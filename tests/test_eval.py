@@ -17,12 +17,13 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from exaug.cli.eval import eval_command
+from exaug.cli.eval import eval_command, report_table
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.model import ExpressionGenerator
-from exaug.pipelines.evaluate import (EvalOptions, EvalReport, evaluate, load_classifier, predict_expressions,
-                                      report_table, save_classifier, train_classifier)
+from exaug.model.judge import load_classifier, predict_expressions, save_classifier
+from exaug.pipelines.evaluate import EvalOptions, EvalReport, evaluate
+from exaug.train.judge import train_classifier
 from exaug.progress import console
 from exaug.train.data import load_faces
 

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.table import Table
 
 from exaug.cli.common import DEVICE, QUIET, DeviceChoice
 from exaug.io.atomic import atomic_write
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
-from exaug.pipelines.evaluate import EvalOptions, evaluate, report_table
+from exaug.expressions import EXPRESSIONS
+from exaug.pipelines.evaluate import EvalOptions, EvalReport, evaluate
 from exaug.progress import console
 
 
@@ -57,3 +59,34 @@ def eval_command(
     if json_output is not None:
         atomic_write(json_output, lambda handle: handle.write(report.to_json().encode() + b"\n"))
         console.print(f"report: {json_output}", highlight=False)
+
+
+def report_table(report: EvalReport) -> Table:
+    """Per expression: held-out real faces, the classifier's accuracy on them, and on the
+    generated faces asked to show that expression; the change metrics below."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    table = Table(title=f"exaug eval: {report.data} ({len(report.held_out_subjects)} held-out subjects)",
+                  title_justify="left", caption_justify="left")
+    table.add_column("expression")
+    table.add_column("n real", justify="right")
+    table.add_column("real acc", justify="right")
+    table.add_column("generated acc", justify="right")
+    for name in EXPRESSIONS:
+        table.add_row(name, str(report.real_count[name]), percent(report.real_accuracy[name]),
+                      percent(report.generated_accuracy[name]))
+    table.add_section()
+    table.add_row("overall", str(sum(report.real_count.values())), percent(report.real_overall),
+                  percent(report.generated_overall))
+    table.add_row("mean per expression", "", percent(report.real_mean_per_expression),
+                  percent(report.generated_overall))
+    table.caption = "\n".join([
+        f"mean change outside the face: {report.outside_change:.2f} grey levels",
+        f"cycle error (x -> target -> source): {report.cycle_error:.2f} grey levels",
+        f"held out: {report.split}",
+        f"classifier: {report.classifier}",
+        f"time: {report.seconds.get('total', 0):.1f} s",
+    ])
+    return table
