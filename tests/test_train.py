@@ -23,10 +23,11 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from exaug.errors import ExaugError
+from exaug.errors import ExaugError, InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.sheets import HEADER_HEIGHT
 from exaug.model import ExpressionGenerator, load_state
+from exaug.pipelines.training import train_model
 from exaug.train import TrainConfig, TrainingInterrupted, train
 from exaug.train.data import TrainBatches, load_faces, split_validation, subject_of
 
@@ -55,7 +56,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ck_faces(ckplus_dir):
-    return load_faces(_config(ckplus_dir, "unused"), device=torch.device("cpu"), is_main=True, barrier=lambda: None)
+    return load_faces(ckplus_dir, image_size=SMALL["image_size"], crops=True)
 
 
 def test_training_writes_metrics_samples_and_checkpoints(ckplus_dir, tmp_path):
@@ -187,13 +188,15 @@ def test_raw_folder_is_aligned_once_and_cached(ckplus_dir, tmp_path):
         for path in sorted((ckplus_dir / name).glob("*.png"))[:4]:
             (raw / name / path.name).write_bytes(path.read_bytes())
     options = dict(align=True, cache_dir=str(tmp_path / "cache"), iters=1, n_samples=2)
-    train(_config(raw, tmp_path / "first", **options))
+    with pytest.raises(InputError, match="not aligned faces"):  # training reads faces; the pipeline aligns
+        train(_config(raw, tmp_path / "refused", **options))
+    train_model(_config(raw, tmp_path / "first", **options))
     cached = list((tmp_path / "cache" / "aligned").glob("*.h5"))
     assert len(cached) == 1
     model = ExpressionGenerator.load(tmp_path / "first", "cpu")
     assert model.template == "exaug" and model.meta["data"]["source"] == str(raw)
     assert model.meta["data"]["images"] + model.meta["data"]["validation"]["images"] == 12
-    train(_config(cached[0], tmp_path / "second", **options))  # an aligned table trains as it is
+    train_model(_config(cached[0], tmp_path / "second", **options))  # an aligned table trains as it is
     assert list((tmp_path / "cache" / "aligned").glob("*.h5")) == cached
 
 

@@ -12,7 +12,8 @@ from exaug.cli.common import TemplateChoice
 from exaug.cli.common import DEVICE, DeviceChoice
 from exaug.errors import ExaugError
 from exaug.progress import console
-from exaug.train import TrainConfig, train
+from exaug.pipelines.training import train_model
+from exaug.train import TrainConfig
 
 
 class AmpChoice(str, Enum):
@@ -94,5 +95,5 @@ def train_command(
             template=template.value, cache_dir=None if cache_dir is None else str(cache_dir),
             sample_every=sample_every, save_every=save_every, log_every=log_every, keep=keep,
             device=device.value, seed=seed, workers=workers, amp=amp.value)
-    model = train(config, resume=resume is not None)
+    model = train_model(config, resume=resume is not None)
     console.print(f"model: {model}", highlight=False)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.judge import load_classifier, predict_expressions, save_classifier
+from exaug.pipelines.training import training_data
 from exaug.progress import progress_bar
 from exaug.train.data import FaceSet, load_faces, split_validation
 from exaug.train.judge import train_classifier
@@ -141,10 +141,11 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
 
 def _load(generator: ExpressionGenerator, path: Path, options: EvalOptions) -> FaceSet:
     """The data as ``exaug train`` reads it, for this generator: its size, its template."""
-    source = SimpleNamespace(data=str(path), align=options.align, image_size=generator.image_size,
-                             template=generator.template or "exaug", cache_dir=options.cache_dir)
-    faces = load_faces(source, device=resolve_device(options.device), is_main=True, barrier=lambda: None,
-                       show_progress=options.show_progress)
+    data = training_data(path, align=options.align, image_size=generator.image_size,
+                         template=generator.template or "exaug", cache_dir=options.cache_dir,
+                         device=resolve_device(options.device), show_progress=options.show_progress)
+    faces = replace(load_faces(data, image_size=generator.image_size, crops=not options.align,
+                               show_progress=options.show_progress), source=str(path))
     if faces.template != generator.template:
         def described(template: str | None) -> str:
             return f"the {template} template" if template else "unaligned crops (--no-align)"

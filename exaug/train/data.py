@@ -1,18 +1,16 @@
-"""Training faces: where they come from, the subject-disjoint validation split, and the batches.
+"""Training faces: reading them, the subject-disjoint validation split, and the batches.
 
 Everything the loop needs is a :class:`FaceSet` (images, expression labels, subject ids), whatever
-the source: an aligned table written by ``exaug align`` (HDF5 or folder), a raw folder with one
-sub-folder per expression (aligned first; the result is cached), or, with ``align=False``, such a
-folder of ready-cropped faces read as it is.
+the source: an aligned table written by ``exaug align`` (HDF5 or folder), or a folder with one
+sub-folder per expression of ready-cropped faces read as they are. Raw photo folders are aligned
+before training, by the pipeline (:mod:`exaug.pipelines.training`), never here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,11 +22,9 @@ from PIL import Image
 from exaug.errors import ExaugError, ImageLoadError, InputError
 from exaug.expressions import EXPRESSIONS, canonical_expression
 from exaug.faces.align import resize_faces
-from exaug.faces.detect import DetectionOptions
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
 from exaug.io.store import is_face_table, read_faces
-from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.progress import console, progress_bar
 
 _CKPLUS_NAME = re.compile(r"^(S\d+)_\d+_\d+$")  # CK+: S005_001_00000011 -> subject S005
@@ -85,27 +81,24 @@ def subject_of(source: str, identity: str) -> str:
     return ""
 
 
-def load_faces(config: Any, *, device: torch.device, is_main: bool, barrier: Callable[[], None],
-               show_progress: bool = True) -> FaceSet:
-    """The labelled faces of ``config.data``; faces of unknown expression are left out (they cannot
-    train the classifier losses). Only the main process aligns (and shows progress); the others wait
-    and read the cache."""
-    show_progress = show_progress and is_main
-    path = Path(config.data)
+def load_faces(path: Path | str, *, image_size: int, crops: bool = False, show_progress: bool = True) -> FaceSet:
+    """The labelled faces at ``path``: a face table (``exaug align``'s output, HDF5 or folder), or with
+    ``crops`` a folder with one sub-folder per expression of ready-cropped faces, read as they are
+    and resized to ``image_size``. Faces of unknown expression are left out (they cannot train the
+    classifier losses). A folder of raw photos is aligned first, by
+    :func:`exaug.pipelines.training.training_data`: training only reads faces."""
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file():
         faces = _read_table(path)
-    elif not config.align:
-        faces = _read_crops(path, config.image_size, show_progress=show_progress)
+    elif crops:
+        faces = _read_crops(path, image_size, show_progress=show_progress)
     elif is_face_table(path):
         faces = _read_table(path)
     else:
-        cache = _aligned_cache(path, config)
-        if is_main:  # resumable: a finished cache is only checked, an interrupted one completed
-            _align(path, cache, config, device, show_progress=show_progress)
-        barrier()
-        faces = replace(_read_table(cache), source=str(path))
+        raise InputError(f"{path}: not aligned faces; align the folder first (exaug align, or exaug train, which "
+                         "aligns it for you), or read ready-cropped faces as they are (--no-align)")
     known = faces.labels >= 0
     if not known.any():
         raise ExaugError(f"{path}: no face has an expression label (expected one sub-folder per expression)")
@@ -117,24 +110,6 @@ def _read_table(path: Path) -> FaceSet:
     subjects = np.array([subject_of(s, i) for s, i in zip(table.source, table.identity)], dtype=object)
     return FaceSet(table.images, np.arange(len(table)), np.asarray(table.expression, np.int64), subjects,
                    str(path), table.attrs.get("template"))
-
-
-def _aligned_cache(path: Path, config: Any) -> Path:
-    """Cache file named by what the aligned faces depend on: the input's files, size and template."""
-    root = Path(config.cache_dir or os.environ.get("EXAUG_CACHE") or Path.home() / ".cache" / "exaug") / "aligned"
-    digest = hashlib.sha256(f"{path.resolve()}|{config.image_size}|{config.template}".encode())
-    for source in discover_sources(path):
-        stat = source.path.stat()
-        digest.update(f"|{source.relpath}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return root / f"{digest.hexdigest()[:24]}.h5"
-
-
-def _align(path: Path, cache: Path, config: Any, device: torch.device, *, show_progress: bool) -> None:
-    if show_progress:
-        console.print(f"aligning {path} (cached in {cache}; later runs reuse it)", highlight=False)
-    options = AlignOptions(template=config.template, size=config.image_size, device=str(device),
-                           detection=DetectionOptions(faces="largest"))
-    align_dataset(path, cache, options, command=f"exaug train {path}", show_progress=show_progress)
 
 
 def _read_crops(root: Path, size: int, *, show_progress: bool) -> FaceSet:

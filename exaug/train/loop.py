@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -75,15 +75,19 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def train(config: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None) -> Path:
+def train(config: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None,
+          data: Path | str | None = None) -> Path:
     """Train (or with ``resume``, continue the run in ``config.output``); returns the inference file.
 
+    Reads the faces at ``data`` (default ``config.data``): a face table, or ready-cropped faces
+    (``config.align`` False). A folder of raw photos must be aligned first;
+    :func:`exaug.pipelines.training.train_model` does that and passes its aligned cache as ``data``.
     ``on_step(step, losses)`` is called after every iteration on every rank (losses as floats).
     Raises :class:`TrainingInterrupted` after saving when stopped by Ctrl-C or SIGTERM.
     """
     world = World.from_env(config.device)
     try:
-        return _Run(config, world, resume).train(on_step)
+        return _Run(config, world, resume, Path(data or config.data)).train(on_step)
     finally:
         world.close()
 
@@ -91,7 +95,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: StepCallback | 
 class _Run:
     """One run's state between the loop and its files."""
 
-    def __init__(self, config: TrainConfig, world: World, resume: bool):
+    def __init__(self, config: TrainConfig, world: World, resume: bool, data: Path):
         self.config, self.world = config, world
         self.run_dir = Path(config.output)
         latest = read_latest(self.run_dir)
@@ -110,7 +114,8 @@ class _Run:
             config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         torch.manual_seed(config.seed * 1000 + world.rank)
 
-        faces = load_faces(config, device=world.device, is_main=world.is_main, barrier=world.barrier)
+        faces = replace(load_faces(data, image_size=config.image_size, crops=not config.align,
+                                   show_progress=world.is_main), source=str(Path(config.data)))
         train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set
