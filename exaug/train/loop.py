@@ -35,7 +35,7 @@ from exaug.model.generator import ExpressionGenerator
 from exaug.progress import console, progress_bar
 from exaug.train.config import TrainConfig
 from exaug.train.data import TrainBatches, batch_loader, load_faces, sample_positions, split_validation
-from exaug.train.distributed import World
+from exaug.train.distributed import World, unwrap
 from exaug.train.sheets import sample_sheet
 from exaug.train.trainer import Trainer
 
@@ -210,7 +210,7 @@ class _Run:
                                   data=self.data_summary, steps=step,
                                   training={"iters": self.config.iters, "batch_size": self.config.batch_size,
                                             "processes": self.world.size, "balance": self.config.balance})
-        return ExpressionGenerator(self.trainer.generator, self.trainer.source_estimator, meta)
+        return ExpressionGenerator(unwrap(self.trainer.generator), unwrap(self.trainer.source_estimator), meta)
 
     def _sample(self, step: int) -> None:
         """Rank 0 writes the sample sheet and the source estimator's validation accuracy."""
