@@ -29,7 +29,7 @@ from exaug.io.sheets import HEADER_HEIGHT
 from exaug.model import ExpressionGenerator, load_state
 from exaug.pipelines.training import train_model
 from exaug.train import TrainConfig, TrainingInterrupted, train
-from exaug.train.data import TrainBatches, load_faces, split_validation, subject_of
+from exaug.train.faceset import TrainSampler, load_faces, split_validation, subject_of
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=64, channels=1, conv_dim=8, repeat_num=1, batch_size=4, n_critic=2, align=False,
@@ -225,17 +225,17 @@ def test_subject_ids():
 
 def test_train_batches_resume_split_ranks_and_balance(ck_faces):
     labels = ck_faces.labels
-    stream = iter(TrainBatches(labels, 16, seed=0))
+    stream = iter(TrainSampler(labels, 16, seed=0))
     first = [next(stream) for _ in range(200)]
-    resumed = iter(TrainBatches(labels, 16, seed=0, start_step=120))
+    resumed = iter(TrainSampler(labels, 16, seed=0, start_step=120))
     assert all(np.array_equal(next(resumed), batch) for batch in first[120:])
 
-    per_rank = [iter(TrainBatches(labels, 8, seed=0, rank=rank, world=2)) for rank in range(2)]
+    per_rank = [iter(TrainSampler(labels, 8, seed=0, rank=rank, world=2)) for rank in range(2)]
     steps = len(labels) // 16
     seen = [np.concatenate([next(stream) for _ in range(steps)]) for stream in per_rank]
     assert not set(seen[0]) & set(seen[1])  # one epoch: the ranks see different faces
 
-    balanced = iter(TrainBatches(labels, 64, seed=0, balance=True))
+    balanced = iter(TrainSampler(labels, 64, seed=0, balance=True))
     counts = np.bincount(labels[np.concatenate([next(balanced) for _ in range(100)])], minlength=8)
     assert counts.min() > 0.7 * counts.mean()  # contempt (18 faces) as common as neutral (593)
 

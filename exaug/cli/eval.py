@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from exaug.cli.common import DEVICE, QUIET, DeviceChoice
+from exaug.cli.common import DEVICE, QUIET, DeviceChoice, library_defaults
 from exaug.io.atomic import atomic_write
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
@@ -17,9 +17,7 @@ from exaug.pipelines.evaluate import EvalOptions, EvalReport, evaluate
 from exaug.progress import console
 
 
-def _default(name: str) -> Any:
-    """The library's default, so the CLI and EvalOptions cannot disagree."""
-    return EvalOptions.__dataclass_fields__[name].default
+DEFAULT = library_defaults(EvalOptions)
 
 
 def eval_command(
@@ -33,12 +31,12 @@ def eval_command(
                                               help="Use this saved classifier instead of training one."),
     save_classifier: Optional[Path] = typer.Option(None, "--save-classifier", show_default=False,
                                                    help="Save the classifier, to score other models alike."),
-    epochs: int = typer.Option(_default("epochs"), help="Epochs of classifier training."),
+    epochs: int = typer.Option(DEFAULT["epochs"], help="Epochs of classifier training."),
     val_subjects: Optional[str] = typer.Option(
         None, show_default=False,
         help="Held-out subjects: a number or a comma list of ids (default: the ones the generator held out)."),
-    seed: int = typer.Option(_default("seed"), help="Seed for the split and the classifier."),
-    align: bool = typer.Option(_default("align"), "--align/--no-align",
+    seed: int = typer.Option(DEFAULT["seed"], help="Seed for the split and the classifier."),
+    align: bool = typer.Option(DEFAULT["align"], "--align/--no-align",
                                help="--no-align: the expression folders hold cropped faces; read them as they are."),
     cache_dir: Optional[Path] = typer.Option(
         None, envvar="EXAUG_CACHE", show_default=False,
@@ -46,7 +44,7 @@ def eval_command(
     json_output: Optional[Path] = typer.Option(None, "--json", metavar="OUT.json", show_default=False,
                                                help="Also write the report as JSON."),
     device: DeviceChoice = DEVICE,
-    batch_size: int = typer.Option(_default("batch_size"), help="Faces per classifier step and per generation batch."),
+    batch_size: int = typer.Option(DEFAULT["batch_size"], help="Faces per classifier step and per generation batch."),
     quiet: bool = QUIET,
 ) -> None:
     """Score a generator: an expression classifier's accuracy on real and generated held-out faces."""

@@ -35,7 +35,7 @@ from exaug.model.generator import ExpressionGenerator
 from exaug.model.judge import load_classifier, predict_expressions, save_classifier
 from exaug.pipelines.training import training_data
 from exaug.progress import progress_bar
-from exaug.train.data import FaceSet, load_faces, split_validation
+from exaug.train.faceset import FaceSet, load_faces, split_validation
 from exaug.train.judge import train_classifier
 
 OUTSIDE_THRESHOLD = 0.01  # feather_mask below this is "outside the face"
@@ -120,8 +120,8 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
     generated_accuracy = scores.generated_correct / len(held)
     return EvalReport(
         data=str(data_path),
-        held_out_subjects=_subjects(held),
-        training_subjects=_subjects(training),
+        held_out_subjects=held.known_subjects(),
+        training_subjects=training.known_subjects(),
         split=split,
         classifier=provenance,
         real_count=dict(zip(EXPRESSIONS, real_count.tolist())),
@@ -161,7 +161,7 @@ def _split(faces: FaceSet, meta: dict[str, Any], options: EvalOptions) -> tuple[
     if options.val_subjects is not None:
         train_pos, held_pos, note = split_validation(faces, options.val_subjects, options.seed)
         if recorded is not None:
-            seen = set(faces.subjects[held_pos].tolist()) - set(recorded) - {""}
+            seen = set(faces.subset(held_pos).known_subjects()) - set(recorded)
             if seen:
                 note += f"; the generator trained on {len(seen)} of these subjects"
         return train_pos, held_pos, note
@@ -187,10 +187,6 @@ def _at_most(positions: np.ndarray, count: int | None, rng: np.random.Generator)
     return np.sort(rng.choice(positions, count, replace=False))
 
 
-def _subjects(faces: FaceSet) -> list[str]:
-    return sorted(set(faces.subjects.tolist()) - {""})
-
-
 def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: EvalOptions) -> tuple[nn.Module, str]:
     """The classifier ``options`` names (checked against this evaluation) or one trained here."""
     if options.classifier is not None:
@@ -200,7 +196,7 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
                              f"generator makes {image_size}px faces")
         if meta.get("expressions") != list(EXPRESSIONS):
             raise ExaugError(f"{options.classifier}: its expressions {meta.get('expressions')} are not exaug's")
-        overlap = set(meta.get("training_subjects", ())) & set(_subjects(held))
+        overlap = set(meta.get("training_subjects", ())) & set(held.known_subjects())
         if overlap:
             raise ExaugError(f"{options.classifier}: trained on held-out subjects ({', '.join(sorted(overlap)[:8])}), "
                              "which would overstate its accuracy; use the split it was saved with, or train a new one")
@@ -211,10 +207,10 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
                                    batch_size=options.batch_size, lr=options.lr, device=options.device,
                                    seed=options.seed, show_progress=options.show_progress)
         meta = {"image_size": image_size, "expressions": list(EXPRESSIONS), "epochs": options.epochs,
-                "faces": len(training), "training_subjects": _subjects(training), "data": training.source,
+                "faces": len(training), "training_subjects": training.known_subjects(), "data": training.source,
                 "seed": options.seed, "exaug_version": __version__}
         provenance = (f"trained here for {options.epochs} epochs on {len(training)} faces of "
-                      f"{len(_subjects(training))} subjects")
+                      f"{len(training.known_subjects())} subjects")
     if options.save_classifier is not None:
         save_classifier(options.save_classifier, network, meta)
     return network, provenance

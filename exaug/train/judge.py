@@ -13,7 +13,7 @@ from exaug.device import resolve_device
 from exaug.errors import ExaugError
 from exaug.model.judge import augment, judge_input, judge_network
 from exaug.progress import progress_bar
-from exaug.train.data import FaceSet, TrainBatches
+from exaug.train.faceset import FaceSet, TrainSampler
 
 
 def train_classifier(faces: FaceSet, *, image_size: int, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
@@ -34,7 +34,7 @@ def train_classifier(faces: FaceSet, *, image_size: int, epochs: int = 10, batch
     optimizer = torch.optim.Adam(network.parameters(), lr, weight_decay=1e-4)
     augment_rng = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(faces) / batch_size)
-    batches = iter(TrainBatches(faces.labels, batch_size, seed=seed, balance=True))
+    batches = iter(TrainSampler(faces.labels, batch_size, seed=seed, balance=True))
     network.train()
     with progress_bar("batches", disable=not show_progress) as bar:
         task = bar.add_task("training the expression classifier", total=steps, info="")

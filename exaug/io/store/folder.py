@@ -10,9 +10,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from exaug.expressions import EXPRESSIONS
+from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.io.atomic import replacing
 from exaug.io.store.image_columns import PngImages
 from exaug.io.store.rows import FaceRows
@@ -57,8 +56,7 @@ def read_folder_table(root: Path) -> FaceTable:
     return FaceTable(
         identity_index=index_names((row["identity"] for row in rows), identities), identities=list(identities),
         source_index=index_names((row["source"] for row in rows), sources), sources=list(sources),
-        expression=np.array([EXPRESSIONS.index(row["expression"]) if row["expression"] else -1 for row in rows],
-                            np.int8),
+        expression=np.array([label_index(row["expression"]) for row in rows], np.int8),
         face=np.array([int(row["face"]) for row in rows], np.int16),
         synthetic=np.array([row["synthetic"] == "true" for row in rows], bool),
         extra={name: np.array([row[name].split() for row in rows], spec["dtype"]).reshape(-1, *spec["shape"])
@@ -69,15 +67,10 @@ def read_folder_table(root: Path) -> FaceTable:
     )
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    with replacing(path) as temporary:
-        Image.fromarray(image).save(temporary, format="PNG")
-
-
 def _folder_name(identity: str, expression: int) -> str:
     """An identity as one safe path component; no identity files faces under their expression."""
     if not identity:
-        return EXPRESSIONS[expression] if expression >= 0 else "_unknown"
+        return label_name(expression) or "_unknown"
     name = identity.replace("/", "_").replace("\\", "_")
     return "_" + name if name.startswith(".") else name  # never hidden, never "..", never the parts folder
 

@@ -12,10 +12,10 @@ from typing import Any
 import h5py
 
 from exaug.errors import ExaugError
-from exaug.expressions import EXPRESSIONS
+from exaug.expressions import label_name
 from exaug.io.atomic import replacing
-from exaug.io.store.folder import (FOLDER_INFO, FOLDER_PARTS, MANIFEST_COLUMNS, manifest_cell, png_paths, save_png,
-                                   write_csv)
+from exaug.io.images import save_png
+from exaug.io.store.folder import (FOLDER_INFO, FOLDER_PARTS, MANIFEST_COLUMNS, manifest_cell, png_paths, write_csv)
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, read_header, write_final, write_master
 from exaug.io.store.parts import FaceWriter, remove_tree
 from exaug.io.store.rows import FaceRows
@@ -104,10 +104,8 @@ class FolderWriter(FaceWriter):
 
     def _store_images(self, h5: h5py.File, rows: FaceRows, table: FaceTable) -> None:
         """Threads: PNG encoding releases the GIL, and concurrent fsyncs share one journal commit."""
-        for folder in {(self.output / path).parent for path in table.paths}:
-            folder.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(_PNG_THREADS) as pool:
-            list(pool.map(save_png, [self.output / path for path in table.paths], rows.images))
+            list(pool.map(save_png, rows.images, [self.output / path for path in table.paths]))
 
     def _publish(self) -> None:
         """exaug.json first: it says how to read the extra columns the manifest is about to list."""
@@ -119,7 +117,7 @@ class FolderWriter(FaceWriter):
             temporary.write_text(json.dumps({"run_key": self.run_key, "attrs": self.attrs, "columns": columns},
                                             indent=2))
         write_csv(self.output / "failures.csv", ("source", "reason"), ledger.failures)
-        expression_names = [EXPRESSIONS[index] if index >= 0 else "" for index in ledger.expression.tolist()]
+        expression_names = [label_name(index) or "" for index in ledger.expression.tolist()]
         synthetic = ["true" if flag else "false" for flag in ledger.synthetic.tolist()]
         rows = zip(ledger.paths, ledger.identity, expression_names, synthetic, ledger.source,
                    ledger.face.tolist(), *(manifest_cell(values) for values in ledger.extra.values()))

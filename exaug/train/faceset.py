@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from exaug.errors import ExaugError, ImageLoadError, InputError
-from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.expressions import EXPRESSIONS, canonical_expression, label_index
 from exaug.faces.align import resize_faces
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
@@ -29,6 +29,7 @@ from exaug.progress import console, progress_bar
 
 _CKPLUS_NAME = re.compile(r"^(S\d+)_\d+_\d+$")  # CK+: S005_001_00000011 -> subject S005
 AUTO_VAL_FRACTION = 0.05
+EPOCH_SEED_STRIDE = 1_000_003  # a prime above any epoch count: (seed, epoch) pairs never share an order
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,13 @@ class FaceSet:
         """Images of the given positions as (n, 3, size, size) uint8, resized as everywhere else."""
         return resize_faces(torch.from_numpy(self.gather(index)).permute(0, 3, 1, 2), size)
 
+    def known_subjects(self) -> list[str]:
+        """The subject ids of these faces, sorted, without "" (unknown)."""
+        return sorted(set(self.subjects.tolist()) - {""})
+
     def summary(self) -> dict[str, Any]:
         counts = np.bincount(self.labels, minlength=len(EXPRESSIONS))
-        known = self.subjects[self.subjects != ""]
-        return {"source": self.source, "images": len(self), "subjects": len(set(known.tolist())),
+        return {"source": self.source, "images": len(self), "subjects": len(self.known_subjects()),
                 "per_expression": dict(zip(EXPRESSIONS, counts.tolist()))}
 
 
@@ -126,7 +130,7 @@ def _read_crops(root: Path, size: int, *, show_progress: bool) -> FaceSet:
                 failures.append(str(err))
                 continue
             images.append(_square(image, size))
-            labels.append(EXPRESSIONS.index(source.expression))
+            labels.append(label_index(source.expression))
             subjects.append(subject_of(source.relpath, source.identity))
     for failure in failures[:10]:
         console.print(f"  [yellow]skipped[/] {failure}", highlight=False)
@@ -156,7 +160,7 @@ def split_validation(faces: FaceSet, spec: str, seed: int) -> tuple[np.ndarray, 
     if spec in ("0", "none", ""):
         return everything, everything[:0], "no validation hold-out (samples show training faces)"
     rng = np.random.default_rng(seed)
-    known = sorted(set(faces.subjects.tolist()) - {""})
+    known = faces.known_subjects()
     if not known:
         count = max(1, round(AUTO_VAL_FRACTION * len(faces)))
         val = np.sort(rng.permutation(len(faces))[:count])
@@ -188,7 +192,7 @@ def sample_positions(faces: FaceSet, count: int, seed: int) -> np.ndarray:
     return order[np.lexsort((labels, rank))][:count]
 
 
-class TrainBatches:
+class TrainSampler:
     """An endless stream of index batches for one process: shuffled (or class-balanced) epochs,
     the same on every rank and dealt out rank by rank, so N processes see disjoint faces.
 
@@ -205,7 +209,7 @@ class TrainBatches:
         self.per_rank = math.ceil(len(labels) / world)
 
     def _epoch(self, epoch: int) -> np.ndarray:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
         total = self.per_rank * self.world
         if self.balance:
             counts = np.bincount(self.labels)
@@ -226,7 +230,7 @@ class TrainBatches:
             pending = pending[self.batch_size:]
 
 
-class FaceBatches(torch.utils.data.Dataset):
+class FaceDataset(torch.utils.data.Dataset):
     """Whole batches at once (``__getitems__``): one gather per batch instead of one read per face."""
 
     def __init__(self, faces: FaceSet):
@@ -241,16 +245,16 @@ class FaceBatches(torch.utils.data.Dataset):
         return images, torch.from_numpy(self.faces.labels[index])
 
 
-def as_batch(batch: Any) -> Any:
-    """collate_fn: :class:`FaceBatches` already returns a batch."""
+def already_collated(batch: Any) -> Any:
+    """collate_fn: :class:`FaceDataset` already returns a batch."""
     return batch
 
 
-def batch_loader(faces: FaceSet, batches: TrainBatches, *, workers: int,
+def train_loader(faces: FaceSet, batches: TrainSampler, *, workers: int,
                  pin_memory: bool) -> torch.utils.data.DataLoader:
     """Batches from ``workers`` processes. The loader's own generator (it only seeds workers) keeps
     it off the global RNG, which a resumed run restores and must find untouched."""
-    return torch.utils.data.DataLoader(FaceBatches(faces), batch_sampler=batches, collate_fn=as_batch,
+    return torch.utils.data.DataLoader(FaceDataset(faces), batch_sampler=batches, collate_fn=already_collated,
                                        num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                        generator=torch.Generator().manual_seed(batches.seed))
