@@ -1,4 +1,5 @@
-"""Where tensors live: one rule for every command's ``--device auto|cpu|cuda``."""
+"""Where tensors live: one rule for every command's ``--device auto|cpu|cuda``, and the CUDA settings
+(memory layout, mixed precision) that training and inference share."""
 
 from __future__ import annotations
 
@@ -20,3 +21,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as err:
         raise ExaugError(f"unknown device {name!r}: use auto, cpu or cuda") from err
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (cuDNN's fast convolutions), the default layout elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision in ``dtype`` on CUDA; off (fp32) on the CPU or when ``dtype`` is None."""
+    enabled = device.type == "cuda" and dtype is not None
+    return torch.autocast(device_type=device.type, dtype=dtype if enabled else torch.float32, enabled=enabled)

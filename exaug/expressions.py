@@ -45,6 +45,17 @@ def expression_index(name: str) -> int:
     return EXPRESSIONS.index(canonical)
 
 
+def label_index(name: str | None) -> int:
+    """How tables store a canonical expression label: its index in :data:`EXPRESSIONS`, -1 when
+    unknown (None or "")."""
+    return EXPRESSIONS.index(name) if name else -1
+
+
+def label_name(index: int) -> str | None:
+    """The canonical expression a table's ``index`` stores; None for -1 (unknown)."""
+    return EXPRESSIONS[index] if index >= 0 else None
+
+
 def parse_expressions(spec: str) -> list[str]:
     """Parse a comma list such as ``"happy,sad"`` (or ``"all"``) into canonical names, in order."""
     if spec.strip().lower() == "all":

@@ -1,6 +1,6 @@
 """Detection throughput: exaug's batched detector against plain per-image facenet-pytorch MTCNN.
 
-Prints one JSON object. Usage: python scripts/bench_detect.py [--repeat 4] [--device cpu|cuda|auto]
+Prints one JSON object. Usage: python scripts/bench_detect.py [--repeat 4] [--batch-size 8] (CPU, and CUDA when present)
 The images are ../shared/data/faces (five photos, 630 px to 2048 px), repeated to make a workload.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -17,11 +16,10 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from benchlib import DATA, devices, machine
 from exaug.faces import FaceDetector
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 
 
 def images_per_second(run, images: list[np.ndarray]) -> tuple[float, int]:
@@ -37,16 +35,14 @@ def images_per_second(run, images: list[np.ndarray]) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=DATA / "faces")
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     images = [load_image(source.path) for source in discover_sources(args.data)] * args.repeat
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {"images": len(images), "sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
-              "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
               "results": {}}
-    for device in devices:
+    for device in devices():
         detector = FaceDetector(device, batch_size=args.batch_size)
         exaug_rate, exaug_faces = images_per_second(lambda batch: sum(map(len, detector.detect(batch))), images)
         plain = MTCNN(keep_all=True, device=device)
@@ -57,11 +53,11 @@ def main() -> None:
 
         plain_rate, plain_faces = images_per_second(per_image, images)
         report["results"][device] = {
+            **machine(device),
             "exaug_batched_images_per_s": round(exaug_rate, 3),
             "plain_mtcnn_per_image_images_per_s": round(plain_rate, 3),
             "speedup": round(exaug_rate / plain_rate, 2),
             "faces_found": {"exaug": exaug_faces, "plain": plain_faces},
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         }
     print(json.dumps(report, indent=2))
 

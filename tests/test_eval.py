@@ -9,7 +9,6 @@ the tiny generator is.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,12 +16,13 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from exaug.cli.eval import eval_command
+from exaug.cli.eval import eval_command, report_table
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.model import ExpressionGenerator
-from exaug.pipelines.evaluate import (EvalOptions, EvalReport, evaluate, load_classifier, predict_expressions,
-                                      report_table, save_classifier, train_classifier)
+from exaug.model.judge import load_classifier, predict_expressions, save_classifier
+from exaug.pipelines.evaluate import EvalOptions, EvalReport, evaluate
+from exaug.train.judge import train_classifier
 from exaug.progress import console
 from exaug.train.data import load_faces
 
@@ -70,8 +70,7 @@ def evaluated(generator, ckplus_dir, tmp_path_factory) -> tuple[EvalReport, Path
 
 @pytest.fixture(scope="module")
 def ck_faces(ckplus_dir):
-    source = SimpleNamespace(data=str(ckplus_dir), image_size=64, template="exaug", align=False, cache_dir=None)
-    return load_faces(source, device=torch.device("cpu"), is_main=True, barrier=lambda: None)
+    return load_faces(ckplus_dir, image_size=64, crops=True)
 
 
 def test_report_covers_every_expression_with_consistent_counts(evaluated):

@@ -23,12 +23,13 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from exaug.errors import ExaugError
+from exaug.errors import ExaugError, InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.sheets import HEADER_HEIGHT
 from exaug.model import ExpressionGenerator, load_state
+from exaug.pipelines.training import train_model
 from exaug.train import TrainConfig, TrainingInterrupted, train
-from exaug.train.data import TrainBatches, load_faces, split_validation, subject_of
+from exaug.train.faceset import TrainSampler, load_faces, split_validation, subject_of
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=64, channels=1, conv_dim=8, repeat_num=1, batch_size=4, n_critic=2, align=False,
@@ -55,7 +56,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ck_faces(ckplus_dir):
-    return load_faces(_config(ckplus_dir, "unused"), device=torch.device("cpu"), is_main=True, barrier=lambda: None)
+    return load_faces(ckplus_dir, image_size=SMALL["image_size"], crops=True)
 
 
 def test_training_writes_metrics_samples_and_checkpoints(ckplus_dir, tmp_path):
@@ -187,13 +188,15 @@ def test_raw_folder_is_aligned_once_and_cached(ckplus_dir, tmp_path):
         for path in sorted((ckplus_dir / name).glob("*.png"))[:4]:
             (raw / name / path.name).write_bytes(path.read_bytes())
     options = dict(align=True, cache_dir=str(tmp_path / "cache"), iters=1, n_samples=2)
-    train(_config(raw, tmp_path / "first", **options))
+    with pytest.raises(InputError, match="not aligned faces"):  # training reads faces; the pipeline aligns
+        train(_config(raw, tmp_path / "refused", **options))
+    train_model(_config(raw, tmp_path / "first", **options))
     cached = list((tmp_path / "cache" / "aligned").glob("*.h5"))
     assert len(cached) == 1
     model = ExpressionGenerator.load(tmp_path / "first", "cpu")
     assert model.template == "exaug" and model.meta["data"]["source"] == str(raw)
     assert model.meta["data"]["images"] + model.meta["data"]["validation"]["images"] == 12
-    train(_config(cached[0], tmp_path / "second", **options))  # an aligned table trains as it is
+    train_model(_config(cached[0], tmp_path / "second", **options))  # an aligned table trains as it is
     assert list((tmp_path / "cache" / "aligned").glob("*.h5")) == cached
 
 
@@ -222,17 +225,17 @@ def test_subject_ids():
 
 def test_train_batches_resume_split_ranks_and_balance(ck_faces):
     labels = ck_faces.labels
-    stream = iter(TrainBatches(labels, 16, seed=0))
+    stream = iter(TrainSampler(labels, 16, seed=0))
     first = [next(stream) for _ in range(200)]
-    resumed = iter(TrainBatches(labels, 16, seed=0, start_step=120))
+    resumed = iter(TrainSampler(labels, 16, seed=0, start_step=120))
     assert all(np.array_equal(next(resumed), batch) for batch in first[120:])
 
-    per_rank = [iter(TrainBatches(labels, 8, seed=0, rank=rank, world=2)) for rank in range(2)]
+    per_rank = [iter(TrainSampler(labels, 8, seed=0, rank=rank, world=2)) for rank in range(2)]
     steps = len(labels) // 16
     seen = [np.concatenate([next(stream) for _ in range(steps)]) for stream in per_rank]
     assert not set(seen[0]) & set(seen[1])  # one epoch: the ranks see different faces
 
-    balanced = iter(TrainBatches(labels, 64, seed=0, balance=True))
+    balanced = iter(TrainSampler(labels, 64, seed=0, balance=True))
     counts = np.bincount(labels[np.concatenate([next(balanced) for _ in range(100)])], minlength=8)
     assert counts.min() > 0.7 * counts.mean()  # contempt (18 faces) as common as neutral (593)
 

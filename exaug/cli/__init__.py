@@ -37,7 +37,7 @@ def _root(
 
 
 def _register() -> None:
-    """Commands appear here only once they are complete (a half-built command is not in --help)."""
+    """Attach each command module's function to the app, in the order ``exaug --help`` lists them."""
     from exaug.cli.align import align_command
     from exaug.cli.augment import augment_command, merge_command
     from exaug.cli.eval import eval_command

@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD, DeviceChoice,
-                              FacesChoice, TemplateChoice, command_line, print_summary)
-from exaug.faces.detect import DetectionOptions
+                              FacesChoice, TemplateChoice, command_line, detection_options, print_summary)
 from exaug.pipelines.align import AlignOptions, align_dataset
 
 
@@ -29,8 +28,8 @@ def align_command(
     quiet: bool = QUIET,
 ) -> None:
     """Detect and align every face under INPUT (5-point similarity alignment)."""
-    detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold, max_side=max_side)
-    options = AlignOptions(template=template.value, size=size, device=device.value, detection=detection,
+    options = AlignOptions(template=template.value, size=size, device=device.value,
+                           detection=detection_options(faces, min_face_size, threshold, max_side),
                            batch_size=batch_size, workers=workers, mesh=mesh)
     summary = align_dataset(input_path, output, options, overwrite=overwrite, command=command_line(), show_progress=not quiet)
     print_summary(summary)

@@ -7,13 +7,12 @@ from pathlib import Path
 import typer
 
 from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD, DeviceChoice,
-                              FacesChoice, command_line, print_summary)
+                              FacesChoice, command_line, detection_options, print_summary)
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, parse_expressions
 from exaug.model.checkpoint import resolve_checkpoint
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
-from exaug.faces.detect import DetectionOptions
 from exaug.io.store import merge
 from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash, shard_from_environment
 from exaug.progress import console
@@ -51,8 +50,7 @@ def augment_command(
     generator = ExpressionGenerator.load(checkpoint, device.value, max_batch=batch_size)
     shards, index = shard_from_environment(num_shards, shard_index)
     options = AugmentOptions(expressions=expressions, intensity=intensity, size=size,
-                             detection=DetectionOptions(faces=faces.value, min_face_size=min_face_size,
-                                                        threshold=threshold, max_side=max_side),
+                             detection=detection_options(faces, min_face_size, threshold, max_side),
                              workers=workers, num_shards=shards, shard_index=index, preview=preview)
     summary = augment_dataset(input_path, output, generator, file_hash(resolve_checkpoint(checkpoint)), options,
                               overwrite=overwrite, command=command_line(), show_progress=not quiet)

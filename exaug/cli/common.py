@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import MISSING, fields
 from enum import Enum
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -40,6 +42,17 @@ MAX_SIDE = typer.Option(DetectionOptions.max_side, "--max-side",
                              "lower is faster and misses more small faces.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def detection_options(faces: FacesChoice, min_face_size: int, threshold: float, max_side: int) -> DetectionOptions:
+    """What the face-finding commands' --faces, --min-face-size, --threshold and --max-side ask for."""
+    return DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold, max_side=max_side)
+
+
+def library_defaults(options: type) -> dict[str, Any]:
+    """An options dataclass's defaults by field name, for a command's defaults, so the CLI and the
+    library cannot disagree."""
+    return {field.name: field.default for field in fields(options) if field.default is not MISSING}
 
 
 def command_line() -> str:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
+from rich.table import Table
 
-from exaug.cli.common import DEVICE, QUIET, DeviceChoice
+from exaug.cli.common import DEVICE, QUIET, DeviceChoice, library_defaults
 from exaug.io.atomic import atomic_write
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
-from exaug.pipelines.evaluate import EvalOptions, evaluate, report_table
+from exaug.expressions import EXPRESSIONS
+from exaug.pipelines.evaluate import EvalOptions, EvalReport, evaluate
 from exaug.progress import console
 
 
-def _default(name: str) -> Any:
-    """The library's default, so the CLI and EvalOptions cannot disagree."""
-    return EvalOptions.__dataclass_fields__[name].default
+DEFAULT = library_defaults(EvalOptions)
 
 
 def eval_command(
@@ -31,12 +31,12 @@ def eval_command(
                                               help="Use this saved classifier instead of training one."),
     save_classifier: Optional[Path] = typer.Option(None, "--save-classifier", show_default=False,
                                                    help="Save the classifier, to score other models alike."),
-    epochs: int = typer.Option(_default("epochs"), help="Epochs of classifier training."),
+    epochs: int = typer.Option(DEFAULT["epochs"], help="Epochs of classifier training."),
     val_subjects: Optional[str] = typer.Option(
         None, show_default=False,
         help="Held-out subjects: a number or a comma list of ids (default: the ones the generator held out)."),
-    seed: int = typer.Option(_default("seed"), help="Seed for the split and the classifier."),
-    align: bool = typer.Option(_default("align"), "--align/--no-align",
+    seed: int = typer.Option(DEFAULT["seed"], help="Seed for the split and the classifier."),
+    align: bool = typer.Option(DEFAULT["align"], "--align/--no-align",
                                help="--no-align: the expression folders hold cropped faces; read them as they are."),
     cache_dir: Optional[Path] = typer.Option(
         None, envvar="EXAUG_CACHE", show_default=False,
@@ -44,7 +44,7 @@ def eval_command(
     json_output: Optional[Path] = typer.Option(None, "--json", metavar="OUT.json", show_default=False,
                                                help="Also write the report as JSON."),
     device: DeviceChoice = DEVICE,
-    batch_size: int = typer.Option(_default("batch_size"), help="Faces per classifier step and per generation batch."),
+    batch_size: int = typer.Option(DEFAULT["batch_size"], help="Faces per classifier step and per generation batch."),
     quiet: bool = QUIET,
 ) -> None:
     """Score a generator: an expression classifier's accuracy on real and generated held-out faces."""
@@ -57,3 +57,34 @@ def eval_command(
     if json_output is not None:
         atomic_write(json_output, lambda handle: handle.write(report.to_json().encode() + b"\n"))
         console.print(f"report: {json_output}", highlight=False)
+
+
+def report_table(report: EvalReport) -> Table:
+    """Per expression: held-out real faces, the classifier's accuracy on them, and on the
+    generated faces asked to show that expression; the change metrics below."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    table = Table(title=f"exaug eval: {report.data} ({len(report.held_out_subjects)} held-out subjects)",
+                  title_justify="left", caption_justify="left")
+    table.add_column("expression")
+    table.add_column("n real", justify="right")
+    table.add_column("real acc", justify="right")
+    table.add_column("generated acc", justify="right")
+    for name in EXPRESSIONS:
+        table.add_row(name, str(report.real_count[name]), percent(report.real_accuracy[name]),
+                      percent(report.generated_accuracy[name]))
+    table.add_section()
+    table.add_row("overall", str(sum(report.real_count.values())), percent(report.real_overall),
+                  percent(report.generated_overall))
+    table.add_row("mean per expression", "", percent(report.real_mean_per_expression),
+                  percent(report.generated_overall))
+    table.caption = "\n".join([
+        f"mean change outside the face: {report.outside_change:.2f} grey levels",
+        f"cycle error (x -> target -> source): {report.cycle_error:.2f} grey levels",
+        f"held out: {report.split}",
+        f"classifier: {report.classifier}",
+        f"time: {report.seconds.get('total', 0):.1f} s",
+    ])
+    return table

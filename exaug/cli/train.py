@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from exaug.cli.common import TemplateChoice
-from exaug.cli.common import DEVICE, DeviceChoice
+from exaug.cli.common import DEVICE, DeviceChoice, TemplateChoice, library_defaults
 from exaug.errors import ExaugError
+from exaug.pipelines.training import train_model
 from exaug.progress import console
-from exaug.train import TrainConfig, train
+from exaug.train import TrainConfig
 
 
 class AmpChoice(str, Enum):
@@ -21,9 +21,7 @@ class AmpChoice(str, Enum):
     none = "none"
 
 
-def _default(name: str) -> Any:
-    """The library's default, so the CLI and TrainConfig cannot disagree."""
-    return TrainConfig.__dataclass_fields__[name].default
+DEFAULT = library_defaults(TrainConfig)
 
 
 def train_command(
@@ -37,43 +35,43 @@ def train_command(
         None, "--resume", metavar="RUN_DIR",
         help="Continue this run from its last checkpoint with its saved options (only --device, --workers and "
              "--iters apply; a larger --iters extends a run, even a finished one)."),
-    image_size: int = typer.Option(_default("image_size"), help="Face size in pixels: 64, 128 or 256."),
-    channels: int = typer.Option(_default("channels"),
+    image_size: int = typer.Option(DEFAULT["image_size"], help="Face size in pixels: 64, 128 or 256."),
+    channels: int = typer.Option(DEFAULT["channels"],
                                  help="3 (RGB) or 1 (luma: for greyscale data; still edits colour faces)."),
-    conv_dim: int = typer.Option(_default("conv_dim"), help="Width of G's and D's first layer."),
-    repeat_num: int = typer.Option(_default("repeat_num"), help="Residual blocks in G."),
-    attention: bool = typer.Option(_default("attention"), "--attention/--no-attention",
+    conv_dim: int = typer.Option(DEFAULT["conv_dim"], help="Width of G's and D's first layer."),
+    repeat_num: int = typer.Option(DEFAULT["repeat_num"], help="Residual blocks in G."),
+    attention: bool = typer.Option(DEFAULT["attention"], "--attention/--no-attention",
                                    help="GANimation attention mask: keep the pixels an expression does not touch."),
     iters: Optional[int] = typer.Option(
         None, show_default=False,
-        help=f"Discriminator iterations (G trains every --n-critic) [default: {_default('iters')}]. With --resume: "
+        help=f"Discriminator iterations (G trains every --n-critic) [default: {DEFAULT['iters']}]. With --resume: "
              "the new total; the learning rate follows the new schedule."),
-    batch_size: int = typer.Option(_default("batch_size"), help="Faces per step and process."),
-    lr: float = typer.Option(_default("lr"), help="Adam learning rate; decays linearly over the second half."),
-    n_critic: int = typer.Option(_default("n_critic"), help="D iterations per G iteration."),
-    lambda_cls: float = typer.Option(_default("lambda_cls"), help="Weight of the expression classification loss."),
-    lambda_rec: float = typer.Option(_default("lambda_rec"), help="Weight of the cycle reconstruction loss."),
-    lambda_gp: float = typer.Option(_default("lambda_gp"), help="Weight of the gradient penalty."),
-    lambda_mask: float = typer.Option(_default("lambda_mask"), help="Weight of the attention-mask regulariser."),
-    balance: bool = typer.Option(_default("balance"), "--balance",
+    batch_size: int = typer.Option(DEFAULT["batch_size"], help="Faces per step and process."),
+    lr: float = typer.Option(DEFAULT["lr"], help="Adam learning rate; decays linearly over the second half."),
+    n_critic: int = typer.Option(DEFAULT["n_critic"], help="D iterations per G iteration."),
+    lambda_cls: float = typer.Option(DEFAULT["lambda_cls"], help="Weight of the expression classification loss."),
+    lambda_rec: float = typer.Option(DEFAULT["lambda_rec"], help="Weight of the cycle reconstruction loss."),
+    lambda_gp: float = typer.Option(DEFAULT["lambda_gp"], help="Weight of the gradient penalty."),
+    lambda_mask: float = typer.Option(DEFAULT["lambda_mask"], help="Weight of the attention-mask regulariser."),
+    balance: bool = typer.Option(DEFAULT["balance"], "--balance",
                                  help="Class-balanced sampling: rare expressions come up as often as common ones."),
-    val_subjects: str = typer.Option(_default("val_subjects"),
+    val_subjects: str = typer.Option(DEFAULT["val_subjects"],
                                      help="Held-out subjects: auto (5%), a number, a comma list of ids, or 0."),
-    align: bool = typer.Option(_default("align"), "--align/--no-align",
+    align: bool = typer.Option(DEFAULT["align"], "--align/--no-align",
                                help="--no-align: the expression folders hold cropped faces; read them as they are."),
-    template: TemplateChoice = typer.Option(TemplateChoice(_default("template")),
+    template: TemplateChoice = typer.Option(TemplateChoice(DEFAULT["template"]),
                                             help="Alignment template for raw folders."),
     cache_dir: Optional[Path] = typer.Option(
         None, envvar="EXAUG_CACHE", show_default=False,
         help="Cache folder; aligned raw folders go to its aligned/ (default: ~/.cache/exaug)."),
-    sample_every: int = typer.Option(_default("sample_every"), help="Steps between sample sheets."),
-    save_every: int = typer.Option(_default("save_every"), help="Steps between checkpoints."),
-    log_every: int = typer.Option(_default("log_every"), help="Steps between metrics.jsonl rows."),
-    keep: int = typer.Option(_default("keep"), help="Checkpoints kept (the newest)."),
+    sample_every: int = typer.Option(DEFAULT["sample_every"], help="Steps between sample sheets."),
+    save_every: int = typer.Option(DEFAULT["save_every"], help="Steps between checkpoints."),
+    log_every: int = typer.Option(DEFAULT["log_every"], help="Steps between metrics.jsonl rows."),
+    keep: int = typer.Option(DEFAULT["keep"], help="Checkpoints kept (the newest)."),
     device: DeviceChoice = DEVICE,
-    seed: int = typer.Option(_default("seed"), help="Seed for the split, the sampling and the weights."),
-    workers: int = typer.Option(_default("workers"), help="Data loading processes per training process."),
-    amp: AmpChoice = typer.Option(AmpChoice(_default("amp")),
+    seed: int = typer.Option(DEFAULT["seed"], help="Seed for the split, the sampling and the weights."),
+    workers: int = typer.Option(DEFAULT["workers"], help="Data loading processes per training process."),
+    amp: AmpChoice = typer.Option(AmpChoice(DEFAULT["amp"]),
                                   help="Mixed precision on CUDA (CPU always trains in fp32)."),
 ) -> None:
     """Train the expression GAN (StarGAN with an attention mask) on labelled faces."""
@@ -87,12 +85,12 @@ def train_command(
     else:
         config = TrainConfig(
             data=str(data), output=str(output), image_size=image_size, channels=channels, conv_dim=conv_dim,
-            repeat_num=repeat_num, attention=attention, iters=_default("iters") if iters is None else iters,
+            repeat_num=repeat_num, attention=attention, iters=DEFAULT["iters"] if iters is None else iters,
             batch_size=batch_size, lr=lr,
             n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
             lambda_mask=lambda_mask, balance=balance, val_subjects=val_subjects, align=align,
             template=template.value, cache_dir=None if cache_dir is None else str(cache_dir),
             sample_every=sample_every, save_every=save_every, log_every=log_every, keep=keep,
             device=device.value, seed=seed, workers=workers, amp=amp.value)
-    model = train(config, resume=resume is not None)
+    model = train_model(config, resume=resume is not None)
     console.print(f"model: {model}", highlight=False)

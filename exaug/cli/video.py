@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, QUIET, THRESHOLD, DeviceChoice, FacesChoice
+from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, QUIET, THRESHOLD, DeviceChoice, FacesChoice,
+                              detection_options)
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
-from exaug.faces.detect import DetectionOptions
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
@@ -38,9 +38,8 @@ def video_command(
     if target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
     generator = ExpressionGenerator.load(model_path(model), device.value)
-    detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold,
-                                 max_side=max_side)
-    options = VideoOptions(emotion=target, intensity=intensity, detection=detection, crf=crf, preset=preset,
+    options = VideoOptions(emotion=target, intensity=intensity,
+                           detection=detection_options(faces, min_face_size, threshold, max_side), crf=crf, preset=preset,
                            side_by_side=side_by_side, chunk_size=chunk_size)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)

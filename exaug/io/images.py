@@ -1,4 +1,4 @@
-"""Load any still image a user is likely to have as an upright 8-bit RGB array.
+"""Load any still image a user is likely to have as an upright 8-bit RGB array; save PNGs atomically.
 
 Phones store rotation in EXIF, scanners write CMYK or 16-bit, web images come as palette or WebP:
 every such file must reach the detector looking the way a person sees it, or faces are missed
@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from exaug.errors import ImageLoadError
+from exaug.io.atomic import replacing
 
 IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jp2 .ico .tga "
@@ -84,3 +85,11 @@ def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
         top = 65535.0 if values.max(initial=0) > 255 else 255.0
     grey = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
+
+
+def save_png(image: np.ndarray | Image.Image, path: Path) -> None:
+    """Write ``image`` (HxWx3 uint8 RGB, or a PIL image) as a PNG at ``path``, replaced whole or not
+    at all (:mod:`exaug.io.atomic`: a reader never sees half a PNG); its folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as temporary:
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(temporary, format="PNG")

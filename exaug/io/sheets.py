@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from exaug.io.atomic import replacing
 
 HEADER_HEIGHT = 16
 
@@ -26,10 +24,3 @@ def labelled_grid(grid: np.ndarray, labels: Sequence[str]) -> Image.Image:
         draw.text((column * width + (width - right + left) / 2, (HEADER_HEIGHT - bottom - top) / 2), name,
                   fill="black", font=font)
     return sheet
-
-
-def save_atomically(image: Image.Image, path: Path) -> None:
-    """A sheet is replaced whole or not at all (a reader never sees half a PNG)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as temporary:
-        image.save(temporary, format="PNG")

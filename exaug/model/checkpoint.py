@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
 
 GENERATOR_FORMAT = "exaug.generator"
 STATE_FORMAT = "exaug.train-state"
-CLASSIFIER_FORMAT = "exaug.expression-classifier"  # exaug eval's judge (exaug.pipelines.evaluate)
+CLASSIFIER_FORMAT = "exaug.expression-classifier"  # exaug eval's judge (exaug.model.judge)
 GUIDED_FORMAT = "exaug.guided-generator"  # the geometry-guided generator (exaug.model.guided)
 FORMAT_VERSION = 1
 _WHAT = {GENERATOR_FORMAT: "an inference (generator) file", GUIDED_FORMAT: "an inference (generator) file",
@@ -67,19 +67,38 @@ def generator_metadata(model: ModelConfig, *, expressions: list[str] | tuple[str
     }
 
 
+def save_weights(path: Path, file_format: str, meta: Mapping[str, Any], modules: Mapping[str, nn.Module],
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write an exaug weights file: ``file_format``, the metadata as JSON, and each module's CPU
+    state dict under its key; atomically."""
+    payload = {"format": file_format, "format_version": FORMAT_VERSION, "meta": json.dumps(dict(meta)),
+               **{key: cpu_state_dict(module, dtype) for key, module in modules.items()}}
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def load_weights(path: Path, file_format: str, build: Callable[[dict[str, Any]], dict[str, nn.Module]], *,
+                 damaged: str) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Read a file :func:`save_weights` wrote: ``build(meta)`` makes the modules, which get their
+    weights as fp32; a file whose weights do not fit them is one ExaugError starting ``damaged``."""
+    payload = load_payload(path, file_format)
+    try:
+        meta = json.loads(payload["meta"])
+        modules = build(meta)
+        for key, module in modules.items():
+            module.load_state_dict({name: t.float() if t.is_floating_point() else t
+                                    for name, t in payload[key].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ExaugError(f"{path}: {damaged}: {err}") from err
+    return modules, meta
+
+
 def save_generator(path: Path, generator: nn.Module, source_estimator: nn.Module, meta: Mapping[str, Any], *,
                    half: bool = False) -> Path:
     """Write the inference file; ``half`` stores weights in fp16 (half the size, outputs within a
     grey level or two), which is how the default model ships inside the package."""
-    dtype = torch.float16 if half else None
-    payload = {
-        "format": GENERATOR_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": json.dumps({**meta, "dtype": "float16" if half else "float32"}),
-        "generator": cpu_state_dict(generator, dtype),
-        "source_estimator": cpu_state_dict(source_estimator, dtype),
-    }
-    return atomic_write(path, lambda handle: torch.save(payload, handle))
+    return save_weights(path, GENERATOR_FORMAT, {**meta, "dtype": "float16" if half else "float32"},
+                        {"generator": generator, "source_estimator": source_estimator},
+                        torch.float16 if half else None)
 
 
 def save_state(path: Path, state: Mapping[str, Any]) -> Path:
@@ -146,17 +165,13 @@ def write_latest(run_dir: Path, step: int, generator: Path, state: Path) -> None
 
 def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[str, Any]]:
     """Rebuild G and the source estimator (fp32, CPU) from an inference file or a run directory."""
-    path = resolve_checkpoint(path, "generator")
-    payload = load_payload(path, GENERATOR_FORMAT)
-    try:
-        meta = json.loads(payload["meta"])
+    def build(meta: dict[str, Any]) -> dict[str, nn.Module]:
         config = ModelConfig(**meta["model"])
-        generator, estimator = Generator(config), ExpressionClassifier(config)
-        for module, key in ((generator, "generator"), (estimator, "source_estimator")):
-            module.load_state_dict({name: t.float() for name, t in payload[key].items()})
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise ExaugError(f"{path}: damaged exaug checkpoint (weights do not match its metadata): {err}") from err
-    return generator.eval(), estimator.eval(), meta
+        return {"generator": Generator(config), "source_estimator": ExpressionClassifier(config)}
+
+    modules, meta = load_weights(resolve_checkpoint(path, "generator"), GENERATOR_FORMAT, build,
+                                 damaged="damaged exaug checkpoint (weights do not match its metadata)")
+    return modules["generator"].eval(), modules["source_estimator"].eval(), meta
 
 
 def generator_format(path: Path) -> str:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exaug.device import resolve_device
+from exaug.device import autocast, memory_format, resolve_device
 from exaug.expressions import canonical_expression
 from exaug.model.checkpoint import GUIDED_FORMAT, generator_format, load_generator
 from exaug.model.color import decode, encode
@@ -41,10 +41,8 @@ class ExpressionGenerator:
         self._source_estimator = source_estimator
         self._meta = meta
         self.device = next(generator.parameters()).device
-        on_cuda = self.device.type == "cuda"
-        self._memory_format = torch.channels_last if on_cuda else torch.contiguous_format
-        self._autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=on_cuda)
-        self.max_batch = max_batch or (128 if on_cuda else 16)
+        self._memory_format = memory_format(self.device)
+        self.max_batch = max_batch or (128 if self.device.type == "cuda" else 16)
 
     @classmethod
     def load(cls, path: Path | str, device: str | torch.device = "auto", *,
@@ -59,9 +57,8 @@ class ExpressionGenerator:
             return GuidedExpressionGenerator.load(path, device, max_batch=max_batch)
         device = resolve_device(device)
         generator, estimator, meta = load_generator(Path(path))
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        generator.to(device, memory_format=memory_format)
-        estimator.to(device, memory_format=memory_format)
+        generator.to(device, memory_format=memory_format(device))
+        estimator.to(device, memory_format=memory_format(device))
         return cls(generator, estimator, meta, max_batch=max_batch)
 
     @property
@@ -161,7 +158,7 @@ class ExpressionGenerator:
 
     @torch.inference_mode()
     def _source_probs(self, x: Tensor) -> Tensor:
-        with torch.autocast(**self._autocast):
+        with autocast(self.device, torch.bfloat16):
             chunks = [self._source_estimator(x[i:i + self.max_batch].contiguous(memory_format=self._memory_format))
                       for i in range(0, len(x), self.max_batch)]
         return torch.cat(chunks).float().softmax(dim=1) if chunks else x.new_zeros(0, len(self.expressions))
@@ -171,7 +168,7 @@ class ExpressionGenerator:
         out = torch.empty((len(x), 3, *x.shape[2:]), dtype=torch.uint8, device=self.device)
         for start in range(0, len(x), self.max_batch):
             part = slice(start, start + self.max_batch)
-            with torch.autocast(**self._autocast):
+            with autocast(self.device, torch.bfloat16):
                 edited, _ = self._generator(x[part].contiguous(memory_format=self._memory_format), labels[part])
             out[part] = decode(edited, None if chroma is None else chroma[part])
         return out

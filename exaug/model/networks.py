@@ -54,12 +54,21 @@ class ModelConfig:
         return min(6, self.image_size.bit_length() - 2)
 
 
+def _normalized(conv: nn.Module, channels: int) -> list[nn.Module]:
+    """A generator layer: ``conv``, instance norm with a learnt scale and shift, ReLU."""
+    return [conv, nn.InstanceNorm2d(channels, affine=True), nn.ReLU(inplace=True)]
+
+
 class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions at constant width, added to the input."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.main = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.InstanceNorm2d(dim, affine=True), nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.InstanceNorm2d(dim, affine=True),
+            *_normalized(nn.Conv2d(in_channels=dim, out_channels=dim, kernel_size=3, stride=1, padding=1, bias=False),
+                         dim),
+            nn.Conv2d(in_channels=dim, out_channels=dim, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.InstanceNorm2d(dim, affine=True),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,28 +76,41 @@ class ResidualBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """7x7 conv, two stride-2 down-samplings, residual blocks, two up-samplings, tanh."""
+    """StarGAN's generator: down-sampling, a residual bottleneck, up-sampling, then the output heads."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         dim = config.conv_dim
-        layers: list[nn.Module] = [
-            nn.Conv2d(config.channels + config.num_expressions, dim, 7, 1, 3, bias=False),
-            nn.InstanceNorm2d(dim, affine=True), nn.ReLU(inplace=True),
-        ]
+
+        # Down-sampling: a 7x7 convolution over the face and its tiled label, then two stride-2
+        # convolutions, each halving the size and doubling the width.
+        down = _normalized(nn.Conv2d(in_channels=config.channels + config.num_expressions, out_channels=dim,
+                                     kernel_size=7, stride=1, padding=3, bias=False), dim)
         for _ in range(2):
-            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1, bias=False), nn.InstanceNorm2d(dim * 2, affine=True),
-                       nn.ReLU(inplace=True)]
+            down += _normalized(nn.Conv2d(in_channels=dim, out_channels=dim * 2, kernel_size=4, stride=2, padding=1,
+                                          bias=False), dim * 2)
             dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(config.repeat_num)]
+
+        # Bottleneck: residual blocks at a quarter of the size.
+        bottleneck = [ResidualBlock(dim) for _ in range(config.repeat_num)]
+
+        # Up-sampling: two transposed convolutions back to full size and the first layer's width.
+        up: list[nn.Module] = []
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False),
-                       nn.InstanceNorm2d(dim // 2, affine=True), nn.ReLU(inplace=True)]
+            up += _normalized(nn.ConvTranspose2d(in_channels=dim, out_channels=dim // 2, kernel_size=4, stride=2,
+                                                 padding=1, bias=False), dim // 2)
             dim //= 2
-        self.body = nn.Sequential(*layers)
-        self.color = nn.Sequential(nn.Conv2d(dim, config.channels, 7, 1, 3, bias=False), nn.Tanh())
-        self.attention = (nn.Sequential(nn.Conv2d(dim, 1, 7, 1, 3, bias=False), nn.Sigmoid())
-                          if config.attention else None)
+
+        # One Sequential, as the checkpoints name its parameters (body.0.weight, ...).
+        self.body = nn.Sequential(*down, *bottleneck, *up)
+
+        # Output heads: the colour image C in [-1, 1] and, with attention, the mask A in [0, 1].
+        self.color = nn.Sequential(
+            nn.Conv2d(in_channels=dim, out_channels=config.channels, kernel_size=7, stride=1, padding=3, bias=False),
+            nn.Tanh())
+        self.attention = (nn.Sequential(
+            nn.Conv2d(in_channels=dim, out_channels=1, kernel_size=7, stride=1, padding=3, bias=False),
+            nn.Sigmoid()) if config.attention else None)
 
     def forward(self, x: Tensor, label: Tensor) -> tuple[Tensor, Tensor | None]:
         """``x`` in [-1, 1], ``label`` (N, 8) (one-hot, or a blend for partial intensity).
@@ -110,13 +132,22 @@ class Discriminator(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         dim = config.conv_dim
-        layers: list[nn.Module] = [nn.Conv2d(config.channels, dim, 4, 2, 1), nn.LeakyReLU(0.01)]
+
+        # Down-sampling: stride-2 4x4 convolutions, each halving the size and doubling the width,
+        # down to patches of 2x2 to 4x4 (no normalisation, as WGAN-GP's gradient penalty wants).
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels=config.channels, out_channels=dim, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.01)]
         for _ in range(1, config.d_repeat_num):
-            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1), nn.LeakyReLU(0.01)]
+            layers += [nn.Conv2d(in_channels=dim, out_channels=dim * 2, kernel_size=4, stride=2, padding=1),
+                       nn.LeakyReLU(0.01)]
             dim *= 2
         self.main = nn.Sequential(*layers)
-        self.src = nn.Conv2d(dim, 1, 3, 1, 1, bias=False)
-        self.cls = nn.Conv2d(dim, config.num_expressions, config.image_size >> config.d_repeat_num, bias=False)
+
+        # Heads: a realness score per patch, and expression logits from a convolution over all patches.
+        self.src = nn.Conv2d(in_channels=dim, out_channels=1, kernel_size=3, stride=1, padding=1, bias=False)
+        self.cls = nn.Conv2d(in_channels=dim, out_channels=config.num_expressions,
+                             kernel_size=config.image_size >> config.d_repeat_num, bias=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-patch realness scores (N, 1, P, P) and expression logits (N, 8)."""
@@ -137,7 +168,8 @@ class ExpressionClassifier(nn.Module):
         layers: list[nn.Module] = []
         previous = config.channels
         for width in widths:
-            layers += [nn.Conv2d(previous, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(in_channels=previous, out_channels=width, kernel_size=4, stride=2, padding=1),
+                       nn.LeakyReLU(0.2, inplace=True)]
             previous = width
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(previous, config.num_expressions)

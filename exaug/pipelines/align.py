@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 
 from exaug import __version__
-from exaug.expressions import EXPRESSIONS
+from exaug.expressions import EXPRESSIONS, label_index
 from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
 from exaug.faces.mesh import MeshFitter
-from exaug.io.sources import Source, discover_sources
+from exaug.io.sources import discover_sources
 from exaug.io.store import FaceRows
-from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
+from exaug.pipelines.stages import AlignedBatch, RunSummary, photo_batches, write_face_table
 
 
 @dataclass
@@ -47,16 +45,12 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
                "size": aligner.size, **asdict(options.detection), **({"mesh": True} if options.mesh else {})}
     attrs = {"exaug_version": __version__, "template": options.template, "size": aligner.size,
              "expressions": list(EXPRESSIONS), "command": command}
-
-    def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
-        return detect_and_align(load_batches(todo, options.batch_size, options.workers,
-                                             pin_memory=detector.device.type == "cuda"), detector, aligner, mesher)
-
-    return write_face_table(output, sources, batches_for, face_rows, run_key=run_key, attrs=attrs,
-                            overwrite=overwrite, description="aligning", show_progress=show_progress)
+    return write_face_table(output, sources, photo_batches(detector, aligner, options.batch_size, options.workers, mesher),
+                            face_rows, run_key=run_key, attrs=attrs, overwrite=overwrite, description="aligning",
+                            show_progress=show_progress)
 
 
-def face_rows(batch: FaceBatch) -> FaceRows:
+def face_rows(batch: AlignedBatch) -> FaceRows:
     """The rows of one aligned batch: originals, with the detector's evidence as extra columns."""
     aligned = batch.aligned
     meshes = {} if batch.meshes is None else {"mesh": batch.meshes.numpy().astype(np.float32)}
@@ -65,7 +59,7 @@ def face_rows(batch: FaceBatch) -> FaceRows:
     return FaceRows(
         images=aligned.images.permute(0, 2, 3, 1).cpu().numpy(),
         identity=[source.identity for source in sources],
-        expression=np.array([EXPRESSIONS.index(s.expression) if s.expression else -1 for s in sources], np.int8),
+        expression=np.array([label_index(s.expression) for s in sources], np.int8),
         source=[source.relpath for source in sources],
         face=aligned.face_index.astype(np.int16),
         synthetic=np.zeros(len(aligned), bool),

@@ -12,21 +12,22 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from exaug import __version__
 from exaug.errors import ExaugError
-from exaug.expressions import EXPRESSIONS
+from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
-from exaug.io.sheets import labelled_grid, save_atomically
+from exaug.io.images import save_png
+from exaug.io.sheets import labelled_grid
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
 from exaug.model.generator import ExpressionGenerator
-from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
+from exaug.pipelines.stages import AlignedBatch, BatchSource, RunSummary, photo_batches, write_face_table
 
 
 @dataclass
@@ -72,7 +73,7 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     """Write originals and generated expressions for every face under ``input_path`` to ``output``."""
     options = options or AugmentOptions()
     input_path, output = Path(input_path), Path(output)
-    targets = [EXPRESSIONS.index(name) for name in options.expressions]
+    targets = [label_index(name) for name in options.expressions]
     sources, batches_for = _open_input(input_path, generator, options)
     sources = shard_sources(sources, options.num_shards, options.shard_index)
     size = options.size or generator.image_size
@@ -86,11 +87,8 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
                                run_key=run_key, attrs=attrs, overwrite=overwrite, description="augmenting",
                                show_progress=show_progress)
     if options.preview:
-        save_atomically(preview_sheet(output, options.preview_faces), options.preview)
+        save_png(preview_sheet(output, options.preview_faces), options.preview)
     return summary
-
-
-BatchSource = Callable[[list[Source]], Iterator[FaceBatch]]
 
 
 def _open_input(input_path: Path, generator: ExpressionGenerator, options: AugmentOptions) -> tuple[list[Source], BatchSource]:
@@ -99,13 +97,7 @@ def _open_input(input_path: Path, generator: ExpressionGenerator, options: Augme
         return _aligned_table_input(input_path, generator, options.batch_size)
     detector = options.detection.detector(generator.device, options.batch_size)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=generator.device)
-    sources = discover_sources(input_path)
-
-    def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
-        return detect_and_align(load_batches(todo, options.batch_size, options.workers,
-                                             pin_memory=generator.device.type == "cuda"), detector, aligner)
-
-    return sources, batches_for
+    return discover_sources(input_path), photo_batches(detector, aligner, options.batch_size, options.workers)
 
 
 def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size: int) -> tuple[list[Source], BatchSource]:
@@ -121,10 +113,10 @@ def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size:
     for row in originals:
         rows_of.setdefault(table.sources[table.source_index[row]], []).append(int(row))
     identity = table.identity
-    sources = [Source(path, name, identity[rows[0]], _expression_name(table.expression[rows[0]]))
+    sources = [Source(path, name, identity[rows[0]], label_name(table.expression[rows[0]]))
                for name, rows in rows_of.items()]
 
-    def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
+    def batches_for(todo: list[Source]) -> Iterator[AlignedBatch]:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             rows = [(number, row) for number, source in enumerate(chunk) for row in rows_of[source.relpath]]
@@ -132,16 +124,12 @@ def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size:
             images = torch.from_numpy(table.images[positions]).permute(0, 3, 1, 2)
             aligned = AlignedFaces(images.to(generator.device), torch.zeros(len(rows), 2, 3),
                                    np.array([n for n, _ in rows]), table.face[positions].astype(np.int64))
-            yield FaceBatch(chunk, aligned, [ImageFaces.empty() for _ in chunk])
+            yield AlignedBatch(chunk, aligned, [ImageFaces.empty() for _ in chunk])
 
     return sources, batches_for
 
 
-def _expression_name(index: int) -> str | None:
-    return EXPRESSIONS[index] if index >= 0 else None
-
-
-def _augmented_rows(batch: FaceBatch, generator: ExpressionGenerator, targets: list[int], intensity: float,
+def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets: list[int], intensity: float,
                     size: int) -> FaceRows:
     """Per face: the original, then each target expression, adjacent, so a face's rows stay together."""
     aligned = batch.aligned
@@ -153,7 +141,7 @@ def _augmented_rows(batch: FaceBatch, generator: ExpressionGenerator, targets: l
     faces = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
     faces = resize_faces(faces, size)
     sources = [batch.sources[i] for i in aligned.image_index]
-    known = [EXPRESSIONS.index(s.expression) if s.expression else -1 for s in sources]
+    known = [label_index(s.expression) for s in sources]
     return FaceRows(
         images=faces.permute(0, 2, 3, 1).cpu().numpy(),
         identity=[s.identity for s in sources for _ in range(per_face)],

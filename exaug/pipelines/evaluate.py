@@ -10,38 +10,33 @@ Two numbers say what the generator changes that it should not: the mean absolute
 the inner face (where :func:`~exaug.faces.blend.feather_mask` is 0: background, hair, neck) and the
 cycle error, how far ``G(G(x, target), source)`` lands from ``x``. Both are in grey levels (0-255).
 
-The classifier always sees luma (replicated to ResNet's three channels): a colour model cannot
-score by tinting a face, and a greyscale dataset is judged the same way.
+The classifier (the judge) is :mod:`exaug.model.judge`, trained by :mod:`exaug.train.judge`; the
+terminal table is the CLI's (:mod:`exaug.cli.eval`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision
-from rich.table import Table
-from torch import Tensor, nn
+from torch import nn
 
 from exaug import __version__
 from exaug.device import resolve_device
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
-from exaug.io.atomic import atomic_write
-from exaug.model.checkpoint import CLASSIFIER_FORMAT, FORMAT_VERSION, cpu_state_dict, load_payload
-from exaug.model.color import encode
 from exaug.model.generator import ExpressionGenerator
+from exaug.model.judge import load_classifier, predict_expressions, save_classifier
+from exaug.pipelines.training import training_data
 from exaug.progress import progress_bar
-from exaug.train.data import FaceSet, TrainBatches, load_faces, split_validation
+from exaug.train.faceset import FaceSet, load_faces, split_validation
+from exaug.train.judge import train_classifier
 
 OUTSIDE_THRESHOLD = 0.01  # feather_mask below this is "outside the face"
 
@@ -101,95 +96,6 @@ class EvalReport:
         return cls(**json.loads(text))
 
 
-# ------------------------------------------------------------------------------------ the classifier
-
-
-def _network() -> nn.Module:
-    return torchvision.models.resnet18(weights=None, num_classes=len(EXPRESSIONS))
-
-
-def _classifier_input(faces: Tensor) -> Tensor:
-    """uint8 RGB (N,3,S,S) -> luma in [-1, 1], replicated to three channels."""
-    return encode(faces, 1)[0].expand(-1, 3, -1, -1)
-
-
-def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Random horizontal flips and crops shifted by up to 1/16 of the side (edges replicated)."""
-    count, _, size, _ = x.shape
-    flip = (torch.rand(count, generator=generator) < 0.5).to(x.device)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    pad = max(1, size // 16)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.randint(0, 2 * pad + 1, (count, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, top:top + size, left:left + size] for i, (top, left) in enumerate(offsets)])
-
-
-def train_classifier(faces: FaceSet, *, image_size: int, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
-                     device: str | torch.device = "auto", seed: int = 0, show_progress: bool = False) -> nn.Module:
-    """A ResNet-18 from scratch on ``faces`` at ``image_size``; returned in eval mode.
-
-    Batches are class-balanced (train's sampler), so CK+'s 18 contempt faces weigh as much as its
-    593 neutral ones; an epoch is as many faces as the set holds. Faces are read a batch at a time,
-    so a large HDF5 table never has to fit in memory. The seed fixes the weights and the batches
-    without touching the global RNG.
-    """
-    if not len(faces):
-        raise ExaugError("no faces to train the expression classifier on")
-    device = resolve_device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        network = _network().to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr, weight_decay=1e-4)
-    augment_rng = torch.Generator().manual_seed(seed)
-    steps = epochs * math.ceil(len(faces) / batch_size)
-    batches = iter(TrainBatches(faces.labels, batch_size, seed=seed, balance=True))
-    network.train()
-    with progress_bar("batches", disable=not show_progress) as bar:
-        task = bar.add_task("training the expression classifier", total=steps, info="")
-        for _ in range(steps):
-            index = next(batches)
-            x = _augment(_classifier_input(faces.faces_at(index, image_size).to(device)), augment_rng)
-            loss = F.cross_entropy(network(x), torch.from_numpy(faces.labels[index]).to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
-    return network.eval()
-
-
-@torch.inference_mode()
-def predict_expressions(network: nn.Module, faces: Tensor, *, batch_size: int = 128) -> Tensor:
-    """Expression indices (N,) on the CPU for uint8 RGB faces (N,3,S,S)."""
-    device = next(network.parameters()).device
-    chunks = [network(_classifier_input(faces[i:i + batch_size].to(device))).argmax(dim=1).cpu()
-              for i in range(0, len(faces), batch_size)]
-    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
-
-
-def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) -> Path:
-    """Weights and metadata only (loads with ``weights_only=True``), written atomically."""
-    payload = {"format": CLASSIFIER_FORMAT, "format_version": FORMAT_VERSION,
-               "meta": json.dumps(meta), "network": cpu_state_dict(network)}
-    return atomic_write(Path(path), lambda handle: torch.save(payload, handle))
-
-
-def load_classifier(path: Path | str, device: str | torch.device = "auto") -> tuple[nn.Module, dict[str, Any]]:
-    """The network (eval mode, on ``device``) and its metadata; any way the file is wrong is one
-    ExaugError. Files holding Python objects are refused, never unpickled."""
-    path = Path(path)
-    payload = load_payload(path, CLASSIFIER_FORMAT)
-    try:
-        meta = json.loads(payload["meta"])
-        network = _network()
-        network.load_state_dict(payload["network"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise ExaugError(f"{path}: damaged classifier file: {err}") from err
-    return network.to(resolve_device(device)).eval(), meta
-
-
-# ------------------------------------------------------------------------------------ the evaluation
-
-
 def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: EvalOptions | None = None) -> EvalReport:
     """Score ``generator`` on the held-out subjects of ``data_path`` (any data ``exaug train`` takes)."""
     options = options or EvalOptions()
@@ -214,8 +120,8 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
     generated_accuracy = scores.generated_correct / len(held)
     return EvalReport(
         data=str(data_path),
-        held_out_subjects=_subjects(held),
-        training_subjects=_subjects(training),
+        held_out_subjects=held.known_subjects(),
+        training_subjects=training.known_subjects(),
         split=split,
         classifier=provenance,
         real_count=dict(zip(EXPRESSIONS, real_count.tolist())),
@@ -235,10 +141,11 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
 
 def _load(generator: ExpressionGenerator, path: Path, options: EvalOptions) -> FaceSet:
     """The data as ``exaug train`` reads it, for this generator: its size, its template."""
-    source = SimpleNamespace(data=str(path), align=options.align, image_size=generator.image_size,
-                             template=generator.template or "exaug", cache_dir=options.cache_dir)
-    faces = load_faces(source, device=resolve_device(options.device), is_main=True, barrier=lambda: None,
-                       show_progress=options.show_progress)
+    data = training_data(path, align=options.align, image_size=generator.image_size,
+                         template=generator.template or "exaug", cache_dir=options.cache_dir,
+                         device=resolve_device(options.device), show_progress=options.show_progress)
+    faces = replace(load_faces(data, image_size=generator.image_size, crops=not options.align,
+                               show_progress=options.show_progress), source=str(path))
     if faces.template != generator.template:
         def described(template: str | None) -> str:
             return f"the {template} template" if template else "unaligned crops (--no-align)"
@@ -254,7 +161,7 @@ def _split(faces: FaceSet, meta: dict[str, Any], options: EvalOptions) -> tuple[
     if options.val_subjects is not None:
         train_pos, held_pos, note = split_validation(faces, options.val_subjects, options.seed)
         if recorded is not None:
-            seen = set(faces.subjects[held_pos].tolist()) - set(recorded) - {""}
+            seen = set(faces.subset(held_pos).known_subjects()) - set(recorded)
             if seen:
                 note += f"; the generator trained on {len(seen)} of these subjects"
         return train_pos, held_pos, note
@@ -280,10 +187,6 @@ def _at_most(positions: np.ndarray, count: int | None, rng: np.random.Generator)
     return np.sort(rng.choice(positions, count, replace=False))
 
 
-def _subjects(faces: FaceSet) -> list[str]:
-    return sorted(set(faces.subjects.tolist()) - {""})
-
-
 def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: EvalOptions) -> tuple[nn.Module, str]:
     """The classifier ``options`` names (checked against this evaluation) or one trained here."""
     if options.classifier is not None:
@@ -293,7 +196,7 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
                              f"generator makes {image_size}px faces")
         if meta.get("expressions") != list(EXPRESSIONS):
             raise ExaugError(f"{options.classifier}: its expressions {meta.get('expressions')} are not exaug's")
-        overlap = set(meta.get("training_subjects", ())) & set(_subjects(held))
+        overlap = set(meta.get("training_subjects", ())) & set(held.known_subjects())
         if overlap:
             raise ExaugError(f"{options.classifier}: trained on held-out subjects ({', '.join(sorted(overlap)[:8])}), "
                              "which would overstate its accuracy; use the split it was saved with, or train a new one")
@@ -304,10 +207,10 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
                                    batch_size=options.batch_size, lr=options.lr, device=options.device,
                                    seed=options.seed, show_progress=options.show_progress)
         meta = {"image_size": image_size, "expressions": list(EXPRESSIONS), "epochs": options.epochs,
-                "faces": len(training), "training_subjects": _subjects(training), "data": training.source,
+                "faces": len(training), "training_subjects": training.known_subjects(), "data": training.source,
                 "seed": options.seed, "exaug_version": __version__}
         provenance = (f"trained here for {options.epochs} epochs on {len(training)} faces of "
-                      f"{len(_subjects(training))} subjects")
+                      f"{len(training.known_subjects())} subjects")
     if options.save_classifier is not None:
         save_classifier(options.save_classifier, network, meta)
     return network, provenance
@@ -358,37 +261,3 @@ def _score(generator: ExpressionGenerator, network: nn.Module, held: FaceSet, op
             bar.update(task, advance=len(positions))
     return _Scores(real_correct, generated_correct, outside_change=outside_sum / (len(held) * count),
                    cycle_error=cycle_sum / cycle_terms)
-
-
-# ------------------------------------------------------------------------------------ output
-
-
-def report_table(report: EvalReport) -> Table:
-    """Per expression: held-out real faces, the classifier's accuracy on them, and on the
-    generated faces asked to show that expression; the change metrics below."""
-
-    def percent(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.1f}%"
-
-    table = Table(title=f"exaug eval: {report.data} ({len(report.held_out_subjects)} held-out subjects)",
-                  title_justify="left", caption_justify="left")
-    table.add_column("expression")
-    table.add_column("n real", justify="right")
-    table.add_column("real acc", justify="right")
-    table.add_column("generated acc", justify="right")
-    for name in EXPRESSIONS:
-        table.add_row(name, str(report.real_count[name]), percent(report.real_accuracy[name]),
-                      percent(report.generated_accuracy[name]))
-    table.add_section()
-    table.add_row("overall", str(sum(report.real_count.values())), percent(report.real_overall),
-                  percent(report.generated_overall))
-    table.add_row("mean per expression", "", percent(report.real_mean_per_expression),
-                  percent(report.generated_overall))
-    table.caption = "\n".join([
-        f"mean change outside the face: {report.outside_change:.2f} grey levels",
-        f"cycle error (x -> target -> source): {report.cycle_error:.2f} grey levels",
-        f"held out: {report.split}",
-        f"classifier: {report.classifier}",
-        f"time: {report.seconds.get('total', 0):.1f} s",
-    ])
-    return table

@@ -50,7 +50,7 @@ def _load(source: Source, pin_memory: bool) -> LoadedImage:
     return LoadedImage(source, torch.from_numpy(pixels).pin_memory() if pin_memory else pixels)
 
 
-def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2, *,
+def decoded_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2, *,
                  pin_memory: bool = False) -> Iterator[list[LoadedImage]]:
     """Batches of decoded images, in order, at most ``prefetch`` batches decoded ahead; with
     ``pin_memory`` (CUDA only) each image is a pinned ``HxWx3 uint8`` tensor instead of an array."""
@@ -72,7 +72,7 @@ def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, p
 
 
 @dataclass
-class FaceBatch:
+class AlignedBatch:
     """One batch of sources after detection and alignment."""
 
     sources: list[Source]  # every source of the batch, failed ones included: all are done once committed
@@ -83,7 +83,7 @@ class FaceBatch:
 
 
 def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetector, aligner: FaceAligner,
-                     mesher: MeshFitter | None = None) -> Iterator[FaceBatch]:
+                     mesher: MeshFitter | None = None) -> Iterator[AlignedBatch]:
     """Detect faces in each decoded batch and align them (and mesh them, given a ``mesher``);
     unreadable and faceless images become failures."""
     for batch in batches:
@@ -97,7 +97,21 @@ def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetecto
         images = [item.pixels if item.pixels is not None else np.zeros((1, 1, 3), np.uint8) for item in batch]
         aligned = aligner.align(images, per_source)
         meshes = mesher.fit(images, per_source).landmarks if mesher else None
-        yield FaceBatch([item.source for item in batch], aligned, per_source, failures, meshes)
+        yield AlignedBatch([item.source for item in batch], aligned, per_source, failures, meshes)
+
+
+BatchSource = Callable[[list[Source]], Iterator[AlignedBatch]]  # sources to do -> their aligned batches
+
+
+def photo_batches(detector: FaceDetector, aligner: FaceAligner, batch_size: int, workers: int,
+                  mesher: MeshFitter | None = None) -> BatchSource:
+    """How align and augment turn photos into aligned batches: decoded ahead by ``workers`` threads
+    (into pinned memory on CUDA), then detected and aligned ``batch_size`` at a time (and meshed)."""
+    def batches_for(todo: list[Source]) -> Iterator[AlignedBatch]:
+        return detect_and_align(decoded_batches(todo, batch_size, workers, pin_memory=detector.device.type == "cuda"),
+                                detector, aligner, mesher)
+
+    return batches_for
 
 
 def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -179,8 +193,8 @@ class RunSummary:
         return (self.sources - self.resumed) / self.seconds if self.seconds else 0.0
 
 
-def write_face_table(output: Path, sources: list[Source], batches_for: Callable[[list[Source]], Iterable[FaceBatch]],
-                     rows_of: Callable[[FaceBatch], FaceRows], *, run_key: dict[str, Any], attrs: dict[str, Any],
+def write_face_table(output: Path, sources: list[Source], batches_for: BatchSource,
+                     rows_of: Callable[[AlignedBatch], FaceRows], *, run_key: dict[str, Any], attrs: dict[str, Any],
                      overwrite: bool, description: str, show_progress: bool) -> RunSummary:
     """The run loop of align and augment: skip what an earlier run finished, then commit each
     batch's rows (and the sources it completes) atomically, so a killed run resumes here."""

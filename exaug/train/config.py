@@ -15,9 +15,13 @@ CONFIG_FILE = "config.json"
 AMP_MODES = ("bf16", "fp16", "none")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(ModelConfig):
     """Options of one training run; paths are strings so the file stays plain JSON.
+
+    The network's options (``image_size``, ``channels``, ``conv_dim``, ``repeat_num``,
+    ``attention``) are :class:`~exaug.model.networks.ModelConfig`'s, inherited; :attr:`model` is
+    that part alone, as checkpoints store it.
 
     ``iters`` counts discriminator iterations (G trains every ``n_critic``-th), as in StarGAN.
     ``batch_size`` is per process: with N processes under torchrun the effective batch is N times it.
@@ -29,11 +33,6 @@ class TrainConfig:
 
     data: str
     output: str
-    image_size: int = 128
-    channels: int = 3
-    conv_dim: int = 64
-    repeat_num: int = 6
-    attention: bool = True
     iters: int = 200_000
     batch_size: int = 16
     lr: float = 1e-4
@@ -62,7 +61,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         try:
-            self.model
+            super().__post_init__()
         except ValueError as err:
             raise ExaugError(str(err)) from None
         if self.amp not in AMP_MODES:
@@ -76,8 +75,7 @@ class TrainConfig:
 
     @property
     def model(self) -> ModelConfig:
-        return ModelConfig(image_size=self.image_size, channels=self.channels, conv_dim=self.conv_dim,
-                           repeat_num=self.repeat_num, attention=self.attention)
+        return ModelConfig(**{field.name: getattr(self, field.name) for field in fields(ModelConfig)})
 
     def save(self, run_dir: Path) -> None:
         (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from exaug.device import resolve_device
 
@@ -55,3 +57,8 @@ class World:
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper, or ``module`` itself."""
+    return module.module if isinstance(module, DistributedDataParallel) else module

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,16 +30,18 @@ from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import atomic_write
 from exaug.model.checkpoint import (generator_metadata, load_state, read_latest, save_generator,
                                     save_state, write_latest)
-from exaug.io.sheets import save_atomically
+from exaug.io.images import save_png
 from exaug.model.generator import ExpressionGenerator
 from exaug.progress import console, progress_bar
 from exaug.train.config import TrainConfig
-from exaug.train.data import TrainBatches, batch_loader, load_faces, sample_positions, split_validation
-from exaug.train.distributed import World
+from exaug.train.faceset import TrainSampler, train_loader, load_faces, sample_positions, split_validation
+from exaug.train.distributed import World, unwrap
 from exaug.train.sheets import sample_sheet
 from exaug.train.trainer import Trainer
 
 METRICS_FILE = "metrics.jsonl"
+MAX_PROCESSES = 1000  # seeds stay distinct per rank for worlds up to this size
+RESUME_SEED_STRIDE = 7919  # a prime above MAX_PROCESSES: (rank, resumed step) pairs never share a seed
 VALIDATION_LIMIT = 512  # validation faces scored for the source estimator's accuracy
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -75,23 +77,27 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def train(config: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None) -> Path:
+def train(config: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None,
+          data: Path | str | None = None) -> Path:
     """Train (or with ``resume``, continue the run in ``config.output``); returns the inference file.
 
+    Reads the faces at ``data`` (default ``config.data``): a face table, or ready-cropped faces
+    (``config.align`` False). A folder of raw photos must be aligned first;
+    :func:`exaug.pipelines.training.train_model` does that and passes its aligned cache as ``data``.
     ``on_step(step, losses)`` is called after every iteration on every rank (losses as floats).
     Raises :class:`TrainingInterrupted` after saving when stopped by Ctrl-C or SIGTERM.
     """
     world = World.from_env(config.device)
     try:
-        return _Run(config, world, resume).train(on_step)
+        return TrainingRun(config, world, resume, Path(data or config.data)).train(on_step)
     finally:
         world.close()
 
 
-class _Run:
+class TrainingRun:
     """One run's state between the loop and its files."""
 
-    def __init__(self, config: TrainConfig, world: World, resume: bool):
+    def __init__(self, config: TrainConfig, world: World, resume: bool, data: Path):
         self.config, self.world = config, world
         self.run_dir = Path(config.output)
         latest = read_latest(self.run_dir)
@@ -108,16 +114,17 @@ class _Run:
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
-        torch.manual_seed(config.seed * 1000 + world.rank)
+        torch.manual_seed(process_seed(config.seed, world.rank))
 
-        faces = load_faces(config, device=world.device, is_main=world.is_main, barrier=world.barrier)
+        faces = replace(load_faces(data, image_size=config.image_size, crops=not config.align,
+                                   show_progress=world.is_main), source=str(Path(config.data)))
         train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set
         self.template = faces.template
         validation = {**faces.subset(val_pos).summary(), "note": note}
         if (faces.subjects != "").any():  # a subject split: `exaug eval` holds out the same people
-            validation["held_out_subjects"] = sorted(set(faces.subjects[val_pos].tolist()) - {""})
+            validation["held_out_subjects"] = faces.subset(val_pos).known_subjects()
         self.data_summary = {**self.train_set.summary(), "validation": validation}
         if world.is_main:
             console.print(f"training on {len(self.train_set)} faces from {faces.source}; {note}", highlight=False)
@@ -127,7 +134,7 @@ class _Run:
             # Rank 0's RNG continues exactly; the others get a fresh stream (their states are not saved).
             self.trainer.load_state_dict(state, restore_rng=world.is_main)
             if not world.is_main:
-                torch.manual_seed(config.seed * 1000 + world.rank + 7919 * self.start)
+                torch.manual_seed(process_seed(config.seed, world.rank, resumed_at=self.start))
         picks = sample_positions(self.val_set, config.n_samples, config.seed)
         self.sample_faces = self.val_set.faces_at(picks, self.config.image_size)
         self.val_faces = self.val_set.faces_at(np.arange(min(len(self.val_set), VALIDATION_LIMIT)),
@@ -142,9 +149,9 @@ class _Run:
         if self.start >= config.iters:
             console.print(f"{self.run_dir} already finished ({self.start} of {config.iters} iterations)")
             return self.run_dir / read_latest(self.run_dir)["generator"]
-        batches = TrainBatches(self.train_set.labels, config.batch_size, seed=config.seed, rank=world.rank,
+        batches = TrainSampler(self.train_set.labels, config.batch_size, seed=config.seed, rank=world.rank,
                                world=world.size, balance=config.balance, start_step=self.start)
-        loader = batch_loader(self.train_set, batches, workers=config.workers,
+        loader = train_loader(self.train_set, batches, workers=config.workers,
                               pin_memory=world.device.type == "cuda")
         window: dict[str, list[torch.Tensor]] = {}
         window_start, window_step = time.perf_counter(), self.start
@@ -205,7 +212,7 @@ class _Run:
                                   data=self.data_summary, steps=step,
                                   training={"iters": self.config.iters, "batch_size": self.config.batch_size,
                                             "processes": self.world.size, "balance": self.config.balance})
-        return ExpressionGenerator(self.trainer.generator, self.trainer.source_estimator, meta)
+        return ExpressionGenerator(unwrap(self.trainer.generator), unwrap(self.trainer.source_estimator), meta)
 
     def _sample(self, step: int) -> None:
         """Rank 0 writes the sample sheet and the source estimator's validation accuracy."""
@@ -213,7 +220,7 @@ class _Run:
             return
         generator = self._inference(step)
         sheet = sample_sheet(generator, self.sample_faces)
-        save_atomically(sheet, self.run_dir / "samples" / f"step-{step:07d}.png")
+        save_png(sheet, self.run_dir / "samples" / f"step-{step:07d}.png")
         predicted = generator.estimate_expressions(self.val_faces).argmax(dim=1)
         accuracy = float((predicted == self.val_labels).float().mean()) if len(predicted) else float("nan")
         with self.metrics.open("a") as handle:
@@ -234,6 +241,13 @@ class _Run:
                 old.with_name(old.name.replace(".state.pt", ".generator.pt")).unlink(missing_ok=True)
         self.world.barrier()
         return generator_path
+
+
+def process_seed(seed: int, rank: int, resumed_at: int = 0) -> int:
+    """The global RNG seed of one process: each rank draws its own targets, flips and interpolations,
+    and a rank whose RNG state was not saved (any but rank 0) starts a resumed run on a stream of
+    its own rather than replaying the draws it made from step 0."""
+    return seed * MAX_PROCESSES + rank + RESUME_SEED_STRIDE * resumed_at
 
 
 def _progress_info(row: dict[str, Any]) -> str:

@@ -1,18 +1,16 @@
-"""Training faces: where they come from, the subject-disjoint validation split, and the batches.
+"""Training faces: reading them, the subject-disjoint validation split, and the batches.
 
 Everything the loop needs is a :class:`FaceSet` (images, expression labels, subject ids), whatever
-the source: an aligned table written by ``exaug align`` (HDF5 or folder), a raw folder with one
-sub-folder per expression (aligned first; the result is cached), or, with ``align=False``, such a
-folder of ready-cropped faces read as it is.
+the source: an aligned table written by ``exaug align`` (HDF5 or folder), or a folder with one
+sub-folder per expression of ready-cropped faces read as they are. Raw photo folders are aligned
+before training, by the pipeline (:mod:`exaug.pipelines.training`), never here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,17 +20,16 @@ import torch
 from PIL import Image
 
 from exaug.errors import ExaugError, ImageLoadError, InputError
-from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.expressions import EXPRESSIONS, canonical_expression, label_index
 from exaug.faces.align import resize_faces
-from exaug.faces.detect import DetectionOptions
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
 from exaug.io.store import is_face_table, read_faces
-from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.progress import console, progress_bar
 
 _CKPLUS_NAME = re.compile(r"^(S\d+)_\d+_\d+$")  # CK+: S005_001_00000011 -> subject S005
 AUTO_VAL_FRACTION = 0.05
+EPOCH_SEED_STRIDE = 1_000_003  # a prime above any epoch count: (seed, epoch) pairs never share an order
 
 
 @dataclass(frozen=True)
@@ -63,10 +60,13 @@ class FaceSet:
         """Images of the given positions as (n, 3, size, size) uint8, resized as everywhere else."""
         return resize_faces(torch.from_numpy(self.gather(index)).permute(0, 3, 1, 2), size)
 
+    def known_subjects(self) -> list[str]:
+        """The subject ids of these faces, sorted, without "" (unknown)."""
+        return sorted(set(self.subjects.tolist()) - {""})
+
     def summary(self) -> dict[str, Any]:
         counts = np.bincount(self.labels, minlength=len(EXPRESSIONS))
-        known = self.subjects[self.subjects != ""]
-        return {"source": self.source, "images": len(self), "subjects": len(set(known.tolist())),
+        return {"source": self.source, "images": len(self), "subjects": len(self.known_subjects()),
                 "per_expression": dict(zip(EXPRESSIONS, counts.tolist()))}
 
 
@@ -85,27 +85,24 @@ def subject_of(source: str, identity: str) -> str:
     return ""
 
 
-def load_faces(config: Any, *, device: torch.device, is_main: bool, barrier: Callable[[], None],
-               show_progress: bool = True) -> FaceSet:
-    """The labelled faces of ``config.data``; faces of unknown expression are left out (they cannot
-    train the classifier losses). Only the main process aligns (and shows progress); the others wait
-    and read the cache."""
-    show_progress = show_progress and is_main
-    path = Path(config.data)
+def load_faces(path: Path | str, *, image_size: int, crops: bool = False, show_progress: bool = True) -> FaceSet:
+    """The labelled faces at ``path``: a face table (``exaug align``'s output, HDF5 or folder), or with
+    ``crops`` a folder with one sub-folder per expression of ready-cropped faces, read as they are
+    and resized to ``image_size``. Faces of unknown expression are left out (they cannot train the
+    classifier losses). A folder of raw photos is aligned first, by
+    :func:`exaug.pipelines.training.training_data`: training only reads faces."""
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file():
         faces = _read_table(path)
-    elif not config.align:
-        faces = _read_crops(path, config.image_size, show_progress=show_progress)
+    elif crops:
+        faces = _read_crops(path, image_size, show_progress=show_progress)
     elif is_face_table(path):
         faces = _read_table(path)
     else:
-        cache = _aligned_cache(path, config)
-        if is_main:  # resumable: a finished cache is only checked, an interrupted one completed
-            _align(path, cache, config, device, show_progress=show_progress)
-        barrier()
-        faces = replace(_read_table(cache), source=str(path))
+        raise InputError(f"{path}: not aligned faces; align the folder first (exaug align, or exaug train, which "
+                         "aligns it for you), or read ready-cropped faces as they are (--no-align)")
     known = faces.labels >= 0
     if not known.any():
         raise ExaugError(f"{path}: no face has an expression label (expected one sub-folder per expression)")
@@ -117,24 +114,6 @@ def _read_table(path: Path) -> FaceSet:
     subjects = np.array([subject_of(s, i) for s, i in zip(table.source, table.identity)], dtype=object)
     return FaceSet(table.images, np.arange(len(table)), np.asarray(table.expression, np.int64), subjects,
                    str(path), table.attrs.get("template"))
-
-
-def _aligned_cache(path: Path, config: Any) -> Path:
-    """Cache file named by what the aligned faces depend on: the input's files, size and template."""
-    root = Path(config.cache_dir or os.environ.get("EXAUG_CACHE") or Path.home() / ".cache" / "exaug") / "aligned"
-    digest = hashlib.sha256(f"{path.resolve()}|{config.image_size}|{config.template}".encode())
-    for source in discover_sources(path):
-        stat = source.path.stat()
-        digest.update(f"|{source.relpath}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return root / f"{digest.hexdigest()[:24]}.h5"
-
-
-def _align(path: Path, cache: Path, config: Any, device: torch.device, *, show_progress: bool) -> None:
-    if show_progress:
-        console.print(f"aligning {path} (cached in {cache}; later runs reuse it)", highlight=False)
-    options = AlignOptions(template=config.template, size=config.image_size, device=str(device),
-                           detection=DetectionOptions(faces="largest"))
-    align_dataset(path, cache, options, command=f"exaug train {path}", show_progress=show_progress)
 
 
 def _read_crops(root: Path, size: int, *, show_progress: bool) -> FaceSet:
@@ -151,7 +130,7 @@ def _read_crops(root: Path, size: int, *, show_progress: bool) -> FaceSet:
                 failures.append(str(err))
                 continue
             images.append(_square(image, size))
-            labels.append(EXPRESSIONS.index(source.expression))
+            labels.append(label_index(source.expression))
             subjects.append(subject_of(source.relpath, source.identity))
     for failure in failures[:10]:
         console.print(f"  [yellow]skipped[/] {failure}", highlight=False)
@@ -181,7 +160,7 @@ def split_validation(faces: FaceSet, spec: str, seed: int) -> tuple[np.ndarray, 
     if spec in ("0", "none", ""):
         return everything, everything[:0], "no validation hold-out (samples show training faces)"
     rng = np.random.default_rng(seed)
-    known = sorted(set(faces.subjects.tolist()) - {""})
+    known = faces.known_subjects()
     if not known:
         count = max(1, round(AUTO_VAL_FRACTION * len(faces)))
         val = np.sort(rng.permutation(len(faces))[:count])
@@ -213,7 +192,7 @@ def sample_positions(faces: FaceSet, count: int, seed: int) -> np.ndarray:
     return order[np.lexsort((labels, rank))][:count]
 
 
-class TrainBatches:
+class TrainSampler:
     """An endless stream of index batches for one process: shuffled (or class-balanced) epochs,
     the same on every rank and dealt out rank by rank, so N processes see disjoint faces.
 
@@ -230,7 +209,7 @@ class TrainBatches:
         self.per_rank = math.ceil(len(labels) / world)
 
     def _epoch(self, epoch: int) -> np.ndarray:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
         total = self.per_rank * self.world
         if self.balance:
             counts = np.bincount(self.labels)
@@ -251,7 +230,7 @@ class TrainBatches:
             pending = pending[self.batch_size:]
 
 
-class FaceBatches(torch.utils.data.Dataset):
+class FaceDataset(torch.utils.data.Dataset):
     """Whole batches at once (``__getitems__``): one gather per batch instead of one read per face."""
 
     def __init__(self, faces: FaceSet):
@@ -266,16 +245,16 @@ class FaceBatches(torch.utils.data.Dataset):
         return images, torch.from_numpy(self.faces.labels[index])
 
 
-def as_batch(batch: Any) -> Any:
-    """collate_fn: :class:`FaceBatches` already returns a batch."""
+def already_collated(batch: Any) -> Any:
+    """collate_fn: :class:`FaceDataset` already returns a batch."""
     return batch
 
 
-def batch_loader(faces: FaceSet, batches: TrainBatches, *, workers: int,
+def train_loader(faces: FaceSet, batches: TrainSampler, *, workers: int,
                  pin_memory: bool) -> torch.utils.data.DataLoader:
     """Batches from ``workers`` processes. The loader's own generator (it only seeds workers) keeps
     it off the global RNG, which a resumed run restores and must find untouched."""
-    return torch.utils.data.DataLoader(FaceBatches(faces), batch_sampler=batches, collate_fn=as_batch,
+    return torch.utils.data.DataLoader(FaceDataset(faces), batch_sampler=batches, collate_fn=already_collated,
                                        num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                        generator=torch.Generator().manual_seed(batches.seed))
