@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from exaug.faces.detect import FaceDetector
 from exaug.faces.mesh import GROUPS, MeshFitter, load_triangles
 from exaug.io.images import load_image
-from exaug.io.sheets import save_atomically
+from exaug.io.images import save_png
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -80,7 +80,7 @@ def main() -> None:
     for column, panel in enumerate(panels):
         sheet.paste(panel, (column * PANEL, 0))
     sheet.paste(legend(sheet.width), (0, PANEL))
-    save_atomically(sheet, args.out)
+    save_png(sheet, args.out)
     print(args.out)
 
 

@@ -25,12 +25,13 @@ def test_bundled_model_is_small_half_precision_and_says_what_it_was_trained_on()
     assert model_path(None) == DEFAULT_MODEL and DEFAULT_MODEL.stat().st_size <= 25 * 2**20
     payload = torch.load(DEFAULT_MODEL, map_location="cpu", weights_only=True)
     meta = json.loads(payload["meta"])
-    assert meta["dtype"] == "float16"
-    assert all(t.dtype == torch.float16 for t in payload["generator"].values() if t.is_floating_point())
+    assert meta["arch"] == "guided" and meta["dtype"] == "float16"
+    assert all(t.dtype == torch.float16 for t in payload["painter"].values() if t.is_floating_point())
     assert meta["template"] == "exaug" and meta["expressions"][0] == "neutral" and meta["channels"] == 1
     assert "non-commercial" in meta["licence"] and meta["steps"] > 0
+    assert len(meta["data"]["held_out_subjects"]) >= 20
     generator = ExpressionGenerator.load(DEFAULT_MODEL, "cpu")
-    assert generator.image_size == meta["image_size"]
+    assert generator.image_size == meta["image_size"] == 128
 
 
 def test_augment_examples_with_no_model(tmp_path):

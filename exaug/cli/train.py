@@ -10,9 +10,15 @@ import typer
 
 from exaug.cli.common import DEVICE, DeviceChoice, TemplateChoice, library_defaults
 from exaug.errors import ExaugError
-from exaug.pipelines.training import train_model
+from exaug.pipelines.training import train_guided_model, train_model
 from exaug.progress import console
 from exaug.train import TrainConfig
+from exaug.train.guided import GuidedTrainConfig
+
+
+class ArchChoice(str, Enum):
+    stargan = "stargan"
+    guided = "guided"
 
 
 class AmpChoice(str, Enum):
@@ -73,8 +79,21 @@ def train_command(
     workers: int = typer.Option(DEFAULT["workers"], help="Data loading processes per training process."),
     amp: AmpChoice = typer.Option(AmpChoice(DEFAULT["amp"]),
                                   help="Mixed precision on CUDA (CPU always trains in fp32)."),
+    arch: ArchChoice = typer.Option(
+        ArchChoice.stargan,
+        help="stargan: the label-conditioned GAN (these options); guided: the geometry-guided generator, learnt "
+             "from paired CK+-style sequences (takes DATA, -o, --iters, --val-subjects, --seed, --device)."),
 ) -> None:
-    """Train the expression GAN (StarGAN with an attention mask) on labelled faces."""
+    """Train an expression generator on labelled faces: StarGAN with an attention mask, or the
+    geometry-guided generator (--arch guided)."""
+    if arch is ArchChoice.guided:
+        if resume is not None or data is None or output is None:
+            raise ExaugError("--arch guided takes DATA and --output RUN_DIR (it trains in one go; no --resume)")
+        config = GuidedTrainConfig(steps=iters or GuidedTrainConfig.steps, seed=seed)
+        model = train_guided_model(data, output, config, val_subjects=val_subjects, device=device.value,
+                                   cache_dir=None if cache_dir is None else str(cache_dir))
+        console.print(f"model: {model}", highlight=False)
+        return
     if resume is not None:
         if data is not None or output is not None:
             raise ExaugError("--resume RUN_DIR continues a run with its saved options: give no DATA or --output")

@@ -45,17 +45,22 @@ class GuidedGenerator(nn.Module):
         size, points = self.config.image_size, CONTROL_POINTS
         return backward_field((source_mesh[:, points] + 0.5) / size, (target_mesh[:, points] + 0.5) / size)
 
-    def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
-                field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``faces`` (N, C, S, S) in [-1, 1]. Returns (output, mask A, warped input)."""
-        field = self.field(source_mesh, target_mesh) if field is None else field
+    def paint(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """Warp ``faces`` (N, C, S, S, in [-1, 1]) through ``field``, then paint: (output, mask A, warped)."""
         warped = warp(faces, field)
         grid = torch.nn.functional.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear",
                                                align_corners=False)
         motion = grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2)
-        region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
-        output, keep = self.painter(faces, warped, motion, self.codes(source_mesh, target_mesh).to(faces.device), region)
+        output, keep = self.painter(faces, warped, motion, codes, region)
         return output, keep, warped
+
+    def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
+                field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``faces`` (N, C, S, S) in [-1, 1], painted only near the target mouth. Returns (output, mask A, warped)."""
+        field = self.field(source_mesh, target_mesh) if field is None else field
+        region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
+        return self.paint(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region)
 
 
 def paint_region(mesh: Tensor, size: int) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 FIELD_SIZE = 64  # grid the spline is evaluated on before upsampling
 BORDER_ANCHORS = 9  # fixed points per side of the crop
-_CHUNK = 16  # faces solved together (MKL's batched LU rejects some larger batches of this size)
+_CHUNK = 16  # faces evaluated together on the grid (bounds the (n, 4096, k) kernel's memory)
 
 
 def control_points() -> list[int]:
@@ -69,7 +69,9 @@ def backward_field(source: Tensor, target: Tensor, size: int = FIELD_SIZE, smoot
     system[:, :count, count:] = affine
     system[:, count:, :count] = affine.transpose(1, 2)
     rhs = torch.cat([values, torch.zeros(n, 3, 2, device=source.device, dtype=dtype)], 1)
-    weights = torch.linalg.solve(system, rhs).float()
+    # One face at a time: MKL's batched LU has failed here on some batches ("DLASWP parameter 6")
+    # and then crawled for minutes; single solves of this size take a millisecond or two.
+    weights = torch.stack([torch.linalg.solve(matrix, right) for matrix, right in zip(system, rhs)]).float()
     # The grid is evaluated in single precision: the solve needs double, the sum of ~300 terms does not.
     pixels = identity_field(1, size, source.device).reshape(1, -1, 2).expand(n, -1, -1)
     controls = controls.float()
@@ -81,16 +83,22 @@ def warp(images: Tensor, field: Tensor, mode: str = "bicubic") -> Tensor:
     """``(n, C, H, W)`` images resampled through a backward ``field`` (from :func:`backward_field`),
     upsampled to the images' own resolution first. Bicubic keeps more of the skin's detail than
     bilinear (a bilinear warp loses about a fifth of the Laplacian energy at 128 px)."""
-    height, width = images.shape[-2:]
-    grid = field.permute(0, 3, 1, 2)
-    if grid.shape[-2:] != (height, width):
-        grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1) * 2 - 1  # fractions of the side -> grid_sample's [-1, 1], align_corners=False
+    n, height, width = len(images), *images.shape[-2:]
+    size = field.shape[1]
+    # Upsample the displacement, not the positions: bilinear upsampling clamps at the borders, which
+    # would shift the outermost pixels of even a still face; a displacement of zero stays zero.
+    motion = (field - identity_field(n, size, field.device)).permute(0, 3, 1, 2)
+    if motion.shape[-2:] != (height, width):
+        motion = F.interpolate(motion, size=(height, width), mode="bilinear", align_corners=False)
+    grid = identity_field(n, height, field.device, width) + motion.permute(0, 2, 3, 1)
+    grid = grid * 2 - 1  # fractions of the side -> grid_sample's [-1, 1], align_corners=False
     warped = F.grid_sample(images.float(), grid.float(), mode=mode, padding_mode="border", align_corners=False)
     return warped
 
 
-def identity_field(n: int, size: int = FIELD_SIZE, device: torch.device | str = "cpu") -> Tensor:
-    centres = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
-    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+def identity_field(n: int, size: int = FIELD_SIZE, device: torch.device | str = "cpu", width: int | None = None) -> Tensor:
+    """The field that samples every pixel where it is: ``(n, size, width or size, 2)`` pixel centres."""
+    rows = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+    columns = (torch.arange(width or size, device=device, dtype=torch.float32) + 0.5) / (width or size)
+    grid_y, grid_x = torch.meshgrid(rows, columns, indexing="ij")
     return torch.stack([grid_x, grid_y], -1).expand(n, -1, -1, -1).clone()

@@ -18,6 +18,7 @@ from exaug.io.store import is_face_table
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.progress import console
 from exaug.train import TrainConfig
+from exaug.train.guided import GuidedTrainConfig
 from exaug.train.distributed import World
 from exaug.train.loop import StepCallback, train
 
@@ -37,7 +38,7 @@ def train_model(config: TrainConfig, *, resume: bool = False, on_step: StepCallb
 
 
 def training_data(data: Path | str, *, align: bool, image_size: int, template: str, cache_dir: str | None,
-                  device: torch.device, is_main: bool = True, show_progress: bool = True) -> Path:
+                  device: torch.device, is_main: bool = True, show_progress: bool = True, mesh: bool = False) -> Path:
     """What training reads for ``data``: ``data`` itself when it is a file, a face table, or (without
     ``align``) a folder of ready-cropped faces; else its aligned cache. Only the main process aligns
     (and shows progress), resumably: a finished cache is only checked, an interrupted one completed.
@@ -45,21 +46,45 @@ def training_data(data: Path | str, *, align: bool, image_size: int, template: s
     path = Path(data)
     if not align or not path.is_dir() or is_face_table(path):
         return path
-    cache = _aligned_cache(path, image_size, template, cache_dir)
+    cache = _aligned_cache(path, image_size, template, cache_dir, mesh)
     if is_main:
         if show_progress:
             console.print(f"aligning {path} (cached in {cache}; later runs reuse it)", highlight=False)
         options = AlignOptions(template=template, size=image_size, device=str(device),
-                               detection=DetectionOptions(faces="largest"))
+                               detection=DetectionOptions(faces="largest"), mesh=mesh)
         align_dataset(path, cache, options, command=f"exaug train {path}", show_progress=show_progress)
     return cache
 
 
-def _aligned_cache(path: Path, image_size: int, template: str, cache_dir: str | None) -> Path:
-    """Cache file named by what the aligned faces depend on: the input's files, size and template."""
+def _aligned_cache(path: Path, image_size: int, template: str, cache_dir: str | None, mesh: bool = False) -> Path:
+    """Cache file named by what the aligned faces depend on: the input's files, size, template (and meshes)."""
     root = Path(cache_dir or os.environ.get("EXAUG_CACHE") or Path.home() / ".cache" / "exaug") / "aligned"
-    digest = hashlib.sha256(f"{path.resolve()}|{image_size}|{template}".encode())
+    digest = hashlib.sha256(f"{path.resolve()}|{image_size}|{template}{'|mesh' if mesh else ''}".encode())
     for source in discover_sources(path):
         stat = source.path.stat()
         digest.update(f"|{source.relpath}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return root / f"{digest.hexdigest()[:24]}.h5"
+
+
+def train_guided_model(data: Path | str, output: Path | str, config: GuidedTrainConfig, *, val_subjects: str = "auto",
+                       device: str = "auto", cache_dir: str | None = None, show_progress: bool = True) -> Path:
+    """``exaug train --arch guided``: align DATA with meshes (cached), pair its CK+ sequences, hold out
+    whole subjects, fit the geometry and train the painter; writes RUN/guided.generator.pt, a sample
+    sheet of held-out faces and metrics.jsonl, and returns the inference file."""
+    from exaug.device import resolve_device
+    from exaug.train.guided import save_guided_run, split_subjects, train_guided
+    from exaug.train.pairs import load_pairs
+
+    target = resolve_device(device)
+    aligned = training_data(data, align=True, image_size=config.painter.image_size, template="exaug",
+                            cache_dir=cache_dir, device=target, show_progress=show_progress, mesh=True)
+    pairs, neutral_meshes, neutral_subjects = load_pairs(aligned)
+    held_out = split_subjects(sorted(set(pairs.subject)), val_subjects)
+    train_pairs = pairs.select(torch.tensor([subject not in held_out for subject in pairs.subject]))
+    neutral = neutral_meshes[torch.tensor([subject not in held_out for subject in neutral_subjects])]
+    run = Path(output)
+    run.mkdir(parents=True, exist_ok=True)
+    model = train_guided(train_pairs, neutral, config, log=run / "metrics.jsonl", device=target,
+                         show_progress=show_progress)
+    validation = pairs.select(torch.tensor([subject in held_out for subject in pairs.subject]))
+    return save_guided_run(run, model, config, validation, data=str(data), held_out=sorted(held_out))

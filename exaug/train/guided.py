@@ -23,17 +23,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from exaug import __version__
+from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
+from exaug.io.images import save_png
+from exaug.io.sheets import labelled_grid
+from exaug.model.checkpoint import save_guided
 from exaug.model.color import encode
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import GuidedGenerator
+from exaug.model.guided import TEMPLATE, GuidedGenerator
 from exaug.model.painter import PainterConfig, PatchCritic
+from exaug.progress import progress_bar
 from exaug.train.pairs import PairedFaces
 
 
 @dataclass
 class GuidedTrainConfig:
-    steps: int = 3000
+    steps: int = 5000
     batch_size: int = 16
     lr: float = 2e-4
     lambda_reconstruction: float = 10.0
@@ -41,7 +47,7 @@ class GuidedTrainConfig:
     lambda_smoothness: float = 0.5
     lambda_adversarial: float = 0.5
     seed: int = 0
-    log_every: int = 10
+    log_every: int = 100
     painter: PainterConfig = field(default_factory=PainterConfig)
 
 
@@ -63,7 +69,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: GuidedTrainConfig,
-                 log: Path | None = None, device: str | torch.device = "cpu") -> GuidedGenerator:
+                 log: Path | None = None, device: str | torch.device = "cpu", show_progress: bool = False) -> GuidedGenerator:
     """Fit the geometry, then train the painter for ``config.steps`` steps; returns the model (CPU)."""
     torch.manual_seed(config.seed)
     model = GuidedGenerator(config.painter, fit_geometry(pairs, neutral_meshes))
@@ -77,43 +83,69 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
     critic_optimiser = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=(0.5, 0.999))
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        rows = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)
-        face, target, batch_field = sources[rows], targets[rows], fields[rows]
-        output, keep, warped = _paint(model, face, batch_field, codes[rows])
-        if config.lambda_adversarial:
-            critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
-            critic_optimiser.zero_grad()
-            critic_loss.backward()
-            critic_optimiser.step()
-        losses = {
-            "reconstruction": (output - target).abs().mean(),
-            "mask": (1 - keep).mean(),
-            "smoothness": total_variation(keep),
-            "adversarial": -critic(output).mean() if config.lambda_adversarial else output.new_zeros(()),
-        }
-        total = sum(getattr(config, f"lambda_{name}") * value for name, value in losses.items())
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-        if log and (step % config.log_every == 0 or step == config.steps):
-            record = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()},
-                      "warp_only": round((warped - target).abs().mean().item(), 4),
-                      "seconds": round(time.perf_counter() - started, 1)}
-            with open(log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+    with progress_bar("steps", disable=not show_progress) as bar:
+        task = bar.add_task("training", total=config.steps, info="")
+        for step in range(1, config.steps + 1):
+            rows = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)
+            # Trained without the inference-time paint region (GuidedGenerator.forward adds it): the
+            # shipped weights were trained this way.
+            output, keep, warped = model.paint(sources[rows], fields[rows], codes[rows])
+            target = targets[rows]
+            if config.lambda_adversarial:
+                critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
+                critic_optimiser.zero_grad()
+                critic_loss.backward()
+                critic_optimiser.step()
+            losses = {
+                "reconstruction": (output - target).abs().mean(),
+                "mask": (1 - keep).mean(),
+                "smoothness": total_variation(keep),
+                "adversarial": -critic(output).mean() if config.lambda_adversarial else output.new_zeros(()),
+            }
+            total = sum(getattr(config, f"lambda_{name}") * value for name, value in losses.items())
+            optimiser.zero_grad()
+            total.backward()
+            optimiser.step()
+            bar.update(task, advance=1)
+            if log and (step % config.log_every == 0 or step == config.steps):
+                record = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()},
+                          "warp_only": round((warped - target).abs().mean().item(), 4),
+                          "seconds": round(time.perf_counter() - started, 1)}
+                with open(log, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
     return model.cpu().eval()
 
 
-def _paint(model: GuidedGenerator, faces: torch.Tensor, field: torch.Tensor, codes: torch.Tensor):
-    from exaug.model.warp import identity_field, warp
+def split_subjects(subjects: list[str], val_subjects: str) -> set[str]:
+    """Held-out subjects: "auto" is every sixth subject in name order (20 of CK+'s 118 paired
+    subjects: enough that one face does not decide a row), else a comma list of ids, or "0"."""
+    if val_subjects == "auto":
+        return set(subjects[::6])
+    if val_subjects.strip() in ("", "0"):
+        return set()
+    chosen = {name.strip() for name in val_subjects.split(",") if name.strip()}
+    if unknown := chosen - set(subjects):
+        raise ExaugError(f"--val-subjects: no paired faces of {', '.join(sorted(unknown))}")
+    return chosen
 
-    warped = warp(faces, field)
-    grid = F.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear", align_corners=False)
-    motion = grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2)
-    output, keep = model.painter(faces, warped, motion, codes)
-    return output, keep, warped
 
+def save_guided_run(run: Path, model: GuidedGenerator, config: GuidedTrainConfig, validation: PairedFaces, *,
+                    data: str, held_out: list[str]) -> Path:
+    """The run's inference file (fp16 painter) and a sheet of held-out faces: each neutral face, then
+    every expression rendered, then the same person's real peak."""
+    meta = {"arch": "guided", "painter": asdict(config.painter), "image_size": config.painter.image_size,
+            "channels": config.painter.channels, "mode": "luma" if config.painter.channels == 1 else "rgb",
+            "template": TEMPLATE, "steps": config.steps, "data": {"path": data, "held_out_subjects": held_out},
+            "training": asdict(config), "exaug_version": __version__}
+    path = save_guided(run / "guided.generator.pt", model.painter, model.geometry.state(), meta, half=True)
+    forward = [i for i, name in enumerate(validation.source_expression) if name == "neutral"][:8]
+    if forward:
+        from exaug.model.guided import GuidedExpressionGenerator
 
-def config_json(config: GuidedTrainConfig) -> str:
-    return json.dumps(asdict(config))
+        generator = GuidedExpressionGenerator.load(path, "cpu")
+        faces = validation.source[forward]
+        rendered = generator.generate_all(faces, list(EXPRESSIONS))
+        grid = torch.cat([faces[:, None], rendered, validation.target[forward][:, None]], 1)
+        sheet = labelled_grid(grid.permute(0, 1, 3, 4, 2).numpy(), ["input", *EXPRESSIONS, "real peak"])
+        save_png(sheet, run / "samples" / "held_out.png")
+    return path

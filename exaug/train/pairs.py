@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import torch
 from torch import Tensor
 
+from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import warp_faces
+from exaug.io.store import read_faces
 from exaug.model.geometry import STABLE_POINTS, similarity_fit, transform_points
 
 _CK_NAME = re.compile(r"^(S\d{3})_(\d{3})_\d{8}$")
@@ -82,3 +84,21 @@ def build_pairs(images: Tensor, meshes: Tensor, transforms: Tensor, sources: lis
         target_expression=[EXPRESSIONS[expressions[row]] for row in target_rows],
         source_expression=[EXPRESSIONS[expressions[row]] for row in source_rows],
         subject=[PurePosixPath(sources[row]).stem[:4] for row in source_rows])
+
+
+def load_pairs(path: Path | str) -> tuple[PairedFaces, Tensor, list[str]]:
+    """The pairs of an aligned table with meshes (``exaug align --mesh``), and every neutral face's
+    mesh (crop pixels) with its subject: the identity model is fitted on all of them."""
+    with read_faces(path) as table:
+        if "mesh" not in table.extra:
+            raise ExaugError(f"{path}: no face meshes in this table (align it with exaug align --mesh)")
+        sources, expressions = list(table.source), table.expression.tolist()
+        images = torch.from_numpy(table.images[0:len(table)])
+        meshes, transforms = torch.from_numpy(table.extra["mesh"]), torch.from_numpy(table.extra["transform"])
+    pairs = build_pairs(images, meshes, transforms, sources, expressions)
+    if not len(pairs):
+        raise ExaugError(f"{path}: no paired sequences (CK+-style names S###_###_########, a neutral first "
+                         "frame and a labelled peak of the same sequence) to learn expression motion from")
+    rows = [row for row, expression in enumerate(expressions) if expression == EXPRESSIONS.index("neutral")]
+    neutral = transform_points(transforms[rows].double(), meshes[rows][..., :2].double())
+    return pairs, neutral, [PurePosixPath(sources[row]).stem[:4] for row in rows]

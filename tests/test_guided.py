@@ -1,0 +1,156 @@
+"""The geometry-guided generator on real CK+ sequences: geometry learnt from pairs, the warp, the
+shipped model on people it never saw, a reference face's expression, and its training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from exaug.expressions import EXPRESSIONS
+from exaug.faces.detect import DetectionOptions
+from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER
+from exaug.model.default import DEFAULT_MODEL
+from exaug.model.generator import ExpressionGenerator
+from exaug.model.geometry import ExpressionGeometry
+from exaug.model.guided import GuidedExpressionGenerator
+from exaug.model.warp import backward_field, control_points, identity_field, warp
+from exaug.pipelines.align import AlignOptions, align_dataset
+from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
+from exaug.train.pairs import load_pairs
+
+SUBJECTS = 36  # the first subjects by name: a third of CK+, six of them held out by the shipped model
+
+
+@pytest.fixture(scope="module")
+def ck_table(tmp_path_factory, ckplus_dir) -> Path:
+    """CK+ neutral and peak frames of the first SUBJECTS people, aligned at 128 px with meshes."""
+    subjects = sorted({path.name[:4] for path in (ckplus_dir / "neutral").glob("S*.png")})[:SUBJECTS]
+    folder = tmp_path_factory.mktemp("ck")
+    for expression_folder in ckplus_dir.iterdir():
+        if expression_folder.is_dir():
+            for image in expression_folder.glob("S*.png"):
+                if image.name[:4] in subjects:
+                    (folder / expression_folder.name).mkdir(exist_ok=True)
+                    (folder / expression_folder.name / image.name).symlink_to(image)
+    output = folder.parent / "ck128.h5"
+    options = AlignOptions(device="cpu", mesh=True, detection=DetectionOptions(faces="largest"))
+    align_dataset(folder, output, options, show_progress=False)
+    return output
+
+
+@pytest.fixture(scope="module")
+def ck_pairs(ck_table):
+    return load_pairs(ck_table)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> GuidedExpressionGenerator:
+    return GuidedExpressionGenerator.load(DEFAULT_MODEL, "cpu")
+
+
+def _held_out(pairs, shipped: GuidedExpressionGenerator):
+    held = set(shipped.meta["data"]["held_out_subjects"])
+    keep = torch.tensor([s in held and e == "neutral" for s, e in zip(pairs.subject, pairs.source_expression)])
+    return pairs.select(keep)
+
+
+def _mouth(meshes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner-lip opening and mouth width in pixels."""
+    opening = (meshes[:, LOWER_LIP_INNER] - meshes[:, UPPER_LIP_INNER]).norm(dim=-1)
+    width = (meshes[:, MOUTH_CORNERS[1]] - meshes[:, MOUTH_CORNERS[0]]).norm(dim=-1)
+    return opening, width
+
+
+def test_pairs_join_each_peak_to_its_own_sequences_neutral_frame_both_ways(ck_pairs):
+    pairs, neutral, neutral_subjects = ck_pairs
+    forward = [i for i, e in enumerate(pairs.source_expression) if e == "neutral"]
+    assert len(pairs) == 2 * len(forward) and len(forward) > 80
+    assert {pairs.target_expression[i] for i in forward} >= {"happy", "sad", "surprise", "fear", "disgust", "anger"}
+    assert len(neutral) == len(neutral_subjects) and set(pairs.subject) <= set(neutral_subjects)
+    # The target face was moved into the source's frame on stable points: eye corners land together.
+    corners = [33, 133, 362, 263]
+    assert (pairs.target_mesh[:, corners] - pairs.source_mesh[:, corners]).norm(dim=-1).median() < 1.5
+
+
+def test_geometry_learnt_from_pairs_predicts_unseen_peoples_motion(ck_pairs):
+    pairs, neutral, neutral_subjects = ck_pairs
+    held = split_subjects(sorted(set(pairs.subject)), "auto")
+    train = pairs.select(torch.tensor([s not in held for s in pairs.subject]))
+    forward = [i for i, e in enumerate(train.source_expression) if e == "neutral"]
+    geometry = ExpressionGeometry.fit(train.source_mesh[forward], train.target_mesh[forward],
+                                      [train.target_expression[i] for i in forward], EXPRESSIONS,
+                                      all_neutral=neutral[torch.tensor([s not in held for s in neutral_subjects])])
+    test = pairs.select(torch.tensor([s in held and e == "neutral" for s, e in zip(pairs.subject, pairs.source_expression)]))
+    predicted = geometry.target(test.source_mesh, test.target_expression, 1.0)
+    for expression in ("happy", "surprise"):
+        rows = [i for i, e in enumerate(test.target_expression) if e == expression]
+        still = (test.source_mesh[rows] - test.target_mesh[rows]).norm(dim=-1).mean()
+        moved = (predicted[rows] - test.target_mesh[rows]).norm(dim=-1).mean()
+        assert moved < 0.75 * still, (expression, moved, still)
+    # Back to neutral from a peak, and a neutral face asked for neutral stays where it is.
+    back = geometry.target(test.target_mesh, ["neutral"] * len(test), 1.0)
+    assert (back - test.source_mesh).norm(dim=-1).mean() < (test.target_mesh - test.source_mesh).norm(dim=-1).mean()
+    rest = geometry.target(test.source_mesh, ["neutral"] * len(test), 1.0)
+    assert (rest - test.source_mesh).norm(dim=-1).mean() < 1.0
+
+
+def test_warp_moves_the_face_to_the_real_peaks_geometry(ck_pairs, shipped):
+    pairs = _held_out(ck_pairs[0], shipped)
+    size, points = pairs.source.shape[-1], control_points()
+    field = backward_field((pairs.source_mesh[:, points] + 0.5) / size, (pairs.target_mesh[:, points] + 0.5) / size)
+    warped = warp(pairs.source.float(), field).round().clamp(0, 255).to(torch.uint8)
+    before = (shipped.meshes(pairs.source) - pairs.target_mesh).norm(dim=-1).mean()
+    after = (shipped.meshes(warped) - pairs.target_mesh).norm(dim=-1).mean()
+    assert after < 0.7 * before
+
+
+def test_a_still_field_returns_the_face_unchanged(ck_pairs):
+    faces = ck_pairs[0].source[:4].float()
+    assert (warp(faces, identity_field(4)) - faces).abs().max() < 0.5
+
+
+def test_shipped_model_moves_unseen_faces_into_the_expression_and_keeps_them_sharp(ck_pairs, shipped):
+    pairs = _held_out(ck_pairs[0], shipped)
+    faces = pairs.source[:6]
+    rendered = shipped.generate_all(faces, ["neutral", "happy", "surprise"])
+    opening, width = _mouth(shipped.meshes(faces))
+    new_opening, new_width = _mouth(shipped.meshes(rendered[:, 1]))
+    assert (new_width > width * 1.08).all(), "happy widens every mouth"
+    new_opening, new_width = _mouth(shipped.meshes(rendered[:, 2]))
+    assert (new_opening > opening + 2).all() and (new_opening - opening).mean() > 5, "surprise opens every mouth"
+    still = (rendered[:, 0].float() - faces.float()).abs().mean()
+    assert still < 4  # neutral faces asked for neutral: nearly unchanged
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+    energy = lambda x: torch.nn.functional.conv2d(x.float()[:, :1], laplacian).square().mean()  # noqa: E731
+    assert energy(rendered[:, 1]) > 0.8 * energy(faces)
+
+
+def test_like_takes_another_persons_expression(ck_pairs, shipped):
+    pairs = _held_out(ck_pairs[0], shipped)
+    surprise = [i for i, e in enumerate(pairs.target_expression) if e == "surprise"]
+    # The reference: the widest-open surprised mouth among them (some CK+ surprise peaks keep the mouth shut).
+    widest = max(surprise, key=lambda i: _mouth(pairs.target_mesh[i][None])[0].item())
+    faces, reference = pairs.source[:4], pairs.target[widest][None]
+    opening, _ = _mouth(shipped.meshes(faces))
+    liked, _ = _mouth(shipped.meshes(shipped.generate(faces, like=reference)))
+    assert (liked > opening + 2).all() and (liked - opening).mean() > 4
+
+
+def test_empty_batches_and_the_loader(shipped):
+    empty = torch.zeros((0, 3, 128, 128), dtype=torch.uint8)
+    assert shipped.generate(empty, "happy").shape == (0, 3, 128, 128)
+    assert shipped.generate_all(empty, ["happy", "sad"]).shape == (0, 2, 3, 128, 128)
+    assert isinstance(ExpressionGenerator.load(DEFAULT_MODEL, "cpu"), GuidedExpressionGenerator)
+
+
+def test_training_writes_a_loadable_model_and_a_held_out_sheet(tmp_path, ck_pairs):
+    pairs, neutral, _ = ck_pairs
+    config = GuidedTrainConfig(steps=2, batch_size=2, log_every=1)
+    model = train_guided(pairs.select(torch.arange(len(pairs)) < 40), neutral, config, log=tmp_path / "metrics.jsonl")
+    path = save_guided_run(tmp_path, model, config, pairs.select(torch.arange(len(pairs)) < 2), data="ck", held_out=[])
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "samples" / "held_out.png").stat().st_size > 0
+    generator = ExpressionGenerator.load(path, "cpu")
+    assert generator.generate(pairs.source[:2], "happy").shape == (2, 3, 128, 128)
