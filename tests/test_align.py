@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import REPO, cuda_only
+from exaug.cli import app
 from exaug.expressions import EXPRESSIONS
 from exaug.io.store import read_faces
 from exaug.pipelines.align import AlignOptions, align_dataset
@@ -131,9 +134,15 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert usage.returncode == 2 and "Missing argument" in usage.stderr
 
 
-def test_help_lists_only_finished_commands():
+def test_help_lists_exactly_the_commands_and_each_has_its_own_help():
+    """``exaug --help`` names the six commands in order, nothing else, and each answers ``--help``."""
     result = _exaug("--help")
-    assert result.returncode == 0 and "align" in result.stdout
+    assert result.returncode == 0
+    listed = re.findall(r"^│ ([a-z]+) ", result.stdout, flags=re.M)  # the Commands panel's first column
+    assert listed == ["align", "train", "augment", "merge", "video", "eval"], result.stdout
+    for command in listed:
+        own = CliRunner().invoke(app, [command, "--help"])
+        assert own.exit_code == 0 and f"exaug {command} [OPTIONS]" in own.output, own.output
 
 
 @cuda_only

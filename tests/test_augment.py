@@ -187,10 +187,11 @@ def test_aligned_hdf5_input_skips_detection(tmp_path, faces_dir, generator, mode
     output = tmp_path / "from_aligned.h5"
     augment_dataset(aligned, output, generator, model_hash, show_progress=False)
     assert np.array_equal(_datasets(output)["images"], _datasets(augmented_h5)["images"])
+    wrong = tmp_path / "arcface.h5"
+    align_dataset(faces_dir / "people", wrong, AlignOptions(template="arcface"), show_progress=False)
     with pytest.raises(ExaugError, match="re-run exaug align"):
-        wrong = tmp_path / "arcface.h5"
-        align_dataset(faces_dir / "people", wrong, AlignOptions(template="arcface"), show_progress=False)
         augment_dataset(wrong, tmp_path / "never.h5", generator, model_hash, show_progress=False)
+    assert not (tmp_path / "never.h5").exists()
 
 
 def test_bad_inputs_are_reported_and_recorded(tmp_path, people_dir, generator, model_hash):

@@ -19,12 +19,13 @@ from typer.testing import CliRunner
 from exaug.cli.eval import eval_command, report_table
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
+from exaug.faces.blend import feather_mask
 from exaug.model import ExpressionGenerator
 from exaug.model.judge import load_classifier, predict_expressions, save_classifier
-from exaug.pipelines.evaluate import EvalOptions, EvalReport, evaluate
+from exaug.pipelines.evaluate import OUTSIDE_THRESHOLD, EvalOptions, EvalReport, evaluate
 from exaug.train.judge import train_classifier
 from exaug.progress import console
-from exaug.train.data import load_faces
+from exaug.train.faceset import load_faces
 
 QUICK = dict(align=False, device="cpu", seed=0, show_progress=False)
 
@@ -111,10 +112,31 @@ def test_held_out_subjects_are_unseen_by_the_classifier(evaluated, ck_faces):
     assert sum(report.real_count.values()) == held_faces  # whole subjects: every face of each
 
 
-def test_real_generator_changes_outside_the_face_and_cycles_finitely(evaluated):
-    report, _ = evaluated
-    assert report.outside_change > 0
-    assert np.isfinite(report.cycle_error) and report.cycle_error > 0
+class BlackGenerator(IdentityGenerator):
+    """Renders every face black, in every expression and back: its change is the faces themselves."""
+
+    def generate_all(self, faces: torch.Tensor, expressions) -> torch.Tensor:
+        return torch.zeros_like(faces)[:, None].expand(-1, len(expressions), -1, -1, -1).clone()
+
+    def generate(self, faces: torch.Tensor, expressions) -> torch.Tensor:
+        return torch.zeros_like(faces)
+
+
+def test_change_metrics_are_grey_levels_outside_the_face_and_after_the_cycle(generator, evaluated, ckplus_dir,
+                                                                             ck_faces):
+    """A generator that blackens everything changes each pixel by its own grey level: the outside
+    change is the mean grey level where feather_mask is 0 (background, hair), the cycle error the
+    mean grey level of the whole face. The real generator's figures lie in that same 0-255 scale."""
+    report, saved = evaluated
+    assert 0 < report.outside_change < 255 and 0 < report.cycle_error < 255
+    black = BlackGenerator(generator)
+    blackened = evaluate(black, ckplus_dir, EvalOptions(classifier=saved, **QUICK,
+                                                        val_subjects=",".join(report.held_out_subjects)))
+    held = ck_faces.faces_at(np.flatnonzero(np.isin(ck_faces.subjects, report.held_out_subjects)), 64).float()
+    outside = feather_mask(64, torch.device("cpu"))[0] < OUTSIDE_THRESHOLD
+    assert 0 < outside.float().mean() < 0.5  # a border, not the face
+    assert blackened.outside_change == pytest.approx(float(held[..., outside].mean()), rel=1e-4)
+    assert blackened.cycle_error == pytest.approx(float(held.mean()), rel=1e-4)
 
 
 def test_identity_generator_changes_nothing(generator, evaluated, ckplus_dir):

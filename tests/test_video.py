@@ -91,12 +91,13 @@ def test_side_by_side_review(tmp_path, mixed_clip, test_checkpoint):
     assert psnr(left, all_frames(clip)[0]) > 38.0, "the left half is the input"
 
 
-@pytest.mark.parametrize("content, reason", [(b"", "empty"), (b"this is a text file, not a video", "")])
+@pytest.mark.parametrize("content, reason", [(b"", "empty file (0 bytes)"),
+                                             (b"this is a text file, not a video", "not a readable video file")])
 def test_bad_inputs_are_clear_errors(tmp_path, test_checkpoint, content, reason):
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(content)
     result = subprocess.run([sys.executable, "-m", "exaug", "video", str(bad), "-o", str(tmp_path / "out.mp4"),
                              "--emotion", "happy", "--model", str(test_checkpoint)],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and str(bad) in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and f"{bad}: {reason}" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.mp4").exists()

@@ -76,6 +76,8 @@ def _open_input(path: Path) -> av.container.InputContainer:
         raise ExaugError(f"{path}: no such file")
     if not path.is_file():
         raise ExaugError(f"{path}: not a file")
+    if not path.stat().st_size:
+        raise ExaugError(f"{path}: empty file (0 bytes)")
     try:
         container = av.open(str(path), mode="r")
     except av.error.FFmpegError as exc:
