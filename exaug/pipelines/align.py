@@ -17,6 +17,7 @@ from exaug import __version__
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
+from exaug.io.images import MAX_PIXELS
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows
 from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
@@ -30,6 +31,7 @@ class AlignOptions:
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16
     workers: int = 4
+    max_pixels: int = MAX_PIXELS  # larger images fail (decompression bombs)
 
 
 def align_dataset(input_path: Path | str, output: Path | str, options: AlignOptions | None = None, *,
@@ -47,7 +49,8 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
 
     def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
         return detect_and_align(load_batches(todo, options.batch_size, options.workers,
-                                             pin_memory=detector.device.type == "cuda"), detector, aligner)
+                                             pin_memory=detector.device.type == "cuda",
+                                             max_pixels=options.max_pixels), detector, aligner)
 
     return write_face_table(output, sources, batches_for, face_rows, run_key=run_key, attrs=attrs,
                             overwrite=overwrite, description="aligning", show_progress=show_progress)

@@ -22,6 +22,7 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import AlignedFaces, FaceAligner, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
+from exaug.io.images import MAX_PIXELS
 from exaug.io.sheets import labelled_grid, save_atomically
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
@@ -37,6 +38,7 @@ class AugmentOptions:
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16  # source images per batch (detection and commit unit)
     workers: int = 4
+    max_pixels: int = MAX_PIXELS  # larger images fail (decompression bombs)
     num_shards: int = 1
     shard_index: int = 0
     preview: Path | None = None
@@ -103,7 +105,8 @@ def _open_input(input_path: Path, generator: ExpressionGenerator, options: Augme
 
     def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
         return detect_and_align(load_batches(todo, options.batch_size, options.workers,
-                                             pin_memory=generator.device.type == "cuda"), detector, aligner)
+                                             pin_memory=generator.device.type == "cuda",
+                                             max_pixels=options.max_pixels), detector, aligner)
 
     return sources, batches_for
 

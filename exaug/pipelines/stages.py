@@ -24,8 +24,8 @@ import torch
 from exaug.errors import ImageLoadError
 from exaug.faces.align import AlignedFaces, FaceAligner
 from exaug.faces.detect import FaceDetector, ImageFaces
-from exaug.io.images import load_image
-from exaug.io.sources import Source
+from exaug.io.images import MAX_PIXELS
+from exaug.io.sources import Source, load_source
 from exaug.io.store import FaceRows, open_writer
 from exaug.progress import progress_bar
 
@@ -40,9 +40,9 @@ class LoadedImage:
     error: str | None = None
 
 
-def _load(source: Source, pin_memory: bool) -> LoadedImage:
+def _load(source: Source, pin_memory: bool, max_pixels: int) -> LoadedImage:
     try:
-        pixels = load_image(source.path)
+        pixels = load_source(source, max_pixels)
     except ImageLoadError as err:
         return LoadedImage(source, None, err.reason)
     # Page-locked memory lets the copy to the GPU run asynchronously (non_blocking) with compute.
@@ -50,9 +50,10 @@ def _load(source: Source, pin_memory: bool) -> LoadedImage:
 
 
 def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2, *,
-                 pin_memory: bool = False) -> Iterator[list[LoadedImage]]:
+                 pin_memory: bool = False, max_pixels: int = MAX_PIXELS) -> Iterator[list[LoadedImage]]:
     """Batches of decoded images, in order, at most ``prefetch`` batches decoded ahead; with
-    ``pin_memory`` (CUDA only) each image is a pinned ``HxWx3 uint8`` tensor instead of an array."""
+    ``pin_memory`` (CUDA only) each image is a pinned ``HxWx3 uint8`` tensor instead of an array.
+    Images over ``max_pixels`` fail (see :func:`~exaug.io.images.load_image`)."""
     starts = iter(range(0, len(sources), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="exaug-decode") as pool:
         pending: deque[list] = deque()
@@ -60,7 +61,7 @@ def load_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, p
         def submit_next() -> None:
             start = next(starts, None)
             if start is not None:
-                pending.append([pool.submit(_load, source, pin_memory) for source in sources[start:start + batch_size]])
+                pending.append([pool.submit(_load, source, pin_memory, max_pixels) for source in sources[start:start + batch_size]])
 
         for _ in range(prefetch + 1):
             submit_next()

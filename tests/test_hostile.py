@@ -1,0 +1,126 @@
+"""Holes found by probing exaug as a careless or hostile user would (issue 14): each stays closed.
+
+Nothing is lost, nothing outside the input is read into an output, and every failure is one line.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from exaug.errors import ImageLoadError, InputError
+from exaug.io import images
+from exaug.io.images import load_image
+from exaug.io.sources import discover_sources, load_source
+
+
+@pytest.fixture(scope="module")
+def photo(people_dir: Path) -> bytes:
+    """A real face photo, small enough that detecting it is quick."""
+    return (people_dir / "paul_rudd" / "1.jpg").read_bytes()
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few bytes that claims ``width x height`` pixels: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+# ------------------------------------------------------------------------------------ input folders
+
+
+def test_symlink_loop_walks_each_folder_once(tmp_path, photo):
+    for rel in ["alice/1.jpg", "alice/2.jpg", "bob/3.jpg"]:
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(photo)
+    (tmp_path / "alice" / "loop").symlink_to("..")
+    (tmp_path / "bob" / "again").symlink_to(tmp_path / "bob")
+    assert [source.relpath for source in discover_sources(tmp_path)] == ["alice/1.jpg", "alice/2.jpg", "bob/3.jpg"]
+
+
+def test_unlistable_subfolder_is_a_failed_source(tmp_path, photo, monkeypatch):
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "1.jpg").write_bytes(photo)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "2.jpg").write_bytes(photo)
+    scandir = os.scandir
+
+    def refusing(path=".", *args):
+        if Path(path).name == "locked":  # what chmod 000 does to a non-root user
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    sources = discover_sources(tmp_path)
+    assert [source.relpath for source in sources] == ["alice/1.jpg", "locked/"]
+    with pytest.raises(ImageLoadError, match="folder cannot be read .Permission denied"):
+        load_source(sources[1])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod-000 folders")
+def test_chmod_000_subfolder_is_reported(tmp_path, photo):
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "1.jpg").write_bytes(photo)
+    (tmp_path / "locked").mkdir(mode=0)
+    try:
+        assert [source.error is not None for source in discover_sources(tmp_path)] == [False, True]
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+def test_unreadable_input_folder_is_an_error(tmp_path, monkeypatch):
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".", *a: (_ for _ in ()).throw(PermissionError(
+        13, "Permission denied", str(path))) if Path(path) == tmp_path else scandir(path, *a))
+    with pytest.raises(InputError, match="folder cannot be read"):
+        discover_sources(tmp_path)
+
+
+def test_non_utf8_file_name_is_recorded_with_escapes(tmp_path, photo):
+    raw = os.fsencode(tmp_path) + b"/\xff\xfe.jpg"
+    with open(raw, "wb") as handle:
+        handle.write(photo)
+    (source,) = discover_sources(tmp_path)
+    assert source.relpath == "\\xff\\xfe.jpg" and source.identity == "\\xff\\xfe"
+    source.relpath.encode("utf-8")  # storable anywhere
+    assert load_source(source).shape[2] == 3  # and the real file is still read
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path):
+    bomb = _png_header_only(tmp_path / "bomb.png", 20_000, 20_000)
+    with pytest.raises(ImageLoadError, match="20000x20000 pixels is over the limit .* --max-pixels"):
+        load_image(bomb)
+
+
+def test_pixel_limit_can_be_raised_and_lowered(tmp_path):
+    path = tmp_path / "small.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+    assert load_image(path).shape == (20, 30, 3)
+    with pytest.raises(ImageLoadError, match="30x20 pixels is over the limit of 500"):
+        load_image(path, max_pixels=500)
+    assert images.MAX_PIXELS < 20_000 * 20_000 <= 10 * images.MAX_PIXELS
+
+
+def test_out_of_memory_fails_one_image(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+
+    def exhausted(self):
+        raise MemoryError
+    monkeypatch.setattr(Image.Image, "load", exhausted)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)
+    with pytest.raises(ImageLoadError, match="not enough memory"):
+        load_image(path)
