@@ -5,6 +5,7 @@ Nothing is lost, nothing outside the input is read into an output, and every fai
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -124,3 +125,41 @@ def test_out_of_memory_fails_one_image(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)
     with pytest.raises(ImageLoadError, match="not enough memory"):
         load_image(path)
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def _tiny_run(data: Path, run_dir: Path, iters: int):
+    from exaug.train import TrainConfig
+    return TrainConfig(data=str(data), output=str(run_dir), image_size=64, channels=1, conv_dim=8, repeat_num=1,
+                       iters=iters, batch_size=4, n_critic=2, align=False, sample_every=100, save_every=2,
+                       log_every=1, workers=0, device="cpu", val_subjects="2", n_samples=2)
+
+
+def test_resume_survives_an_emptied_config_and_a_torn_metrics_line(ckplus_dir, tmp_path):
+    from exaug.train import TrainConfig, train
+
+    run_dir = tmp_path / "run"
+    train(_tiny_run(ckplus_dir, run_dir, iters=2))
+    (run_dir / "config.json").write_bytes(b"")  # killed while config.json was being rewritten
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 3, "lr": 0.0')  # killed mid-line
+    train(TrainConfig.load(run_dir, iters=4), resume=True)
+    assert TrainConfig.load(run_dir).iters == 4  # config.json written again, whole
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step in steps if step] == sorted(steps) and steps[-1] == 4
+
+
+def test_config_is_saved_atomically(tmp_path, monkeypatch):
+    from exaug.io import atomic
+    config = _tiny_run(tmp_path, tmp_path, iters=2)
+    config.save(tmp_path)
+    before = (tmp_path / "config.json").read_text()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path, tmp_path, iters=9).save(tmp_path)
+    assert (tmp_path / "config.json").read_text() == before

@@ -187,16 +187,32 @@ class _Run:
                "images_s": round(its * self.config.batch_size * self.world.size, 2)}
         row.update({name: float(torch.stack(values).mean()) for name, values in window.items()})
         if self.world.is_main:
-            with self.metrics.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            self._append_metrics(row)
         return row
 
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        try:
+            with self.metrics.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise ExaugError(f"{self.metrics}: cannot write ({err.strerror or err})") from err
+
     def _truncate_metrics(self) -> None:
-        """Drop rows logged after the checkpoint being resumed, so each step appears once."""
+        """Drop rows logged after the checkpoint being resumed, so each step appears once, and a last
+        line torn by a kill mid-write."""
         if not self.metrics.exists():
             return
-        rows = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.start]
+        lines = [line for line in self.metrics.read_text(errors="replace").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError) as err:
+                if number == len(lines):
+                    break
+                raise ExaugError(f"{self.metrics}: line {number} is damaged ({err}); delete it to resume") from err
+            if step <= self.start:
+                rows.append(line)
         text = "".join(line + "\n" for line in rows)
         atomic_write(self.metrics, lambda handle: handle.write(text.encode()))
 
@@ -216,8 +232,7 @@ class _Run:
         save_atomically(sheet, self.run_dir / "samples" / f"step-{step:07d}.png")
         predicted = generator.estimate_expressions(self.val_faces).argmax(dim=1)
         accuracy = float((predicted == self.val_labels).float().mean()) if len(predicted) else float("nan")
-        with self.metrics.open("a") as handle:
-            handle.write(json.dumps({"step": step, "val_source_accuracy": round(accuracy, 4)}) + "\n")
+        self._append_metrics({"step": step, "val_source_accuracy": round(accuracy, 4)})
 
     def _save(self, step: int) -> Path:
         """Rank 0 writes the checkpoint pair, then the pointer, then prunes; everyone waits for it."""
