@@ -163,3 +163,55 @@ def test_config_is_saved_atomically(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(tmp_path, tmp_path, iters=9).save(tmp_path)
     assert (tmp_path / "config.json").read_text() == before
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_with_zeroed_bytes_is_refused(test_checkpoint, tmp_path):
+    from exaug.errors import ExaugError
+    from exaug.model.checkpoint import load_generator
+    data = bytearray(test_checkpoint.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)  # 4 KB zeroed inside the weights
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ExaugError, match="damaged checkpoint .* fails its checksum"):
+        load_generator(damaged)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("image_size", "64"), ("channels", 2), ("expressions", "happy"), ("expressions", ["happy"] * 8),
+    ("model", {"image_size": "big"}), ("model", {"image_size": 64, "channels": 1, "conv_dim": -3}),
+    ("model", {"attention": "yes"}), ("template", 7), ("steps", -1), ("data", [1]), (None, [1, 2]),
+])
+def test_checkpoint_metadata_of_the_wrong_type_is_one_line(test_checkpoint, tmp_path, field, value):
+    import torch
+    from exaug.errors import ExaugError
+    from exaug.model.generator import ExpressionGenerator
+    payload = torch.load(test_checkpoint, weights_only=True)
+    meta = json.loads(payload["meta"])
+    if field is None:
+        meta = value
+    elif field == "model" and "image_size" in value and isinstance(value["image_size"], int):
+        meta["model"] = value
+    elif field == "model":
+        meta["model"] = {**meta["model"], **value}
+    else:
+        meta[field] = value
+    payload["meta"] = json.dumps(meta)
+    path = tmp_path / "odd.pt"
+    torch.save(payload, path)
+    with pytest.raises(ExaugError, match=f"^{path}: damaged exaug checkpoint .metadata"):
+        ExpressionGenerator.load(path, "cpu").generate(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "happy")
+
+
+def test_checkpoint_weights_of_the_wrong_type_are_one_line(test_checkpoint, tmp_path):
+    import torch
+    from exaug.errors import ExaugError
+    from exaug.model.checkpoint import load_generator
+    payload = torch.load(test_checkpoint, weights_only=True)
+    payload["generator"] = [1, 2, 3]
+    torch.save(payload, tmp_path / "odd.pt")
+    with pytest.raises(ExaugError, match="'generator' is not a set of named tensors"):
+        load_generator(tmp_path / "odd.pt")

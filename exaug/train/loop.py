@@ -125,7 +125,10 @@ class _Run:
         self.trainer = Trainer(config, world.device, distributed=world.size > 1)
         if state:
             # Rank 0's RNG continues exactly; the others get a fresh stream (their states are not saved).
-            self.trainer.load_state_dict(state, restore_rng=world.is_main)
+            try:
+                self.trainer.load_state_dict(state, restore_rng=world.is_main)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise ExaugError(f"{self.run_dir}: its training state does not match its options: {err}") from err
             if not world.is_main:
                 torch.manual_seed(config.seed * 1000 + world.rank + 7919 * self.start)
         picks = sample_positions(self.val_set, config.n_samples, config.seed)
