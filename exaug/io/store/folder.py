@@ -1,0 +1,99 @@
+"""The folder form of a face table: one PNG per row, ``manifest.csv`` listing them, ``failures.csv``,
+and ``exaug.json`` (run key, attrs, extra-column shapes; it also marks a folder as exaug's own)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from exaug.expressions import EXPRESSIONS
+from exaug.io.atomic import replacing
+from exaug.io.store.image_columns import PngImages
+from exaug.io.store.rows import FaceRows
+from exaug.io.store.table import FaceTable, index_names, size_from_attrs
+
+FOLDER_PARTS = ".exaug-parts"
+FOLDER_INFO = "exaug.json"
+MANIFEST_COLUMNS = ("path", "identity", "expression", "synthetic", "source", "face")
+
+
+def manifest_cell(values: np.ndarray) -> list[str]:
+    """One extra column as CSV cells: each row's numbers space-separated, floats with enough digits
+    to read back bit-exact."""
+    flat = values.reshape(len(values), -1)
+    if np.issubdtype(flat.dtype, np.floating):
+        text = np.char.mod(f"%.{np.finfo(flat.dtype).precision + 3}g", flat)
+    else:
+        text = flat.astype(np.int64).astype(str)
+    return [" ".join(row) for row in text]
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with replacing(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def read_folder_table(root: Path) -> FaceTable:
+    info = json.loads((root / FOLDER_INFO).read_text()) if (root / FOLDER_INFO).is_file() else {}
+    rows = _read_csv(root / "manifest.csv")
+    failures = _read_csv(root / "failures.csv") if (root / "failures.csv").is_file() else []
+    identities: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    attrs = info.get("attrs", {})
+    paths = [row["path"] for row in rows]
+    return FaceTable(
+        identity_index=index_names((row["identity"] for row in rows), identities), identities=list(identities),
+        source_index=index_names((row["source"] for row in rows), sources), sources=list(sources),
+        expression=np.array([EXPRESSIONS.index(row["expression"]) if row["expression"] else -1 for row in rows],
+                            np.int8),
+        face=np.array([int(row["face"]) for row in rows], np.int16),
+        synthetic=np.array([row["synthetic"] == "true" for row in rows], bool),
+        extra={name: np.array([row[name].split() for row in rows], spec["dtype"]).reshape(-1, *spec["shape"])
+               for name, spec in info.get("columns", {}).items()},
+        failures=[(row["source"], row["reason"]) for row in failures],
+        attrs=attrs, run_key=info.get("run_key"),
+        images=PngImages(root, paths, size_from_attrs(attrs) if "size" in attrs else None), paths=paths,
+    )
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    with replacing(path) as temporary:
+        Image.fromarray(image).save(temporary, format="PNG")
+
+
+def _folder_name(identity: str, expression: int) -> str:
+    """An identity as one safe path component; no identity files faces under their expression."""
+    if not identity:
+        return EXPRESSIONS[expression] if expression >= 0 else "_unknown"
+    name = identity.replace("/", "_").replace("\\", "_")
+    return "_" + name if name.startswith(".") else name  # never hidden, never "..", never the parts folder
+
+
+def png_paths(rows: FaceRows, taken: set[str]) -> list[str]:
+    """``<identity>/<source stem>_f<face>_<original|expression>.png``; a name already taken (two
+    sources with one stem) gets ``-2``, ``-3``... after the stem, the same on every resume."""
+    paths = []
+    for identity, source, face, expression, synthetic in zip(rows.identity, rows.source, rows.face.tolist(),
+                                                              rows.expression.tolist(), rows.synthetic.tolist()):
+        folder, stem = _folder_name(identity, expression), PurePosixPath(source).stem
+        suffix = EXPRESSIONS[expression] if synthetic else "original"
+        path, copy = f"{folder}/{stem}_f{face}_{suffix}.png", 1
+        while path in taken:
+            copy += 1
+            path = f"{folder}/{stem}-{copy}_f{face}_{suffix}.png"
+        taken.add(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,224 @@
+"""Committing parts: :class:`FaceWriter`, the resumable mechanism both output forms share. A run
+commits whole sources as atomic parts, republishes the visible output after each, resumes from its
+parts, and consolidates at ``finish()``; what differs between the forms is left to nine hooks
+(implemented in :mod:`exaug.io.store.writers`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from exaug.errors import ExaugError
+from exaug.io.atomic import replacing
+from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings
+from exaug.io.store.reading import read_faces
+from exaug.io.store.rows import FaceRows, check_same_extras
+from exaug.io.store.table import FaceTable, concat_tables, rows_table
+
+
+class FaceWriter(ABC):
+    """Commits parts and republishes the visible output after each (see the module docstring).
+
+    Leaving a ``with`` block normally finishes the output; leaving it by an exception keeps the
+    parts, so the next run with the same run key resumes where this one stopped."""
+
+    def __init__(self, output: Path, *, run_key: dict[str, Any], attrs: dict[str, Any], overwrite: bool):
+        if reserved := set(RESERVED_ATTRS).intersection(attrs):
+            raise ValueError(f"attrs may not use the reserved names {sorted(reserved)}")
+        self.output = output
+        self.run_key: dict[str, Any] = json.loads(json.dumps(run_key))  # as it reads back from disk
+        self.attrs = dict(attrs)
+        self._ledger = concat_tables([])  # metadata of every committed row, in commit order
+        self._parts: list[tuple[Path, int]] = []  # (part file, rows)
+        self._done: set[str] = set()
+        self._size: tuple[int, int] | None = None  # (height, width) of the committed faces
+        self._finished: FaceTable | None = None  # this run key's finished output, until commit adopts it
+        self._closed = False
+        if overwrite:
+            self._remove_output()
+        self._remove_leftovers()
+        self._open_existing()
+
+    @property
+    @abstractmethod
+    def parts_dir(self) -> Path:
+        """Where parts and run.json live until finish()."""
+
+    @property
+    def done_sources(self) -> set[str]:
+        """Sources an earlier run with this run key completed (with rows, none, or a failure)."""
+        return set(self._done)
+
+    def __enter__(self) -> FaceWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.finish()
+
+    def commit(self, rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]] = ()) -> None:
+        """Atomically add ``rows`` and mark ``done`` complete; a failed source counts as done too.
+        Commit whole sources: every row's source must be in ``done``."""
+        if self._closed:
+            raise RuntimeError(f"{self.output}: commit after finish()")
+        if self._finished is not None:
+            self._adopt_finished()
+        table = rows_table(rows, list(dict.fromkeys([*done, *(source for source, _ in failures)])), failures)
+        self._check_commit(rows, table.completed_sources())
+        table.paths = self._row_paths(rows)
+        self._append_part(table, lambda h5: self._store_images(h5, rows, table))
+        if len(rows):
+            self._size = self._size or (rows.images.shape[1], rows.images.shape[2])
+        self._publish()
+
+    def finish(self) -> None:
+        """Make the output final and self-contained, then remove the parts. Does nothing the second
+        time, nor to an output this run key had already finished."""
+        if self._closed:
+            return
+        if self._finished is None:
+            self._finalize()
+            remove_tree(self.parts_dir)
+        else:
+            self._finished.close()
+        self._closed = True
+
+    # -- opening
+
+    def _open_existing(self) -> None:
+        run_file = self.parts_dir / "run.json"
+        if run_file.is_file():
+            self._check_run_key(json.loads(run_file.read_text()), "was started with")
+            self._load_parts()
+        elif self._output_exists():
+            self._check_run_key(self._existing_run_key(), "was written with")
+            self._finished = read_faces(self.output)
+            self._done = set(self._finished.completed_sources())
+
+    def _check_run_key(self, found: dict[str, Any] | None, how: str) -> None:
+        if found == self.run_key:
+            return
+        if found is None:
+            reason = "exists and was not written by exaug"
+        else:
+            keys = found.keys() | self.run_key.keys()
+            differing = sorted(key for key in keys if found.get(key) != self.run_key.get(key))
+            reason = f"{how} different settings ({', '.join(differing)})"
+        raise ExaugError(f"{self.output} {reason}; pass --overwrite to replace it, or choose another output")
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files and half-deleted folders of a run that was killed."""
+        for leftover in self._leftovers():
+            leftover.unlink(missing_ok=True)
+        if not (self.parts_dir / "run.json").exists():
+            remove_tree(self.parts_dir)  # killed while starting: it holds no part
+
+    def _load_parts(self) -> None:
+        parts = sorted(self.parts_dir.glob("part-*.h5"), key=lambda part: int(part.stem.split("-")[1]))
+        tables = [read_h5_table(part) for part in parts]
+        self._ledger = concat_tables(tables)
+        self._parts = [(part, len(table)) for part, table in zip(parts, tables)]
+        self._done = set(self._ledger.completed_sources())
+        self._size = next((table.image_size for table in tables if len(table) and table.image_size), None)
+        self._publish()
+
+    def _adopt_finished(self) -> None:
+        """New sources for a finished output: its rows become the first part and the run goes on."""
+        finished, self._finished = self._finished, None
+        finished.close()
+        self._start_parts()
+        self._adopt(finished)
+        self._size = finished.image_size if len(finished) else None
+        self._publish()
+
+    # -- committing
+
+    def _check_commit(self, rows: FaceRows, completed: list[str]) -> None:
+        """Everything that could make a part unusable is checked before the part is written."""
+        if again := self._done.intersection(completed):
+            raise ValueError(f"sources committed before: {sorted(again)[:5]}")
+        if partial := set(rows.source).difference(completed):
+            raise ValueError(f"rows of sources not in done (commit whole sources): {sorted(partial)[:5]}")
+        size = (rows.images.shape[1], rows.images.shape[2])
+        if len(rows) and self._size and size != self._size:
+            raise ValueError(f"faces are {size[0]}x{size[1]}, earlier ones {self._size[0]}x{self._size[1]}")
+        if len(rows) and len(self._ledger):
+            check_same_extras([self._ledger.extra, rows.extra])
+
+    def _start_parts(self) -> None:
+        run_file = self.parts_dir / "run.json"
+        if not run_file.exists():
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            with replacing(run_file) as temporary:
+                temporary.write_text(json.dumps(self.run_key))
+
+    def _append_part(self, table: FaceTable, store_images: Callable[[h5py.File], None]) -> None:
+        self._start_parts()
+        part = self.parts_dir / f"part-{len(self._parts):05d}.h5"
+        with replacing(part) as temporary, h5py.File(temporary, "w") as h5:
+            write_columns(h5, table, compress=False)
+            write_strings(h5, "done_sources", table.completed_sources())
+            if table.paths is not None:
+                write_strings(h5, "path", table.paths)
+            store_images(h5)
+        self._register(part, table)
+
+    def _register(self, part: Path, table: FaceTable) -> None:
+        self._ledger = concat_tables([self._ledger, table])
+        self._parts.append((part, len(table)))
+        self._done.update(table.completed_sources())
+
+    # -- what differs between the forms
+
+    @abstractmethod
+    def _output_exists(self) -> bool:
+        """Whether something is at ``output`` already."""
+
+    @abstractmethod
+    def _existing_run_key(self) -> dict[str, Any] | None:
+        """The run key of the output at ``output``; None when exaug did not write it."""
+
+    @abstractmethod
+    def _remove_output(self) -> None:
+        """Delete the output and its parts (``overwrite``)."""
+
+    @abstractmethod
+    def _leftovers(self) -> list[Path]:
+        """Temporary files a killed run left behind."""
+
+    @abstractmethod
+    def _adopt(self, finished: FaceTable) -> None:
+        """Make the finished output the first part."""
+
+    @abstractmethod
+    def _row_paths(self, rows: FaceRows) -> list[str] | None:
+        """Where each row's image file goes, when images are files."""
+
+    @abstractmethod
+    def _store_images(self, h5: h5py.File, rows: FaceRows, table: FaceTable) -> None:
+        """Store the images of a part being written to ``h5``."""
+
+    @abstractmethod
+    def _publish(self) -> None:
+        """Replace the visible output with one holding every committed part."""
+
+    @abstractmethod
+    def _finalize(self) -> None:
+        """Write the final output from the parts."""
+
+
+def remove_tree(folder: Path) -> None:
+    """Rename first, so a folder is either whole or gone even if deletion is interrupted."""
+    doomed = folder.with_name(folder.name + ".deleting")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    if folder.exists():
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
