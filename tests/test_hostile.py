@@ -5,8 +5,13 @@ Nothing is lost, nothing outside the input is read into an output, and every fai
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import struct
 import zlib
 from pathlib import Path
@@ -24,7 +29,11 @@ from exaug.io.sources import discover_sources, load_source
 @pytest.fixture(scope="module")
 def photo(people_dir: Path) -> bytes:
     """A real face photo, small enough that detecting it is quick."""
-    return (people_dir / "paul_rudd" / "1.jpg").read_bytes()
+    image = Image.open(people_dir / "paul_rudd" / "1.jpg").convert("RGB")
+    image.thumbnail((160, 160))
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG", quality=90)
+    return encoded.getvalue()
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
@@ -215,3 +224,56 @@ def test_checkpoint_weights_of_the_wrong_type_are_one_line(test_checkpoint, tmp_
     torch.save(payload, tmp_path / "odd.pt")
     with pytest.raises(ExaugError, match="'generator' is not a set of named tensors"):
         load_generator(tmp_path / "odd.pt")
+
+
+# ---------------------------------------------------------------------------------- the command line
+
+
+def _exaug(*args: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exaug", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, **options)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
+    """Exit 2, and a single ``error:`` line holding each of ``expected``, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert all(text in line for text in expected), line
+    return line
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory, photo) -> Path:
+    """Copies of one small photo: two commit batches, quick to detect."""
+    folder = tmp_path_factory.mktemp("many")
+    for number in range(24):
+        (folder / f"p{number:02d}.jpg").write_bytes(photo)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["align", "augment"])
+def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_photos, test_checkpoint, tmp_path):
+    output = tmp_path / "out.h5"
+    args = [command, many_photos, "-o", output, "-q", "--device", "cpu", "--workers", "2"]
+    if command == "augment":
+        args += ["--model", test_checkpoint, "--emotion", "happy"]
+    process = subprocess.Popen([sys.executable, "-m", "exaug", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not output.exists():  # the first batch is committed: the run is mid-way
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        printed = process.communicate(timeout=300)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "terminate called" not in printed and "Traceback" not in printed, printed
+    assert "run the same command again to resume" in printed
+    resumed = _exaug(*args)
+    assert resumed.returncode == 0 and "already done (resumed)" in resumed.stdout + resumed.stderr, resumed.stderr
+    from exaug.io.store import read_faces
+    with read_faces(output) as table:
+        assert sorted(set(table.sources)) == [f"p{number:02d}.jpg" for number in range(24)]
+        assert len(table) == 24 * (2 if command == "augment" else 1)

@@ -27,7 +27,7 @@ from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.io.images import MAX_PIXELS
 from exaug.io.sources import Source, load_source
 from exaug.io.store import FaceRows, open_writer
-from exaug.progress import progress_bar
+from exaug.progress import console, progress_bar
 
 T = TypeVar("T")
 NO_FACE = "no face found"
@@ -97,25 +97,37 @@ def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetecto
 
 
 def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Run ``items`` in a thread, ``depth`` ahead of the consumer; its exceptions re-raise here."""
+    """Run ``items`` in a thread, ``depth`` ahead of the consumer; its exceptions re-raise here.
+
+    However the consumer stops (done, an error, Ctrl-C), the thread is told to stop, closes
+    ``items`` (so their own worker threads end) and is waited for: a thread still inside torch at
+    interpreter exit aborts the process ("terminate called without an active exception")."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     finished = object()
     stop = threading.Event()
 
+    def hand_over(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
+        iterator = iter(items)
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in iterator:
+                if not hand_over((True, item)):
                     return
-            slots.put((True, finished))
+            hand_over((True, finished))
         except BaseException as err:  # handed to the consumer, which re-raises it
-            slots.put((False, err))
+            hand_over((False, err))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name="exaug-prefetch", daemon=True)
     thread.start()
@@ -129,6 +141,7 @@ def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+        thread.join()
 
 
 class StageTimer:
@@ -187,12 +200,17 @@ def write_face_table(output: Path, sources: list[Source], batches_for: Callable[
         summary.resumed = len(sources) - len(todo)
         with progress_bar("images", disable=not show_progress) as bar:
             task = bar.add_task(description, total=len(todo), info="")
-            for batch in in_background(batches_for(todo)):
-                rows = rows_of(batch)
-                writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
-                summary.faces += len(rows.identity)
-                summary.failures += batch.failures
-                bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
+            try:
+                for batch in in_background(batches_for(todo)):
+                    rows = rows_of(batch)
+                    writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
+                    summary.faces += len(rows.identity)
+                    summary.failures += batch.failures
+                    bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
+            except KeyboardInterrupt:
+                console.print(f"[yellow]interrupted[/]: every finished batch is kept in {output}; "
+                              "run the same command again to resume", highlight=False)
+                raise
         writer.finish()
     summary.seconds = time.perf_counter() - started
     return summary
