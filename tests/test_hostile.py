@@ -277,3 +277,127 @@ def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_photos, te
     with read_faces(output) as table:
         assert sorted(set(table.sources)) == [f"p{number:02d}.jpg" for number in range(24)]
         assert len(table) == 24 * (2 if command == "augment" else 1)
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def test_a_second_writer_of_one_output_is_refused(tmp_path):
+    from exaug.errors import ExaugError
+    from exaug.io.store import open_writer
+    for output in (tmp_path / "out.h5", tmp_path / "folder"):
+        first = open_writer(output, run_key={"run": 1}, attrs={"size": 8})
+        with pytest.raises(ExaugError, match=f"^{output}: another exaug process .pid {os.getpid()}. is writing it"):
+            open_writer(output, run_key={"run": 1}, attrs={"size": 8}, overwrite=True)
+        first.finish()
+        open_writer(output, run_key={"run": 1}, attrs={"size": 8}).finish()  # released by finishing
+        assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_writer_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
+    from exaug.io.store import open_writer
+    output = tmp_path / "out.h5"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from exaug.io.store import open_writer; "
+                               f"w = open_writer({str(output)!r}, run_key={{}}, attrs={{}}); print('locked', "
+                               "flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+    finally:
+        holder.kill()
+        holder.wait()
+    open_writer(output, run_key={}, attrs={}).finish()  # the kernel released the dead holder's lock
+
+
+def test_overwrite_never_deletes_what_exaug_did_not_write(tmp_path):
+    import h5py
+    from exaug.errors import ExaugError
+    from exaug.io.store import open_writer
+    mine = tmp_path / "mydata.h5"
+    with h5py.File(mine, "w") as h5:
+        h5["x"] = np.arange(3)
+    (tmp_path / "mydata.h5.parts").mkdir()
+    (tmp_path / "mydata.h5.parts" / "notes.txt").write_text("mine")
+    with pytest.raises(ExaugError, match="mydata.h5 exists and was not written by exaug; --overwrite will not"):
+        open_writer(mine, run_key={}, attrs={}, overwrite=True)
+    mine.unlink()  # even alone, the user's folder beside it is kept
+    with pytest.raises(ExaugError, match="mydata.h5.parts holds files exaug did not write"):
+        open_writer(mine, run_key={}, attrs={}, overwrite=True)
+    with pytest.raises(ExaugError, match="mydata.h5.parts holds files exaug did not write"):
+        open_writer(mine, run_key={}, attrs={})
+    assert (tmp_path / "mydata.h5.parts" / "notes.txt").read_text() == "mine"
+    (tmp_path / "adir.h5").mkdir()
+    with pytest.raises(ExaugError, match="adir.h5 exists and was not written by exaug"):
+        open_writer(tmp_path / "adir.h5", run_key={}, attrs={}, overwrite=True)
+    assert (tmp_path / "adir.h5").is_dir()
+
+
+def test_input_is_never_its_own_output(tmp_path, many_photos, test_checkpoint, video_clip):
+    aligned = tmp_path / "al.h5"
+    assert _exaug("align", many_photos, "-o", aligned, "-q", "--device", "cpu").returncode == 0
+    before = aligned.read_bytes()
+    (tmp_path / "same.h5").symlink_to(aligned)  # another name, one inode
+    for name in ("al.h5", "same.h5"):
+        result = _exaug("augment", aligned, "-o", tmp_path / name, "--overwrite", "--model", test_checkpoint, "-q")
+        _one_line_error(result, "is the input", "choose another output")
+    assert aligned.read_bytes() == before
+    clip = tmp_path / "small.mp4"
+    clip.write_bytes(video_clip.read_bytes())
+    result = _exaug("video", clip, "-o", clip, "--emotion", "happy", "--model", test_checkpoint, "-q")
+    _one_line_error(result, str(clip), "is the input")
+    assert clip.read_bytes() == video_clip.read_bytes()
+
+
+def _table_content(path: Path) -> tuple:
+    from exaug.io.store import read_faces
+    with read_faces(path) as table:
+        return (table.images[:], list(table.source), list(table.identity), table.expression.tolist(),
+                table.synthetic.tolist(), table.face.tolist(), table.failures)
+
+
+@pytest.fixture(scope="module")
+def few_photos(many_photos, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("few")
+    for photo in sorted(many_photos.iterdir())[:12]:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("name, start", [("out.h5", "together"), ("folder", "together"), ("out.h5", "stopped")])
+def test_two_augments_on_one_output_one_refuses_the_other_writes_it_whole(name, start, few_photos, test_checkpoint,
+                                                                          tmp_path, tmp_path_factory):
+    """``together``: both start at once and race for the output (the later one, if the first is
+    already done, finds a finished output and has nothing to do); ``stopped``: the second starts
+    while the first holds the output, frozen by SIGSTOP, so it must be refused."""
+    args = [few_photos, "--model", test_checkpoint, "--emotion", "happy,sad", "-q", "--device", "cpu",
+            "--workers", "1"]
+    reference = tmp_path_factory.getbasetemp() / f"single-{name}"
+    if not reference.exists():
+        assert _exaug("augment", *args, "-o", reference).returncode == 0
+    output = tmp_path / name
+    command = [sys.executable, "-m", "exaug", "augment", *map(str, args), "-o", str(output)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch() -> subprocess.Popen:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    if start == "together":
+        both = [launch(), launch()]
+    else:
+        first = launch()
+        lock = tmp_path / f".{name}.lock"
+        deadline = time.monotonic() + 300
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
+        second = launch()
+        second.wait(timeout=300)
+        first.send_signal(signal.SIGCONT)
+        both = [first, second]
+    results = [(process.wait(timeout=600), process.stdout.read()) for process in both]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 2], [0, 0]) and (start == "together" or codes == [0, 2]), results
+    for code, printed in results:
+        assert "Traceback" not in printed and (code == 0 or "another exaug process" in printed), printed
+    for ours, single in zip(_table_content(output), _table_content(reference)):
+        assert np.array_equal(ours, single) if isinstance(ours, np.ndarray) else ours == single

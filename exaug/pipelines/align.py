@@ -18,6 +18,7 @@ from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
 from exaug.io.images import MAX_PIXELS
+from exaug.io.outputs import check_not_input
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows
 from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
@@ -39,6 +40,7 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
     """Align every face under ``input_path`` into ``output`` (``.h5``/``.hdf5`` file or folder)."""
     options = options or AlignOptions()
     input_path, output = Path(input_path), Path(output)
+    check_not_input(input_path, output)
     sources = discover_sources(input_path)
     detector = options.detection.detector(options.device, options.batch_size)
     aligner = FaceAligner(options.template, options.size, device=detector.device)

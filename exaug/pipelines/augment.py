@@ -23,6 +23,7 @@ from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import AlignedFaces, FaceAligner, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.io.images import MAX_PIXELS
+from exaug.io.outputs import check_not_input
 from exaug.io.sheets import labelled_grid, save_atomically
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
@@ -74,6 +75,7 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     """Write originals and generated expressions for every face under ``input_path`` to ``output``."""
     options = options or AugmentOptions()
     input_path, output = Path(input_path), Path(output)
+    check_not_input(input_path, output)
     targets = [EXPRESSIONS.index(name) for name in options.expressions]
     sources, batches_for = _open_input(input_path, generator, options)
     sources = shard_sources(sources, options.num_shards, options.shard_index)

@@ -11,7 +11,6 @@ from typing import Any
 
 import h5py
 
-from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import replacing
 from exaug.io.store.folder import (FOLDER_INFO, FOLDER_PARTS, MANIFEST_COLUMNS, manifest_cell, png_paths, save_png,
@@ -89,8 +88,6 @@ class FolderWriter(FaceWriter):
         return json.loads(info.read_text()).get("run_key") if info.is_file() else None
 
     def _remove_output(self) -> None:
-        if self._output_exists() and not (self.output / FOLDER_INFO).is_file() and not self.parts_dir.is_dir():
-            raise ExaugError(f"{self.output} exists and was not written by exaug; --overwrite will not delete it")
         remove_tree(self.output)
 
     def _leftovers(self) -> list[Path]:
