@@ -70,7 +70,7 @@ def round_trip(src: Path, out: Path, **options) -> VideoInfo:
 
 
 def no_leftovers(folder: Path) -> bool:
-    return not any(".partial-" in p.name for p in folder.iterdir())
+    return not any(p.name.startswith(".") and ".tmp" in p.name for p in folder.iterdir())
 
 
 # --- the real clip -------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_writer_exception_leaves_nothing(video_clip: Path, small_frames: np.ndar
         with pytest.raises(type(error)):
             with VideoWriter(out, info, width=SMALL[1], height=SMALL[0], preset="ultrafast") as writer:
                 writer.write(small_frames[:3], [0, 512, 1024])
-                assert any(".partial-" in p.name for p in tmp_path.iterdir())
+                assert any(p.name.startswith(".out.mp4.tmp") for p in tmp_path.iterdir())
                 raise error
         assert list(tmp_path.iterdir()) == []
 
