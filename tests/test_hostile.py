@@ -401,3 +401,92 @@ def test_two_augments_on_one_output_one_refuses_the_other_writes_it_whole(name, 
         assert "Traceback" not in printed and (code == 0 or "another exaug process" in printed), printed
     for ours, single in zip(_table_content(output), _table_content(reference)):
         assert np.array_equal(ours, single) if isinstance(ours, np.ndarray) else ours == single
+
+
+def _file_size_limit(limit: int):
+    """For a subprocess: files beyond ``limit`` bytes fail to write (EFBIG), as on a full disk."""
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_output_resumable(many_photos, test_checkpoint, ckplus_dir, tmp_path):
+    output = tmp_path / "full.h5"
+    full = dict(preexec_fn=_file_size_limit(60_000))
+    result = _exaug("augment", many_photos, "-o", output, "--model", test_checkpoint, "--emotion", "happy", "-q",
+                    **full)
+    _one_line_error(result, "full.h5.parts/part-00000.h5: cannot write (File too large)")
+    assert not list(tmp_path.rglob(".*.tmp"))
+    result = _exaug("train", ckplus_dir, "-o", tmp_path / "run", "--image-size", "64", "--channels", "1",
+                    "--conv-dim", "8", "--repeat-num", "1", "--batch-size", "4", "--n-critic", "2", "--no-align",
+                    "--workers", "0", "--device", "cpu", "--iters", "2", "--save-every", "2", "--sample-every", "100",
+                    **full)
+    _one_line_error(result, str(tmp_path / "run"), "cannot write (File too large)")
+    assert _exaug("augment", many_photos, "-o", output, "--model", test_checkpoint, "--emotion", "happy",
+                  "-q").returncode == 0  # room again: the run resumes and finishes
+
+
+def test_an_unwritable_output_folder_is_one_line(many_photos, tmp_path):
+    if os.geteuid() == 0:
+        folder = Path("/sys/exaug-test")  # read-only even for root
+        if os.access("/sys", os.W_OK) and Path("/sys").stat().st_dev == 0:
+            pytest.skip("no read-only folder for root here")
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+    for output in (folder / "out.h5", folder / "out"):
+        _one_line_error(_exaug("align", many_photos, "-o", output, "-q"), str(output), "cannot write")
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory, photo) -> Path:
+    """Two seconds of a small face at 160x160: quick to edit."""
+    import av
+    path = tmp_path_factory.mktemp("video") / "tiny.mp4"
+    frame = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB").resize((160, 160)))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 160, "yuv420p"
+        for _ in range(50):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_video_output_name_and_killed_video_leftovers(tiny_video, test_checkpoint, tmp_path):
+    _one_line_error(_exaug("video", tiny_video, "-o", tmp_path / "notes.txt", "--emotion", "happy", "--model",
+                           test_checkpoint, "-q"), "notes.txt: not a video file name")
+    output = tmp_path / "edited.mp4"
+    command = [sys.executable, "-m", "exaug", "video", str(tiny_video), "-o", str(output), "--emotion", "happy",
+               "--model", str(test_checkpoint), "--preset", "ultrafast", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not [path for path in tmp_path.iterdir() if path.name.startswith(".edited.mp4.tmp")]:  # writing
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # what kill -9 leaves
+    assert subprocess.run(command, timeout=600).returncode == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["edited.mp4"]
+
+
+def test_awkward_names_in_a_folder_output(tmp_path, photo):
+    from exaug.io.store import read_faces
+    from exaug.pipelines.align import align_dataset
+    data = tmp_path / "in"
+    long_name = "x" * 240 + ".jpg"
+    for rel in ["exaug.json/a.jpg", "manifest.csv/b.jpg", f"bob/{long_name}"]:
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(photo)
+    with open(os.fsencode(data / "bob") + b"/\xff\xfe.jpg", "wb") as handle:
+        handle.write(photo)
+    for output in (tmp_path / "out", tmp_path / "out.h5"):
+        summary = align_dataset(data, output, show_progress=False)
+        assert summary.faces == 4 and not summary.failures
+        with read_faces(output) as table:
+            assert sorted(table.sources) == sorted(["exaug.json/a.jpg", "manifest.csv/b.jpg", f"bob/{long_name}",
+                                                    "bob/\\xff\\xfe.jpg"])
+            assert table.images[:].shape[0] == 4
+        assert align_dataset(data, output, show_progress=False).resumed == 4

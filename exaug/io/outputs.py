@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from exaug.errors import ExaugError
+from exaug.io.atomic import write_failure
 
 
 def check_not_input(input_path: Path | str, output: Path | str) -> None:
@@ -32,10 +33,17 @@ class OutputLock:
     on garbage collection, or by the kernel when the process dies)."""
 
     def __init__(self, output: Path | str):
-        output = Path(output).absolute()
-        self.path = output.with_name(f".{output.name}.lock")
+        output = Path(output)
+        absolute = output.absolute()  # "." has no name to put beside it
+        self.path = absolute.with_name(f".{absolute.name}.lock")
         self._fd: int | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._acquire(output)
+        except OSError as err:  # a read-only folder, a full disk: nothing of the output can be written
+            raise write_failure(output, err) from err
+
+    def _acquire(self, output: Path) -> None:
         while self._fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

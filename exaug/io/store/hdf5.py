@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,22 @@ _STRING = h5py.string_dtype()
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 _CHUNK_BYTES = 256 * 1024  # small enough that reading one random face decompresses little
 _COPY_ROWS = 256  # rows held in memory at a time while consolidating
+
+
+@contextmanager
+def writing_h5(path: Path) -> Iterator[h5py.File]:
+    """A new HDF5 file that replaces ``path`` whole (:func:`~exaug.io.atomic.replacing`). HDF5
+    reports a failed write (a full disk) as a RuntimeError when the file closes; it is raised as
+    the OSError it is, which ``replacing`` turns into one line naming ``path``."""
+    with replacing(path) as temporary:
+        try:
+            with h5py.File(temporary, "w") as h5:
+                yield h5
+        except RuntimeError as err:
+            code = re.search(r"errno = (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from err
 
 
 def write_strings(h5: h5py.File, name: str, strings: Sequence[str]) -> None:
@@ -106,7 +124,7 @@ def write_final(path: Path, tables: Sequence[FaceTable], attrs: dict[str, Any], 
     """One self-contained, compressed file holding ``tables`` in order: consolidation and merge."""
     joined = concat_tables(tables)
     shape = (len(joined), *_image_size(tables, attrs), 3)
-    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
         write_columns(h5, joined, compress=True)
         images = h5.create_dataset("images", shape=shape, dtype=np.uint8, **_chunked(shape, np.uint8))
@@ -123,7 +141,7 @@ def write_master(path: Path, ledger: FaceTable, parts: Sequence[tuple[Path, int]
     """The visible output of an unfinished HDF5 run: real small columns, ``images`` a virtual dataset
     over the part files (relative paths, so it opens from any working directory)."""
     shape = (len(ledger), *size, 3)
-    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
         write_columns(h5, ledger, compress=False)
         if not len(ledger):

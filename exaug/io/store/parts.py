@@ -18,7 +18,7 @@ import h5py
 from exaug.errors import ExaugError
 from exaug.io.atomic import replacing
 from exaug.io.outputs import OutputLock
-from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings
+from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings, writing_h5
 from exaug.io.store.reading import read_faces
 from exaug.io.store.rows import FaceRows, check_same_extras
 from exaug.io.store.table import FaceTable, concat_tables, rows_table
@@ -191,7 +191,7 @@ class FaceWriter(ABC):
     def _append_part(self, table: FaceTable, store_images: Callable[[h5py.File], None]) -> None:
         self._start_parts()
         part = self.parts_dir / f"part-{len(self._parts):05d}.h5"
-        with replacing(part) as temporary, h5py.File(temporary, "w") as h5:
+        with writing_h5(part) as h5:
             write_columns(h5, table, compress=False)
             write_strings(h5, "done_sources", table.completed_sources())
             if table.paths is not None:
