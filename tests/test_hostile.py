@@ -490,3 +490,90 @@ def test_awkward_names_in_a_folder_output(tmp_path, photo):
                                                     "bob/\\xff\\xfe.jpg"])
             assert table.images[:].shape[0] == 4
         assert align_dataset(data, output, show_progress=False).resumed == 4
+
+
+# ----------------------------------------------------------------------------- reading tables, merge
+
+
+def _table(output: Path, sources: list[str], run_key: dict | None = None, finish: bool = True) -> Path:
+    """A small face table of ``sources`` (one 8x8 face each) written by exaug's writer."""
+    from exaug.io.store import FaceRows, open_writer
+    rows = FaceRows(np.full((len(sources), 8, 8, 3), 7, np.uint8), ["id"] * len(sources),
+                    np.zeros(len(sources), np.int8), sources, np.zeros(len(sources)), np.zeros(len(sources), bool))
+    writer = open_writer(output, run_key=run_key or {"input": "/data", "expressions": ["happy"]},
+                         attrs={"size": 8, "model_hash": "m"})
+    writer.commit(rows, done=sources)
+    if finish:
+        writer.finish()
+    else:
+        writer._lock.release()  # what a killed process leaves: parts, a master, no lock
+    return output
+
+
+def test_hdf5_inputs_that_read_other_files_are_refused(tmp_path):
+    import h5py
+    from exaug.errors import InputError
+    from exaug.io.store import read_faces
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"password" * 72)  # 576 bytes: three 8x8x3 images
+    table = _table(tmp_path / "table.h5", ["a.jpg", "b.jpg", "c.jpg"])
+    for kind in ("external", "virtual", "link"):
+        hostile = tmp_path / f"{kind}.h5"
+        with h5py.File(table) as good, h5py.File(hostile, "w") as h5:
+            for name in good:
+                if name != "images":
+                    good.copy(name, h5)
+            h5.attrs.update(good.attrs)
+            if kind == "external":
+                h5.create_dataset("images", (3, 8, 8, 3), np.uint8, external=[(str(secret), 0, 576)])
+            elif kind == "virtual":
+                layout = h5py.VirtualLayout((3, 8, 8, 3), np.uint8)
+                layout[:] = h5py.VirtualSource(str(table), "images", shape=(3, 8, 8, 3))
+                h5.create_virtual_dataset("images", layout)
+            else:
+                h5["images"] = h5py.ExternalLink(str(table), "images")
+        with pytest.raises(InputError, match=f"^{hostile}: 'images' .*(other file|virtual dataset)"):
+            read_faces(hostile)
+    unfinished = _table(tmp_path / "unfinished.h5", ["a.jpg"], finish=False)
+    with read_faces(unfinished) as table:  # exaug's own master over its own parts still reads
+        assert table.images[:].shape == (1, 8, 8, 3)
+
+
+def test_manifest_paths_that_leave_the_folder_are_refused(tmp_path):
+    from exaug.errors import InputError
+    from exaug.io.store import read_faces
+    folder = _table(tmp_path / "faces", ["a.jpg"])
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "secret.png")
+    manifest = folder / "manifest.csv"
+    original = manifest.read_text()
+    (png,) = [line.split(",")[0] for line in original.splitlines()[1:]]
+    for escape in ("../secret.png", str(tmp_path / "secret.png")):
+        manifest.write_text(original.replace(png, escape))
+        with pytest.raises(InputError, match="leaves the folder"):
+            read_faces(folder)
+    (folder / "id" / "link.png").symlink_to(tmp_path / "secret.png")
+    manifest.write_text(original.replace(png, "id/link.png"))
+    with pytest.raises(InputError, match="links out of"):
+        read_faces(folder)
+
+
+def test_merge_takes_only_finished_distinct_compatible_parts(tmp_path):
+    from exaug.errors import ExaugError
+    from exaug.io.store import merge, read_faces
+    first = _table(tmp_path / "s0.h5", ["a.jpg", "b.jpg"])
+    second = _table(tmp_path / "s1.h5", ["c.jpg"])
+    (tmp_path / "copy.h5").write_bytes(first.read_bytes())
+    unfinished = _table(tmp_path / "killed.h5", ["d.jpg"], finish=False)
+    other = _table(tmp_path / "sad.h5", ["e.jpg"], run_key={"input": "/data", "expressions": ["sad"]})
+    truncated = tmp_path / "cut.h5"
+    truncated.write_bytes(second.read_bytes()[:3000])
+    cases = {(first, first): "given twice", (first, tmp_path / "copy.h5"): "holds sources .* too",
+             (first, unfinished): "killed.h5: unfinished", (first, other): "--emotion list differs",
+             (first, truncated): "cut.h5: damaged or truncated"}
+    for inputs, reason in cases.items():
+        with pytest.raises(ExaugError, match=reason):
+            merge(list(inputs), tmp_path / "merged.h5")
+        assert not (tmp_path / "merged.h5").exists()
+    merge([first, second], tmp_path / "merged.h5")
+    with read_faces(tmp_path / "merged.h5") as merged:
+        assert list(merged.source) == ["a.jpg", "b.jpg", "c.jpg"]

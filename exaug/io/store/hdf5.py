@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from exaug.errors import InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import replacing
 from exaug.io.store.image_columns import H5Images
@@ -99,8 +100,32 @@ def write_columns(h5: h5py.File, table: FaceTable, *, compress: bool) -> None:
     write_strings(h5, "failure_reasons", [reason for _, reason in table.failures])
 
 
+def check_contained(h5: h5py.File, path: Path) -> None:
+    """Refuse a table whose data lives outside it. External storage, external links and virtual
+    datasets let an HDF5 file name any local file, whose bytes reading would then copy into an
+    output. The one exception is exaug's own unfinished master: images virtual over its parts."""
+    parts = path.parent.resolve() / f"{path.name}.parts"
+    for name in h5:
+        link = h5.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise InputError(f"{path}: {name!r} links to another file ({link.filename}); exaug reads only "
+                             "self-contained tables")
+        dataset = h5[name]
+        if not isinstance(dataset, h5py.Dataset):
+            continue
+        if dataset.external:
+            raise InputError(f"{path}: {name!r} is stored in other files ({dataset.external[0][0]}); exaug reads "
+                             "only self-contained tables")
+        if dataset.is_virtual and not (name == "images" and all(
+                (path.parent / source.file_name).resolve().parent == parts and source.dset_name.strip("/") == "images"
+                for source in dataset.virtual_sources())):
+            raise InputError(f"{path}: {name!r} is a virtual dataset over other files; exaug reads only "
+                             "self-contained tables (and its own unfinished outputs)")
+
+
 def read_h5_table(path: Path) -> FaceTable:
     with h5py.File(path, "r") as h5:
+        check_contained(h5, path)
         attrs, run_key = read_header(h5)
         return FaceTable(
             identities=read_strings(h5, "identities"), identity_index=h5["identity"][()],

@@ -19,7 +19,7 @@ from exaug.errors import ExaugError
 from exaug.io.atomic import replacing
 from exaug.io.outputs import OutputLock
 from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings, writing_h5
-from exaug.io.store.reading import read_faces
+from exaug.io.store.reading import parts_folder, read_faces
 from exaug.io.store.rows import FaceRows, check_same_extras
 from exaug.io.store.table import FaceTable, concat_tables, rows_table
 
@@ -56,9 +56,9 @@ class FaceWriter(ABC):
             raise
 
     @property
-    @abstractmethod
     def parts_dir(self) -> Path:
         """Where parts and run.json live until finish()."""
+        return parts_folder(self.output)
 
     @property
     def done_sources(self) -> set[str]:

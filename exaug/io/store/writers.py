@@ -13,7 +13,7 @@ import h5py
 
 from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import replacing
-from exaug.io.store.folder import (FOLDER_INFO, FOLDER_PARTS, MANIFEST_COLUMNS, manifest_cell, png_paths, save_png,
+from exaug.io.store.folder import (FOLDER_INFO, MANIFEST_COLUMNS, manifest_cell, png_paths, save_png,
                                    write_csv)
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, read_header, write_final, write_master
 from exaug.io.store.parts import FaceWriter, remove_tree
@@ -25,10 +25,6 @@ _PNG_THREADS = 8
 
 class H5Writer(FaceWriter):
     """Parts hold the images; the output is a master over them until one consolidated file."""
-
-    @property
-    def parts_dir(self) -> Path:
-        return self.output.with_name(self.output.name + ".parts")
 
     def _output_exists(self) -> bool:
         return self.output.exists()
@@ -75,10 +71,6 @@ class H5Writer(FaceWriter):
 
 class FolderWriter(FaceWriter):
     """PNGs go straight to their final place; parts hold the metadata; manifest.csv lists them."""
-
-    @property
-    def parts_dir(self) -> Path:
-        return self.output / FOLDER_PARTS
 
     def _output_exists(self) -> bool:
         return self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir()))
