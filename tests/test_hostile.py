@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import signal
 import subprocess
@@ -577,3 +578,84 @@ def test_merge_takes_only_finished_distinct_compatible_parts(tmp_path):
     merge([first, second], tmp_path / "merged.h5")
     with read_faces(tmp_path / "merged.h5") as merged:
         assert list(merged.source) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+# ------------------------------------------------------------------------- every command, one folder
+
+
+def _snapshot(root: Path, skip: set[Path]) -> dict[str, tuple[int, int]]:
+    """Every file below ``root`` (links not followed) but those under ``skip``: size and mtime."""
+    found = {}
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = [name for name in dirnames if Path(folder) / name not in skip]
+        for name in filenames:
+            path = Path(folder) / name
+            if path not in skip:
+                stat = path.lstat()
+                found[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def test_every_command_against_a_folder_of_hostile_inputs(tmp_path, photo, test_checkpoint, tiny_video):
+    """Exit codes and one-line errors, no traceback, nothing outside the outputs read into them or
+    written: the cases of issue 14 in one folder."""
+    import h5py
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP-SECRET" * 1000)
+    data = tmp_path / "data"
+    for rel in ["alice/1.jpg", "bob/" + "y" * 240 + ".jpg", "exaug.json/a.jpg", "manifest.csv/b.jpg"]:
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(photo)
+    with open(os.fsencode(data / "bob") + b"/\xff\xfe.jpg", "wb") as handle:
+        handle.write(photo)
+    (data / "alice" / "loop").symlink_to("..")
+    _png_header_only(data / "bomb.png", 40_000, 40_000)
+    (data / "empty.jpg").write_bytes(b"")
+    (data / "notes.jpg").write_text("not a picture")
+    external = tmp_path / "external.h5"
+    with h5py.File(external, "w") as h5:
+        h5.create_dataset("images", (10, 64, 64, 3), np.uint8, external=[(str(secret), 0, 10 * 64 * 64 * 3)])
+        h5["identity"] = np.zeros(10, np.int32)
+    damaged = tmp_path / "damaged.pt"
+    model = bytearray(test_checkpoint.read_bytes())
+    model[len(model) // 2:len(model) // 2 + 4096] = bytes(4096)
+    damaged.write_bytes(bytes(model))
+    (tmp_path / "adir.h5").mkdir()
+    escape = _table(tmp_path / "escape", ["a.jpg"])
+    manifest = escape / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace("id/a_f0_original.png", "../secret.txt"))
+
+    out = tmp_path / "out"
+    before = _snapshot(tmp_path, {out})
+    model_args = ["--model", test_checkpoint, "--emotion", "happy", "-q", "--device", "cpu"]
+    succeeding = {
+        "align to HDF5": ["align", data, "-o", out / "aligned.h5", "-q", "--device", "cpu"],
+        "align to a folder": ["align", data, "-o", out / "aligned", "-q", "--device", "cpu"],
+        "augment to HDF5": ["augment", data, "-o", out / "augmented.h5", *model_args],
+    }
+    for what, args in succeeding.items():
+        result = _exaug(*args)
+        printed = result.stdout + result.stderr
+        assert result.returncode == 0 and "Traceback" not in printed, (what, printed)
+        for reason in ("40000x40000 pixels is over the limit", "empty file", "not an image"):
+            assert reason in printed, (what, reason, printed)
+        assert re.search(r"images found\s+│ 8 ", printed), printed  # the loop is walked once
+    failing = {
+        "an input that is the output": (["augment", out / "aligned.h5", "-o", out / "aligned.h5", "--overwrite",
+                                         *model_args], "is the input"),
+        "HDF5 external storage": (["augment", external, "-o", out / "stolen.h5", *model_args], "stored in other files"),
+        "a damaged checkpoint": (["augment", data, "-o", out / "never.h5", "--model", damaged], "fails its checksum"),
+        "a directory named .h5": (["augment", data, "-o", tmp_path / "adir.h5", "--overwrite", *model_args],
+                                  "was not written by exaug"),
+        "a part twice": (["merge", out / "augmented.h5", out / "augmented.h5", "-o", out / "merged.h5"], "given twice"),
+        "a manifest leaving its folder": (["merge", escape, "-o", out / "merged.h5"], "leaves the folder"),
+        "a video to a text file": (["video", tiny_video, "-o", out / "notes.txt", *model_args], "not a video file"),
+        "training on no expression folders": (["train", data, "-o", out / "run", "--no-align", "--device", "cpu"],
+                                              "no readable face in an expression sub-folder"),
+    }
+    for what, (args, reason) in failing.items():
+        _one_line_error(_exaug(*args), reason)
+    assert _snapshot(tmp_path, {out}) == before  # nothing outside the outputs written
+    assert sorted(path.name for path in out.iterdir()) == ["aligned", "aligned.h5", "augmented.h5"]
+    for path in out.rglob("*"):
+        assert not path.is_file() or b"TOP-SECRET" not in path.read_bytes(), path

@@ -105,12 +105,12 @@ class _Run:
         if config.iters < self.start:
             raise ExaugError(f"{self.run_dir}: has trained {self.start} iterations already; "
                              f"--iters {config.iters} would undo them")
-        if world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         torch.manual_seed(config.seed * 1000 + world.rank)
 
         faces = load_faces(config, device=world.device, is_main=world.is_main, barrier=world.barrier)
+        if world.is_main:  # only once the data is known to be usable: a refused run leaves no folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set
