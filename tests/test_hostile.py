@@ -506,9 +506,7 @@ def _table(output: Path, sources: list[str], run_key: dict | None = None, finish
     writer.commit(rows, done=sources)
     if finish:
         writer.finish()
-    else:
-        writer._lock.release()  # what a killed process leaves: parts, a master, no lock
-    return output
+    return output  # unfinished: what a killed process leaves (parts, a master), its lock gone with the writer
 
 
 def test_hdf5_inputs_that_read_other_files_are_refused(tmp_path):
@@ -648,6 +646,7 @@ def test_every_command_against_a_folder_of_hostile_inputs(tmp_path, photo, test_
         "a directory named .h5": (["augment", data, "-o", tmp_path / "adir.h5", "--overwrite", *model_args],
                                   "was not written by exaug"),
         "a part twice": (["merge", out / "augmented.h5", out / "augmented.h5", "-o", out / "merged.h5"], "given twice"),
+        "a part as the output": (["merge", out / "augmented.h5", "-o", out / "augmented.h5"], "is the input"),
         "a manifest leaving its folder": (["merge", escape, "-o", out / "merged.h5"], "leaves the folder"),
         "a video to a text file": (["video", tiny_video, "-o", out / "notes.txt", *model_args], "not a video file"),
         "training on no expression folders": (["train", data, "-o", out / "run", "--no-align", "--device", "cpu"],

@@ -135,7 +135,7 @@ def _check_weights(path: Path, payload: Mapping[str, Any], keys: tuple[str, ...]
             raise ExaugError(f"{path}: damaged exaug checkpoint ({key!r} is not a set of named tensors)")
 
 
-def checked_generator_meta(path: Path, text: Any) -> tuple[dict[str, Any], ModelConfig]:
+def _checked_generator_meta(path: Path, text: Any) -> tuple[dict[str, Any], ModelConfig]:
     """An inference file's metadata and the model it describes, every field the right type and in
     range, or one ExaugError naming the field."""
     def wrong(field: str, value: Any, expected: str) -> ExaugError:
@@ -213,7 +213,7 @@ def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[st
     """Rebuild G and the source estimator (fp32, CPU) from an inference file or a run directory."""
     path = resolve_checkpoint(path, "generator")
     payload = load_payload(path, GENERATOR_FORMAT)
-    meta, config = checked_generator_meta(path, payload.get("meta"))
+    meta, config = _checked_generator_meta(path, payload.get("meta"))
     _check_weights(path, payload, ("generator", "source_estimator"))
     try:
         generator, estimator = Generator(config), ExpressionClassifier(config)

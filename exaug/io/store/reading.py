@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 
 from exaug.errors import ExaugError, InputError
+from exaug.io.outputs import OutputLock, check_not_input
 from exaug.io.store.folder import FOLDER_INFO, FOLDER_PARTS, read_folder_table
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, write_final
 from exaug.io.store.table import FaceTable
@@ -62,6 +63,7 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
     for part in map(Path, parts):
         if not part.exists():
             continue  # read_faces says so
+        check_not_input(part, output)
         if is_unfinished(part):
             raise ExaugError(f"{part}: unfinished (its run was stopped); run its command again to finish it, "
                              "then merge")
@@ -69,8 +71,10 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
         if inode in seen:
             raise ExaugError(f"{part}: given twice (as {seen[inode]}); merge each part once")
         seen[inode] = part
-    tables = [read_faces(part) for part in parts]
+    lock = OutputLock(output)
+    tables = []
     try:
+        tables += [read_faces(part) for part in parts]
         _check_mergeable(parts, tables)
         attrs = {**tables[0].attrs, "merged_from": [str(part) for part in parts]}
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,7 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
     finally:
         for table in tables:
             table.close()
+        lock.release()
 
 
 def _check_mergeable(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -> None:
