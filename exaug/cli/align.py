@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD, DeviceChoice,
-                              FacesChoice, TemplateChoice, command_line, detection_options, print_summary)
+from exaug.cli.common import (DEVICE, FACES, MAX_PIXELS, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD,
+                              DeviceChoice, FacesChoice, TemplateChoice, command_line, detection_options,
+                              print_summary)
 from exaug.pipelines.align import AlignOptions, align_dataset
 
 
@@ -23,6 +24,7 @@ def align_command(
     batch_size: int = typer.Option(16, help="Images detected together."),
     workers: int = typer.Option(4, help="Threads decoding images ahead of detection."),
     mesh: bool = typer.Option(False, "--mesh", help="Also store each face's 468-point face mesh (dataset 'mesh', source pixels)."),
+    max_pixels: int = MAX_PIXELS,
     device: DeviceChoice = DEVICE,
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
@@ -30,6 +32,6 @@ def align_command(
     """Detect and align every face under INPUT (5-point similarity alignment)."""
     options = AlignOptions(template=template.value, size=size, device=device.value,
                            detection=detection_options(faces, min_face_size, threshold, max_side),
-                           batch_size=batch_size, workers=workers, mesh=mesh)
+                           batch_size=batch_size, workers=workers, mesh=mesh, max_pixels=max_pixels)
     summary = align_dataset(input_path, output, options, overwrite=overwrite, command=command_line(), show_progress=not quiet)
     print_summary(summary)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD, DeviceChoice,
-                              FacesChoice, command_line, detection_options, print_summary)
+from exaug.cli.common import (DEVICE, FACES, MAX_PIXELS, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD,
+                              DeviceChoice, FacesChoice, command_line, detection_options, print_summary)
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, parse_expressions
 from exaug.model.checkpoint import resolve_checkpoint
@@ -32,6 +32,7 @@ def augment_command(
     num_shards: int = typer.Option(None, "--num-shards", help="Split the sources into N shards (default: $WORLD_SIZE or 1)."),
     shard_index: int = typer.Option(None, "--shard-index", help="Which shard this run writes (default: $RANK or 0)."),
     workers: int = typer.Option(4, help="Threads decoding images ahead of detection."),
+    max_pixels: int = MAX_PIXELS,
     min_face_size: int = MIN_FACE_SIZE,
     threshold: float = THRESHOLD,
     max_side: int = MAX_SIDE,
@@ -51,7 +52,8 @@ def augment_command(
     shards, index = shard_from_environment(num_shards, shard_index)
     options = AugmentOptions(expressions=expressions, intensity=intensity, size=size,
                              detection=detection_options(faces, min_face_size, threshold, max_side),
-                             workers=workers, num_shards=shards, shard_index=index, preview=preview)
+                             workers=workers, max_pixels=max_pixels, num_shards=shards, shard_index=index,
+                             preview=preview)
     summary = augment_dataset(input_path, output, generator, file_hash(resolve_checkpoint(checkpoint)), options,
                               overwrite=overwrite, command=command_line(), show_progress=not quiet)
     print_summary(summary)

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from exaug.faces.detect import DetectionOptions
+from exaug.io import images
 from exaug.pipelines.stages import RunSummary
 from exaug.progress import console
 
@@ -40,6 +41,8 @@ THRESHOLD = typer.Option(DetectionOptions.threshold, "--threshold", help="Smalle
 MAX_SIDE = typer.Option(DetectionOptions.max_side, "--max-side",
                         help="Images are downscaled to this for detection (faces are cut from the original); "
                              "lower is faster and misses more small faces.")
+MAX_PIXELS = typer.Option(images.MAX_PIXELS, "--max-pixels",
+                          help="Larger images are skipped as likely decompression bombs; raise it for huge real scans.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 

@@ -84,8 +84,7 @@ def train_command(
         help="stargan: the label-conditioned GAN (these options); guided: the geometry-guided generator, learnt "
              "from paired CK+-style sequences (takes DATA, -o, --iters, --val-subjects, --seed, --device)."),
 ) -> None:
-    """Train an expression generator on labelled faces: StarGAN with an attention mask, or the
-    geometry-guided generator (--arch guided)."""
+    """Train an expression generator on labelled faces: StarGAN (attention mask) or geometry-guided."""
     if arch is ArchChoice.guided:
         if resume is not None or data is None or output is None:
             raise ExaugError("--arch guided takes DATA and --output RUN_DIR (it trains in one go; no --resume)")

@@ -5,6 +5,10 @@ PNGs, checkpoints, sample sheets, reports, videos) goes through :class:`Replacem
 of :func:`replacing`, so a reader sees the old file or the new one whenever the process dies.
 Leftover temporaries are named ``.<name>.tmp`` (``.<name>.tmp<suffix>`` for writers that pick the
 format from the name), which is how :mod:`exaug.io.store` recognises them on resume.
+
+A write that fails for a reason of the system (a full disk, a read-only folder, a file-size limit)
+leaves the old file, removes the temporary and raises :class:`~exaug.errors.ExaugError` naming the
+file and the reason: one line for the user, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from exaug.errors import ExaugError
 
 
 class Replacement:
@@ -49,18 +55,54 @@ def replacing(path: Path) -> Iterator[Path]:
     try:
         yield replacement.temporary
         replacement.commit()
-    except BaseException:
+    except BaseException as err:
         replacement.discard()
+        if isinstance(err, OSError):
+            raise write_failure(path, err) from err
         raise
+
+
+def write_failure(path: Path | str, err: OSError) -> ExaugError:
+    """The one line a failed write of ``path`` becomes."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return ExaugError(f"{path}: cannot write ({reason})")
+
+
+class _RecordingWriter:
+    """The handle :func:`atomic_write` gives its callback: it keeps the first OSError of a write,
+    which torch.save reports only as an unspecific RuntimeError of its own."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` through :func:`replacing`, then fsync the folder so the rename itself
     survives a power cut (a checkpoint's ``latest`` pointer must never name a missing file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failure(path, err) from err
     with replacing(path) as temporary, open(temporary, "wb") as handle:
-        write(handle)
+        recording = _RecordingWriter(handle)
+        try:
+            write(recording)  # type: ignore[arg-type]
+        except Exception as err:
+            if recording.error is not None and not isinstance(err, OSError):
+                raise recording.error from err  # replacing turns it into one line
+            raise
     _fsync_folder(path.parent)
     return path
 

@@ -21,15 +21,20 @@ IMAGE_SUFFIXES = frozenset(
     ".heic .heif .avif .svg .jfif".split()
 )
 
-Image.MAX_IMAGE_PIXELS = 40_000 * 40_000  # real scans are large; decompression bombs are larger
+MAX_PIXELS = 150_000_000  # a 150-megapixel scan decodes to 450 MB; decompression bombs are far larger
+Image.MAX_IMAGE_PIXELS = None  # load_image checks each file against its own limit, before decoding
 
 
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def load_image(path: Path | str) -> np.ndarray:
-    """Read ``path`` as an upright ``HxWx3 uint8`` RGB array, or raise ImageLoadError saying why."""
+def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read ``path`` as an upright ``HxWx3 uint8`` RGB array, or raise ImageLoadError saying why.
+
+    An image of more than ``max_pixels`` pixels is refused from its header, before decoding: a few
+    kilobytes of PNG can claim 40000x40000 pixels (a decompression bomb) and would take the memory
+    of the whole run; running out of memory on one image fails that image only."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -41,13 +46,18 @@ def load_image(path: Path | str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/ICC data it still reads fine
             with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageLoadError(path, f"{image.width}x{image.height} pixels is over the limit of "
+                                               f"{max_pixels:,} (raise it with --max-pixels if the image is real)")
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
+    except MemoryError as err:
+        raise ImageLoadError(path, "not enough memory to decode it") from err
     except UnidentifiedImageError as err:
         reason = "unsupported image format" if is_image_path(path) and _looks_binary(path) else "not an image"
         raise ImageLoadError(path, reason) from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError) as err:
         message = str(err)
         if "truncated" in message or "broken data stream" in message or "premature end" in message.lower():
             raise ImageLoadError(path, "truncated or corrupt image data") from err

@@ -1,7 +1,9 @@
 """Checkpoint files: a small inference file and, apart from it, the state training resumes from.
 
 Both are plain dicts of tensors, numbers and strings (metadata as a JSON string), so they load with
-``torch.load(weights_only=True)``: opening a checkpoint never runs code from it. Both are written
+``torch.load(weights_only=True)``: opening a checkpoint never runs code from it. The zip archive's
+CRCs are checked before loading (torch does not check them, so damaged weights would load), and
+the metadata's types and ranges are checked before anything is built from it. Both are written
 atomically (temp file, fsync, rename), so a crash or Ctrl-C mid-write leaves the previous file.
 
 The inference file holds G, the small source estimator (see
@@ -28,6 +30,7 @@ from torch import nn
 
 from exaug import __version__
 from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import atomic_write
 from exaug.model.networks import ExpressionClassifier, Generator, ModelConfig
 
@@ -77,10 +80,14 @@ def save_weights(path: Path, file_format: str, meta: Mapping[str, Any], modules:
 
 
 def load_weights(path: Path, file_format: str, build: Callable[[dict[str, Any]], dict[str, nn.Module]], *,
-                 damaged: str) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """Read a file :func:`save_weights` wrote: ``build(meta)`` makes the modules, which get their
-    weights as fp32; a file whose weights do not fit them is one ExaugError starting ``damaged``."""
+                 damaged: str, check: Callable[[Path, Mapping[str, Any]], None] | None = None
+                 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Read a file :func:`save_weights` wrote: ``check(path, payload)`` may refuse it first (one
+    ExaugError), ``build(meta)`` makes the modules, which get their weights as fp32; a file whose
+    weights do not fit them is one ExaugError starting ``damaged``."""
     payload = load_payload(path, file_format)
+    if check is not None:
+        check(path, payload)
     try:
         meta = json.loads(payload["meta"])
         modules = build(meta)
@@ -116,6 +123,13 @@ def load_payload(path: Path, expected: str) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise ExaugError(f"{path}: not a readable checkpoint (corrupt or truncated, or not a checkpoint at all)")
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        raise ExaugError(f"{path}: not a readable checkpoint (corrupt or truncated?): {err}") from err
+    if damaged is not None:
+        raise ExaugError(f"{path}: damaged checkpoint ({damaged} fails its checksum); use another copy")
+    try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ExaugError(f"{path}: not an exaug checkpoint (it holds Python objects, e.g. a whole pickled model, "
@@ -126,9 +140,66 @@ def load_payload(path: Path, expected: str) -> dict[str, Any]:
         raise ExaugError(f"{path}: not an exaug checkpoint")
     if payload["format"] != expected and _WHAT[payload["format"]] != _WHAT[expected]:
         raise ExaugError(f"{path}: this is {_WHAT[payload['format']]}; {_WHAT[expected]} is needed here")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ExaugError(f"{path}: written by a newer exaug (format {payload['format_version']}); upgrade exaug")
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ExaugError(f"{path}: damaged exaug checkpoint (format_version {version!r} is not a number)")
+    if version > FORMAT_VERSION:
+        raise ExaugError(f"{path}: written by a newer exaug (format {version}); upgrade exaug")
     return payload
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_weights(path: Path, payload: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        weights = payload.get(key)
+        if not isinstance(weights, dict) or not all(isinstance(name, str) and isinstance(t, torch.Tensor)
+                                                    for name, t in weights.items()):
+            raise ExaugError(f"{path}: damaged exaug checkpoint ({key!r} is not a set of named tensors)")
+
+
+def _checked_generator_meta(path: Path, text: Any) -> tuple[dict[str, Any], ModelConfig]:
+    """An inference file's metadata and the model it describes, every field the right type and in
+    range, or one ExaugError naming the field."""
+    def wrong(field: str, value: Any, expected: str) -> ExaugError:
+        return ExaugError(f"{path}: damaged exaug checkpoint (metadata {field} is {value!r}, expected {expected})")
+
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise ExaugError(f"{path}: damaged exaug checkpoint (metadata is not JSON: {err})") from err
+    if not isinstance(meta, dict):
+        raise wrong("", meta, "a JSON object")
+    model = meta.get("model")
+    kinds = {"image_size": _is_int, "channels": _is_int, "conv_dim": _is_int, "repeat_num": _is_int,
+             "num_expressions": _is_int, "attention": lambda value: isinstance(value, bool)}
+    if not isinstance(model, dict) or not set(model) <= set(kinds):
+        raise wrong("model", model, f"an object with fields among {sorted(kinds)}")
+    for name, value in model.items():
+        if not kinds[name](value):
+            raise wrong(f"model.{name}", value, "a boolean" if name == "attention" else "a whole number")
+    try:
+        config = ModelConfig(**model)
+    except ValueError as err:
+        raise ExaugError(f"{path}: damaged exaug checkpoint (metadata model: {err})") from err
+    expressions = meta.get("expressions")
+    if not (isinstance(expressions, list) and all(isinstance(name, str) for name in expressions)
+            and len(expressions) == config.num_expressions == len(set(expressions))
+            and set(expressions) <= set(EXPRESSIONS)):
+        raise wrong("expressions", expressions, f"{config.num_expressions} distinct names among {list(EXPRESSIONS)}")
+    for name, value in (("image_size", config.image_size), ("channels", config.channels)):
+        if meta.get(name) != value or not _is_int(meta.get(name)):
+            raise wrong(name, meta.get(name), f"{value}, as in its model")
+    if meta.get("template") is not None and not isinstance(meta["template"], str):
+        raise wrong("template", meta["template"], "a name or null")
+    if "steps" in meta and not _is_int(meta["steps"]):
+        raise wrong("steps", meta["steps"], "a whole number of at least 0")
+    for name in ("data", "training"):
+        if name in meta and not isinstance(meta[name], dict):
+            raise wrong(name, meta[name], "an object")
+    return meta, config
 
 
 def resolve_checkpoint(path: Path, kind: str = "generator") -> Path:
@@ -164,13 +235,18 @@ def write_latest(run_dir: Path, step: int, generator: Path, state: Path) -> None
 
 
 def load_generator(path: Path) -> tuple[Generator, ExpressionClassifier, dict[str, Any]]:
-    """Rebuild G and the source estimator (fp32, CPU) from an inference file or a run directory."""
+    """Rebuild G and the source estimator (fp32, CPU) from an inference file or a run directory;
+    its metadata and weights are type- and range-checked first."""
+    def check(path: Path, payload: Mapping[str, Any]) -> None:
+        _checked_generator_meta(path, payload.get("meta"))
+        _check_weights(path, payload, ("generator", "source_estimator"))
+
     def build(meta: dict[str, Any]) -> dict[str, nn.Module]:
         config = ModelConfig(**meta["model"])
         return {"generator": Generator(config), "source_estimator": ExpressionClassifier(config)}
 
     modules, meta = load_weights(resolve_checkpoint(path, "generator"), GENERATOR_FORMAT, build,
-                                 damaged="damaged exaug checkpoint (weights do not match its metadata)")
+                                 damaged="damaged exaug checkpoint (weights do not match its metadata)", check=check)
     return modules["generator"].eval(), modules["source_estimator"].eval(), meta
 
 
@@ -206,8 +282,14 @@ def load_guided(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], di
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """A training state from a state file or a run directory."""
-    return load_payload(resolve_checkpoint(path, "state"), STATE_FORMAT)
+    """A training state from a state file or a run directory, its fields of the right types."""
+    path = resolve_checkpoint(path, "state")
+    payload = load_payload(path, STATE_FORMAT)
+    if not _is_int(payload.get("step")):
+        raise ExaugError(f"{path}: damaged training state (step is {payload.get('step')!r}, expected a whole number)")
+    if not isinstance(payload.get("config", ""), str):
+        raise ExaugError(f"{path}: damaged training state (config is not a JSON string)")
+    return payload
 
 
 def export_generator(source: Path | str, target: Path | str, *, half: bool = True, **notes: Any) -> Path:

@@ -16,6 +16,8 @@ from exaug.expressions import EXPRESSIONS, label_index
 from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
 from exaug.faces.mesh import MeshFitter
+from exaug.io.images import MAX_PIXELS
+from exaug.io.outputs import check_not_input
 from exaug.io.sources import discover_sources
 from exaug.io.store import FaceRows
 from exaug.pipelines.stages import AlignedBatch, RunSummary, photo_batches, write_face_table
@@ -30,6 +32,7 @@ class AlignOptions:
     batch_size: int = 16
     workers: int = 4
     mesh: bool = False  # also store each face's 468-point mesh (column "mesh", source pixels)
+    max_pixels: int = MAX_PIXELS  # larger images fail (decompression bombs)
 
 
 def align_dataset(input_path: Path | str, output: Path | str, options: AlignOptions | None = None, *,
@@ -37,6 +40,7 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
     """Align every face under ``input_path`` into ``output`` (``.h5``/``.hdf5`` file or folder)."""
     options = options or AlignOptions()
     input_path, output = Path(input_path), Path(output)
+    check_not_input(input_path, output)
     sources = discover_sources(input_path)
     detector = options.detection.detector(options.device, options.batch_size)
     aligner = FaceAligner(options.template, options.size, device=detector.device)
@@ -45,7 +49,9 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
                "size": aligner.size, **asdict(options.detection), **({"mesh": True} if options.mesh else {})}
     attrs = {"exaug_version": __version__, "template": options.template, "size": aligner.size,
              "expressions": list(EXPRESSIONS), "command": command}
-    return write_face_table(output, sources, photo_batches(detector, aligner, options.batch_size, options.workers, mesher),
+    return write_face_table(output, sources,
+                            photo_batches(detector, aligner, options.batch_size, options.workers, mesher,
+                                          options.max_pixels),
                             face_rows, run_key=run_key, attrs=attrs, overwrite=overwrite, description="aligning",
                             show_progress=show_progress)
 

@@ -22,7 +22,8 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
-from exaug.io.images import save_png
+from exaug.io.images import MAX_PIXELS, save_png
+from exaug.io.outputs import check_not_input
 from exaug.io.sheets import labelled_grid
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
@@ -38,6 +39,7 @@ class AugmentOptions:
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16  # source images per batch (detection and commit unit)
     workers: int = 4
+    max_pixels: int = MAX_PIXELS  # larger images fail (decompression bombs)
     num_shards: int = 1
     shard_index: int = 0
     preview: Path | None = None
@@ -73,6 +75,7 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     """Write originals and generated expressions for every face under ``input_path`` to ``output``."""
     options = options or AugmentOptions()
     input_path, output = Path(input_path), Path(output)
+    check_not_input(input_path, output)
     targets = [label_index(name) for name in options.expressions]
     sources, batches_for = _open_input(input_path, generator, options)
     sources = shard_sources(sources, options.num_shards, options.shard_index)
@@ -97,7 +100,8 @@ def _open_input(input_path: Path, generator: ExpressionGenerator, options: Augme
         return _aligned_table_input(input_path, generator, options.batch_size)
     detector = options.detection.detector(generator.device, options.batch_size)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=generator.device)
-    return discover_sources(input_path), photo_batches(detector, aligner, options.batch_size, options.workers)
+    return discover_sources(input_path), photo_batches(detector, aligner, options.batch_size, options.workers,
+                                                       max_pixels=options.max_pixels)
 
 
 def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size: int) -> tuple[list[Source], BatchSource]:

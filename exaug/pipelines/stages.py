@@ -25,10 +25,10 @@ from exaug.errors import ImageLoadError
 from exaug.faces.align import AlignedFaces, FaceAligner
 from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.faces.mesh import MeshFitter
-from exaug.io.images import load_image
-from exaug.io.sources import Source
+from exaug.io.images import MAX_PIXELS
+from exaug.io.sources import Source, load_source
 from exaug.io.store import FaceRows, open_writer
-from exaug.progress import progress_bar
+from exaug.progress import console, progress_bar
 
 T = TypeVar("T")
 NO_FACE = "no face found"
@@ -41,9 +41,9 @@ class LoadedImage:
     error: str | None = None
 
 
-def _load(source: Source, pin_memory: bool) -> LoadedImage:
+def _load(source: Source, pin_memory: bool, max_pixels: int) -> LoadedImage:
     try:
-        pixels = load_image(source.path)
+        pixels = load_source(source, max_pixels)
     except ImageLoadError as err:
         return LoadedImage(source, None, err.reason)
     # Page-locked memory lets the copy to the GPU run asynchronously (non_blocking) with compute.
@@ -51,9 +51,10 @@ def _load(source: Source, pin_memory: bool) -> LoadedImage:
 
 
 def decoded_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2, *,
-                 pin_memory: bool = False) -> Iterator[list[LoadedImage]]:
+                    pin_memory: bool = False, max_pixels: int = MAX_PIXELS) -> Iterator[list[LoadedImage]]:
     """Batches of decoded images, in order, at most ``prefetch`` batches decoded ahead; with
-    ``pin_memory`` (CUDA only) each image is a pinned ``HxWx3 uint8`` tensor instead of an array."""
+    ``pin_memory`` (CUDA only) each image is a pinned ``HxWx3 uint8`` tensor instead of an array.
+    Images over ``max_pixels`` fail (see :func:`~exaug.io.images.load_image`)."""
     starts = iter(range(0, len(sources), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="exaug-decode") as pool:
         pending: deque[list] = deque()
@@ -61,7 +62,7 @@ def decoded_batches(sources: Sequence[Source], batch_size: int, workers: int = 4
         def submit_next() -> None:
             start = next(starts, None)
             if start is not None:
-                pending.append([pool.submit(_load, source, pin_memory) for source in sources[start:start + batch_size]])
+                pending.append([pool.submit(_load, source, pin_memory, max_pixels) for source in sources[start:start + batch_size]])
 
         for _ in range(prefetch + 1):
             submit_next()
@@ -104,36 +105,48 @@ BatchSource = Callable[[list[Source]], Iterator[AlignedBatch]]  # sources to do 
 
 
 def photo_batches(detector: FaceDetector, aligner: FaceAligner, batch_size: int, workers: int,
-                  mesher: MeshFitter | None = None) -> BatchSource:
+                  mesher: MeshFitter | None = None, max_pixels: int = MAX_PIXELS) -> BatchSource:
     """How align and augment turn photos into aligned batches: decoded ahead by ``workers`` threads
     (into pinned memory on CUDA), then detected and aligned ``batch_size`` at a time (and meshed)."""
     def batches_for(todo: list[Source]) -> Iterator[AlignedBatch]:
-        return detect_and_align(decoded_batches(todo, batch_size, workers, pin_memory=detector.device.type == "cuda"),
-                                detector, aligner, mesher)
+        return detect_and_align(decoded_batches(todo, batch_size, workers, pin_memory=detector.device.type == "cuda",
+                                                max_pixels=max_pixels), detector, aligner, mesher)
 
     return batches_for
 
 
 def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Run ``items`` in a thread, ``depth`` ahead of the consumer; its exceptions re-raise here."""
+    """Run ``items`` in a thread, ``depth`` ahead of the consumer; its exceptions re-raise here.
+
+    However the consumer stops (done, an error, Ctrl-C), the thread is told to stop, closes
+    ``items`` (so their own worker threads end) and is waited for: a thread still inside torch at
+    interpreter exit aborts the process ("terminate called without an active exception")."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     finished = object()
     stop = threading.Event()
 
+    def hand_over(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
+        iterator = iter(items)
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in iterator:
+                if not hand_over((True, item)):
                     return
-            slots.put((True, finished))
+            hand_over((True, finished))
         except BaseException as err:  # handed to the consumer, which re-raises it
-            slots.put((False, err))
+            hand_over((False, err))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name="exaug-prefetch", daemon=True)
     thread.start()
@@ -147,6 +160,7 @@ def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+        thread.join()
 
 
 class StageTimer:
@@ -205,12 +219,17 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
         summary.resumed = len(sources) - len(todo)
         with progress_bar("images", disable=not show_progress) as bar:
             task = bar.add_task(description, total=len(todo), info="")
-            for batch in in_background(batches_for(todo)):
-                rows = rows_of(batch)
-                writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
-                summary.faces += len(rows.identity)
-                summary.failures += batch.failures
-                bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
+            try:
+                for batch in in_background(batches_for(todo)):
+                    rows = rows_of(batch)
+                    writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
+                    summary.faces += len(rows.identity)
+                    summary.failures += batch.failures
+                    bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
+            except KeyboardInterrupt:
+                console.print(f"[yellow]interrupted[/]: every finished batch is kept in {output}; "
+                              "run the same command again to resume", highlight=False)
+                raise
         writer.finish()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -21,6 +21,7 @@ from exaug.faces.align import FaceAligner
 from exaug.faces.blend import feather_mask, paste_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.faces.track import FaceTracker, TrackedFace, confirmed_faces
+from exaug.io.outputs import check_not_input
 from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.stages import StageTimer
@@ -59,6 +60,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     """Write ``output``: ``input_path`` with every tracked face in ``options.emotion``."""
     options = options or VideoOptions()
     input_path, output = Path(input_path), Path(output)
+    check_not_input(input_path, output)
     info = probe(input_path)
     device = generator.device
     detector = options.detection.detector(device, options.chunk_size)

@@ -1,5 +1,6 @@
 """Every training option in one dataclass, saved as RUN_DIR/config.json so ``--resume`` continues
-the same run. Defaults are StarGAN's (lambda_cls 1, lambda_rec 10, lambda_gp 10, n_critic 5, Adam
+the same run (written atomically; the training state keeps a copy, which ``--resume`` falls back on
+when config.json is missing or damaged). Defaults are StarGAN's (lambda_cls 1, lambda_rec 10, lambda_gp 10, n_critic 5, Adam
 1e-4 with betas (0.5, 0.999), batch 16, linear decay over the second half of the iterations)."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from exaug.errors import ExaugError
+from exaug.io.atomic import atomic_write
+from exaug.model.checkpoint import load_state, read_latest
 from exaug.model.networks import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -78,7 +81,8 @@ class TrainConfig(ModelConfig):
         return ModelConfig(**{field.name: getattr(self, field.name) for field in fields(ModelConfig)})
 
     def save(self, run_dir: Path) -> None:
-        (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        text = json.dumps(asdict(self), indent=2) + "\n"
+        atomic_write(Path(run_dir) / CONFIG_FILE, lambda handle: handle.write(text.encode()))
 
     @classmethod
     def load(cls, run_dir: Path, **runtime: object) -> TrainConfig:
@@ -87,10 +91,14 @@ class TrainConfig(ModelConfig):
         path = Path(run_dir) / CONFIG_FILE
         try:
             saved = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ExaugError(f"{path}: missing; is {run_dir} a training run directory?") from None
-        except ValueError as err:
-            raise ExaugError(f"{path}: unreadable ({err})") from err
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            saved = _saved_in_state(Path(run_dir))
+            if saved is None:
+                reason = f"missing; is {run_dir} a training run directory?" if isinstance(err, FileNotFoundError) \
+                    else f"unreadable ({err})"
+                raise ExaugError(f"{path}: {reason}") from None
         known = {f.name for f in fields(cls)}
         unknown = set(saved) - known
         if unknown:
@@ -99,3 +107,14 @@ class TrainConfig(ModelConfig):
         if set(runtime) - allowed:
             raise ValueError(f"only {sorted(allowed)} can change on resume")
         return replace(cls(**saved), output=str(run_dir), **runtime)
+
+
+def _saved_in_state(run_dir: Path) -> dict | None:
+    """The options the run's newest training state was saved with, None when it has no state."""
+    if read_latest(run_dir) is None:
+        return None
+    try:
+        saved = json.loads(load_state(run_dir)["config"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None

@@ -22,8 +22,7 @@ from PIL import Image
 from exaug.errors import ExaugError, ImageLoadError, InputError
 from exaug.expressions import EXPRESSIONS, canonical_expression, label_index
 from exaug.faces.align import resize_faces
-from exaug.io.images import load_image
-from exaug.io.sources import discover_sources
+from exaug.io.sources import discover_sources, load_source
 from exaug.io.store import is_face_table, read_faces
 from exaug.progress import console, progress_bar
 
@@ -125,7 +124,7 @@ def _read_crops(root: Path, size: int, *, show_progress: bool) -> FaceSet:
         for source in sources:
             bar.advance(task)
             try:
-                image = load_image(source.path)
+                image = load_source(source)
             except ImageLoadError as err:
                 failures.append(str(err))
                 continue

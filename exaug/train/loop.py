@@ -111,13 +111,13 @@ class TrainingRun:
         if config.iters < self.start:
             raise ExaugError(f"{self.run_dir}: has trained {self.start} iterations already; "
                              f"--iters {config.iters} would undo them")
-        if world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         torch.manual_seed(process_seed(config.seed, world.rank))
 
         faces = replace(load_faces(data, image_size=config.image_size, crops=not config.align,
                                    show_progress=world.is_main), source=str(Path(config.data)))
+        if world.is_main:  # only once the data is known to be usable: a refused run leaves no folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set
@@ -132,7 +132,10 @@ class TrainingRun:
         self.trainer = Trainer(config, world.device, distributed=world.size > 1)
         if state:
             # Rank 0's RNG continues exactly; the others get a fresh stream (their states are not saved).
-            self.trainer.load_state_dict(state, restore_rng=world.is_main)
+            try:
+                self.trainer.load_state_dict(state, restore_rng=world.is_main)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise ExaugError(f"{self.run_dir}: its training state does not match its options: {err}") from err
             if not world.is_main:
                 torch.manual_seed(process_seed(config.seed, world.rank, resumed_at=self.start))
         picks = sample_positions(self.val_set, config.n_samples, config.seed)
@@ -194,16 +197,32 @@ class TrainingRun:
                "images_s": round(its * self.config.batch_size * self.world.size, 2)}
         row.update({name: float(torch.stack(values).mean()) for name, values in window.items()})
         if self.world.is_main:
-            with self.metrics.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            self._append_metrics(row)
         return row
 
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        try:
+            with self.metrics.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise ExaugError(f"{self.metrics}: cannot write ({err.strerror or err})") from err
+
     def _truncate_metrics(self) -> None:
-        """Drop rows logged after the checkpoint being resumed, so each step appears once."""
+        """Drop rows logged after the checkpoint being resumed, so each step appears once, and a last
+        line torn by a kill mid-write."""
         if not self.metrics.exists():
             return
-        rows = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.start]
+        lines = [line for line in self.metrics.read_text(errors="replace").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError) as err:
+                if number == len(lines):
+                    break
+                raise ExaugError(f"{self.metrics}: line {number} is damaged ({err}); delete it to resume") from err
+            if step <= self.start:
+                rows.append(line)
         text = "".join(line + "\n" for line in rows)
         atomic_write(self.metrics, lambda handle: handle.write(text.encode()))
 
@@ -223,8 +242,7 @@ class TrainingRun:
         save_png(sheet, self.run_dir / "samples" / f"step-{step:07d}.png")
         predicted = generator.estimate_expressions(self.val_faces).argmax(dim=1)
         accuracy = float((predicted == self.val_labels).float().mean()) if len(predicted) else float("nan")
-        with self.metrics.open("a") as handle:
-            handle.write(json.dumps({"step": step, "val_source_accuracy": round(accuracy, 4)}) + "\n")
+        self._append_metrics({"step": step, "val_source_accuracy": round(accuracy, 4)})
 
     def _save(self, step: int) -> Path:
         """Rank 0 writes the checkpoint pair, then the pointer, then prunes; everyone waits for it."""

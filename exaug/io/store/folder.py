@@ -4,6 +4,7 @@ and ``exaug.json`` (run key, attrs, extra-column shapes; it also marks a folder 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,8 @@ from exaug.io.store.table import FaceTable, index_names, size_from_attrs
 FOLDER_PARTS = ".exaug-parts"
 FOLDER_INFO = "exaug.json"
 MANIFEST_COLUMNS = ("path", "identity", "expression", "synthetic", "source", "face")
+_OWN_FILES = frozenset({FOLDER_INFO, "manifest.csv", "failures.csv"})  # identity folders must not take these
+_NAME_BYTES = 160  # a stem or folder this long, plus "-N_fN_<expression>.png" and ".<...>.tmp", fits in 255
 
 
 def manifest_cell(values: np.ndarray) -> list[str]:
@@ -71,8 +74,19 @@ def _folder_name(identity: str, expression: int) -> str:
     """An identity as one safe path component; no identity files faces under their expression."""
     if not identity:
         return label_name(expression) or "_unknown"
-    name = identity.replace("/", "_").replace("\\", "_")
-    return "_" + name if name.startswith(".") else name  # never hidden, never "..", never the parts folder
+    name = _fitting(identity.replace("/", "_").replace("\\", "_"))
+    # never hidden, never "..", never the parts folder, never one of the table's own files
+    return "_" + name if name.startswith(".") or name in _OWN_FILES else name
+
+
+def _fitting(name: str) -> str:
+    """``name`` when it fits a file name with what exaug adds to it; else its start and a hash of
+    the whole, the same on every run (so a resumed run picks the same name)."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= _NAME_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    return encoded[:_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore") + "~" + digest
 
 
 def png_paths(rows: FaceRows, taken: set[str]) -> list[str]:
@@ -81,7 +95,7 @@ def png_paths(rows: FaceRows, taken: set[str]) -> list[str]:
     paths = []
     for identity, source, face, expression, synthetic in zip(rows.identity, rows.source, rows.face.tolist(),
                                                               rows.expression.tolist(), rows.synthetic.tolist()):
-        folder, stem = _folder_name(identity, expression), PurePosixPath(source).stem
+        folder, stem = _folder_name(identity, expression), _fitting(PurePosixPath(source).stem)
         suffix = EXPRESSIONS[expression] if synthetic else "original"
         path, copy = f"{folder}/{stem}_f{face}_{suffix}.png", 1
         while path in taken:

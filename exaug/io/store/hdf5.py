@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from exaug.errors import InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import replacing
 from exaug.io.store.image_columns import H5Images
@@ -24,6 +27,22 @@ _STRING = h5py.string_dtype()
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 _CHUNK_BYTES = 256 * 1024  # small enough that reading one random face decompresses little
 _COPY_ROWS = 256  # rows held in memory at a time while consolidating
+
+
+@contextmanager
+def writing_h5(path: Path) -> Iterator[h5py.File]:
+    """A new HDF5 file that replaces ``path`` whole (:func:`~exaug.io.atomic.replacing`). HDF5
+    reports a failed write (a full disk) as a RuntimeError when the file closes; it is raised as
+    the OSError it is, which ``replacing`` turns into one line naming ``path``."""
+    with replacing(path) as temporary:
+        try:
+            with h5py.File(temporary, "w") as h5:
+                yield h5
+        except RuntimeError as err:
+            code = re.search(r"errno = (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from err
 
 
 def write_strings(h5: h5py.File, name: str, strings: Sequence[str]) -> None:
@@ -81,8 +100,32 @@ def write_columns(h5: h5py.File, table: FaceTable, *, compress: bool) -> None:
     write_strings(h5, "failure_reasons", [reason for _, reason in table.failures])
 
 
+def check_contained(h5: h5py.File, path: Path) -> None:
+    """Refuse a table whose data lives outside it. External storage, external links and virtual
+    datasets let an HDF5 file name any local file, whose bytes reading would then copy into an
+    output. The one exception is exaug's own unfinished master: images virtual over its parts."""
+    parts = path.parent.resolve() / f"{path.name}.parts"
+    for name in h5:
+        link = h5.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise InputError(f"{path}: {name!r} links to another file ({link.filename}); exaug reads only "
+                             "self-contained tables")
+        dataset = h5[name]
+        if not isinstance(dataset, h5py.Dataset):
+            continue
+        if dataset.external:
+            raise InputError(f"{path}: {name!r} is stored in other files ({dataset.external[0][0]}); exaug reads "
+                             "only self-contained tables")
+        if dataset.is_virtual and not (name == "images" and all(
+                (path.parent / source.file_name).resolve().parent == parts and source.dset_name.strip("/") == "images"
+                for source in dataset.virtual_sources())):
+            raise InputError(f"{path}: {name!r} is a virtual dataset over other files; exaug reads only "
+                             "self-contained tables (and its own unfinished outputs)")
+
+
 def read_h5_table(path: Path) -> FaceTable:
     with h5py.File(path, "r") as h5:
+        check_contained(h5, path)
         attrs, run_key = read_header(h5)
         return FaceTable(
             identities=read_strings(h5, "identities"), identity_index=h5["identity"][()],
@@ -106,7 +149,7 @@ def write_final(path: Path, tables: Sequence[FaceTable], attrs: dict[str, Any], 
     """One self-contained, compressed file holding ``tables`` in order: consolidation and merge."""
     joined = concat_tables(tables)
     shape = (len(joined), *_image_size(tables, attrs), 3)
-    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
         write_columns(h5, joined, compress=True)
         images = h5.create_dataset("images", shape=shape, dtype=np.uint8, **_chunked(shape, np.uint8))
@@ -123,7 +166,7 @@ def write_master(path: Path, ledger: FaceTable, parts: Sequence[tuple[Path, int]
     """The visible output of an unfinished HDF5 run: real small columns, ``images`` a virtual dataset
     over the part files (relative paths, so it opens from any working directory)."""
     shape = (len(ledger), *size, 3)
-    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
         write_columns(h5, ledger, compress=False)
         if not len(ledger):

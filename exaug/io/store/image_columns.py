@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import h5py
 import numpy as np
 from PIL import Image
+
+from exaug.errors import InputError
 
 
 class ImageColumn(ABC):
@@ -64,11 +66,14 @@ class H5Images(ImageColumn):
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return self._empty()
-        dataset = self._dataset()
-        if (np.diff(rows) == 1).all():
-            return dataset[rows[0]:rows[-1] + 1]
-        unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
-        return dataset[unique][inverse]
+        try:
+            dataset = self._dataset()
+            if (np.diff(rows) == 1).all():
+                return dataset[rows[0]:rows[-1] + 1]
+            unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
+            return dataset[unique][inverse]
+        except (OSError, RuntimeError) as err:  # a truncated or damaged file
+            raise InputError(f"{self.path}: cannot read its images (damaged or truncated?): {err}") from err
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
@@ -80,16 +85,18 @@ class H5Images(ImageColumn):
 
 
 class PngImages(ImageColumn):
-    """PNGs of a folder table, listed by the manifest."""
+    """PNGs of a folder table, listed by the manifest; only files inside the folder are read (a
+    manifest naming ``../secret`` or a link out of the folder is refused)."""
 
     def __init__(self, root: Path, paths: list[str], size: tuple[int, int] | None):
         super().__init__(len(paths))
         self.root = root
         self.paths = paths
-        if paths:
-            with Image.open(root / paths[0]) as first:
-                size = (first.height, first.width)
-        self.size = size
+        for path in paths:
+            relative = PurePosixPath(path)
+            if relative.is_absolute() or ".." in relative.parts:
+                raise InputError(f"{root / 'manifest.csv'}: the path {path!r} leaves the folder")
+        self.size = self._load(0).shape[:2] if paths else size
 
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
@@ -97,6 +104,9 @@ class PngImages(ImageColumn):
         return np.stack([self._load(row) for row in rows])
 
     def _load(self, row: int) -> np.ndarray:
-        with Image.open(self.root / self.paths[row]) as image:
+        file = self.root / self.paths[row]
+        if not file.resolve().is_relative_to(self.root.resolve()):
+            raise InputError(f"{file}: links out of {self.root}; exaug reads only the folder's own images")
+        with Image.open(file) as image:
             return np.asarray(image.convert("RGB"))
 

@@ -17,8 +17,9 @@ import h5py
 
 from exaug.errors import ExaugError
 from exaug.io.atomic import replacing
-from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings
-from exaug.io.store.reading import read_faces
+from exaug.io.outputs import OutputLock
+from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings, writing_h5
+from exaug.io.store.reading import parts_folder, read_faces
 from exaug.io.store.rows import FaceRows, check_same_extras
 from exaug.io.store.table import FaceTable, concat_tables, rows_table
 
@@ -27,7 +28,9 @@ class FaceWriter(ABC):
     """Commits parts and republishes the visible output after each (see the module docstring).
 
     Leaving a ``with`` block normally finishes the output; leaving it by an exception keeps the
-    parts, so the next run with the same run key resumes where this one stopped."""
+    parts, so the next run with the same run key resumes where this one stopped. From opening to
+    finishing, the writer holds the output's lock (:class:`~exaug.io.outputs.OutputLock`): a second
+    writer of the same output is refused instead of deleting parts under the first."""
 
     def __init__(self, output: Path, *, run_key: dict[str, Any], attrs: dict[str, Any], overwrite: bool):
         if reserved := set(RESERVED_ATTRS).intersection(attrs):
@@ -41,15 +44,21 @@ class FaceWriter(ABC):
         self._size: tuple[int, int] | None = None  # (height, width) of the committed faces
         self._finished: FaceTable | None = None  # this run key's finished output, until commit adopts it
         self._closed = False
-        if overwrite:
-            self._remove_output()
-        self._remove_leftovers()
-        self._open_existing()
+        self._lock = OutputLock(output)
+        try:
+            if overwrite:
+                self._check_ours()
+                self._remove_output()
+            self._remove_leftovers()
+            self._open_existing()
+        except BaseException:
+            self._lock.release()
+            raise
 
     @property
-    @abstractmethod
     def parts_dir(self) -> Path:
         """Where parts and run.json live until finish()."""
+        return parts_folder(self.output)
 
     @property
     def done_sources(self) -> set[str]:
@@ -62,6 +71,8 @@ class FaceWriter(ABC):
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.finish()
+        else:
+            self._lock.release()
 
     def commit(self, rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]] = ()) -> None:
         """Atomically add ``rows`` and mark ``done`` complete; a failed source counts as done too.
@@ -83,11 +94,14 @@ class FaceWriter(ABC):
         time, nor to an output this run key had already finished."""
         if self._closed:
             return
-        if self._finished is None:
-            self._finalize()
-            remove_tree(self.parts_dir)
-        else:
-            self._finished.close()
+        try:
+            if self._finished is None:
+                self._finalize()
+                remove_tree(self.parts_dir)
+            else:
+                self._finished.close()
+        finally:
+            self._lock.release()
         self._closed = True
 
     # -- opening
@@ -113,12 +127,27 @@ class FaceWriter(ABC):
             reason = f"{how} different settings ({', '.join(differing)})"
         raise ExaugError(f"{self.output} {reason}; pass --overwrite to replace it, or choose another output")
 
+    def _check_ours(self) -> None:
+        """``overwrite`` deletes only what exaug wrote: an output with exaug's run key, and a parts
+        folder holding run.json (or nothing but exaug's temporaries)."""
+        parts_ours = (self.parts_dir / "run.json").is_file()
+        if self._output_exists() and not parts_ours and self._existing_run_key() is None:
+            raise ExaugError(f"{self.output} exists and was not written by exaug; --overwrite will not delete it")
+        if self.parts_dir.is_dir() and not parts_ours and any(not is_temporary(path)
+                                                              for path in self.parts_dir.iterdir()):
+            raise ExaugError(f"{self.parts_dir} holds files exaug did not write; --overwrite will not delete it")
+
     def _remove_leftovers(self) -> None:
-        """Temporary files and half-deleted folders of a run that was killed."""
+        """Temporary files of a run that was killed, and its parts folder if it was killed before
+        its first part (then the folder is empty; one holding anything else is not exaug's)."""
         for leftover in self._leftovers():
             leftover.unlink(missing_ok=True)
-        if not (self.parts_dir / "run.json").exists():
-            remove_tree(self.parts_dir)  # killed while starting: it holds no part
+        if self.parts_dir.is_dir() and not (self.parts_dir / "run.json").exists():
+            try:
+                self.parts_dir.rmdir()
+            except OSError:
+                raise ExaugError(f"{self.parts_dir} holds files exaug did not write; move them away or "
+                                 "choose another output") from None
 
     def _load_parts(self) -> None:
         parts = sorted(self.parts_dir.glob("part-*.h5"), key=lambda part: int(part.stem.split("-")[1]))
@@ -162,7 +191,7 @@ class FaceWriter(ABC):
     def _append_part(self, table: FaceTable, store_images: Callable[[h5py.File], None]) -> None:
         self._start_parts()
         part = self.parts_dir / f"part-{len(self._parts):05d}.h5"
-        with replacing(part) as temporary, h5py.File(temporary, "w") as h5:
+        with writing_h5(part) as h5:
             write_columns(h5, table, compress=False)
             write_strings(h5, "done_sources", table.completed_sources())
             if table.paths is not None:
@@ -212,6 +241,11 @@ class FaceWriter(ABC):
     @abstractmethod
     def _finalize(self) -> None:
         """Write the final output from the parts."""
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary file of :func:`~exaug.io.atomic.replacing` (``.<name>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def remove_tree(folder: Path) -> None:

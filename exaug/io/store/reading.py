@@ -9,9 +9,21 @@ from pathlib import Path
 import h5py
 
 from exaug.errors import ExaugError, InputError
-from exaug.io.store.folder import FOLDER_INFO, read_folder_table
+from exaug.io.outputs import OutputLock, check_not_input
+from exaug.io.store.folder import FOLDER_INFO, FOLDER_PARTS, read_folder_table
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, write_final
 from exaug.io.store.table import FaceTable
+
+
+def parts_folder(output: Path) -> Path:
+    """Where a writer of ``output`` keeps its parts (and run.json) until it finishes."""
+    return output / FOLDER_PARTS if output.suffix.lower() not in HDF5_SUFFIXES else \
+        output.with_name(output.name + ".parts")
+
+
+def is_unfinished(output: Path) -> bool:
+    """Whether ``output`` is a run that was stopped before it finished (its parts are still there)."""
+    return (parts_folder(output) / "run.json").is_file()
 
 
 def is_face_table(path: Path | str) -> bool:
@@ -30,9 +42,12 @@ def read_faces(path: Path | str) -> FaceTable:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if not is_face_table(path):
-        raise InputError(f"{path}: not a face table written by exaug (an .h5 file or a folder with manifest.csv)")
-    return read_folder_table(path) if path.is_dir() else read_h5_table(path)
+    try:
+        if not is_face_table(path):
+            raise InputError(f"{path}: not a face table written by exaug (an .h5 file or a folder with manifest.csv)")
+        return read_folder_table(path) if path.is_dir() else read_h5_table(path)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:  # h5py's and csv's ways of saying "damaged"
+        raise InputError(f"{path}: damaged or truncated face table ({err})") from err
 
 
 def merge(parts: Sequence[Path | str], output: Path | str) -> None:
@@ -44,8 +59,22 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
         raise ExaugError(f"{output}: merge writes HDF5; name the output .h5 or .hdf5")
     if not parts:
         raise ExaugError("merge: no inputs given")
-    tables = [read_faces(part) for part in parts]
+    seen: dict[tuple[int, int], Path] = {}
+    for part in map(Path, parts):
+        if not part.exists():
+            continue  # read_faces says so
+        check_not_input(part, output)
+        if is_unfinished(part):
+            raise ExaugError(f"{part}: unfinished (its run was stopped); run its command again to finish it, "
+                             "then merge")
+        inode = (part.stat().st_dev, part.stat().st_ino)
+        if inode in seen:
+            raise ExaugError(f"{part}: given twice (as {seen[inode]}); merge each part once")
+        seen[inode] = part
+    lock = OutputLock(output)
+    tables = []
     try:
+        tables += [read_faces(part) for part in parts]
         _check_mergeable(parts, tables)
         attrs = {**tables[0].attrs, "merged_from": [str(part) for part in parts]}
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -53,12 +82,21 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
     finally:
         for table in tables:
             table.close()
+        lock.release()
 
 
 def _check_mergeable(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -> None:
-    """Faces from different models or of different sizes would make one table that lies."""
+    """Faces from different models, of different sizes or with other target expressions would make
+    one table that lies; one run's output twice (a copy of a shard) would repeat its rows."""
+    for number, table in enumerate(tables):
+        done, input_path = set(table.completed_sources()), (table.run_key or {}).get("input")
+        for other, earlier in zip(parts, tables[:number]):
+            if (earlier.run_key or {}).get("input") == input_path and (both := done & set(earlier.completed_sources())):
+                raise ExaugError(f"{parts[number]}: holds sources {other} holds too ({sorted(both)[0]}, ...); "
+                                 "is it the same shard twice? merge each part once")
     for what, values in (("model_hash", [table.attrs.get("model_hash") for table in tables]),
-                         ("image size", [table.image_size for table in tables])):
+                         ("image size", [table.image_size for table in tables]),
+                         ("--emotion list", [(table.run_key or {}).get("expressions") for table in tables])):
         if len({json.dumps(value) for value in values}) > 1:
             listing = ", ".join(f"{part} has {value}" for part, value in zip(parts, values))
             raise ExaugError(f"cannot merge outputs whose {what} differs: {listing}")

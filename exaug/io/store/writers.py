@@ -27,10 +27,6 @@ _PNG_THREADS = 8
 class H5Writer(FaceWriter):
     """Parts hold the images; the output is a master over them until one consolidated file."""
 
-    @property
-    def parts_dir(self) -> Path:
-        return self.output.with_name(self.output.name + ".parts")
-
     def _output_exists(self) -> bool:
         return self.output.exists()
 
@@ -77,10 +73,6 @@ class H5Writer(FaceWriter):
 class FolderWriter(FaceWriter):
     """PNGs go straight to their final place; parts hold the metadata; manifest.csv lists them."""
 
-    @property
-    def parts_dir(self) -> Path:
-        return self.output / FOLDER_PARTS
-
     def _output_exists(self) -> bool:
         return self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir()))
 
@@ -89,8 +81,6 @@ class FolderWriter(FaceWriter):
         return json.loads(info.read_text()).get("run_key") if info.is_file() else None
 
     def _remove_output(self) -> None:
-        if self._output_exists() and not (self.output / FOLDER_INFO).is_file() and not self.parts_dir.is_dir():
-            raise ExaugError(f"{self.output} exists and was not written by exaug; --overwrite will not delete it")
         remove_tree(self.output)
 
     def _leftovers(self) -> list[Path]:

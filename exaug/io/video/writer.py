@@ -13,6 +13,7 @@ import numpy as np
 
 from exaug.errors import ExaugError
 from exaug.io.atomic import Replacement
+from exaug.io.outputs import OutputLock
 from exaug.io.video.reading import VideoInfo, ffmpeg_reason
 
 # AVColorSpace values swscale converts with (BT.709, FCC, BT.470BG, SMPTE 170M/240M, BT.2020).
@@ -41,7 +42,8 @@ class VideoWriter:
     The file is written to a hidden ``.<name>.tmp<suffix>`` beside the target and fsynced and
     renamed onto it (:class:`exaug.io.atomic.Replacement`) only when the ``with`` block ends
     normally, so an error, Ctrl-C or a power cut never leaves a half-written video where the user
-    expects a finished one.
+    expects a finished one. The writer holds the target's :class:`~exaug.io.outputs.OutputLock`
+    meanwhile, so the temporary is its own: one left by a killed run is overwritten and removed.
 
     Audio packets are copied unchanged (no re-encoding, no generation loss) and muxed as the video
     advances, each once the video has reached its timestamp, so the file stays interleaved and
@@ -61,6 +63,7 @@ class VideoWriter:
         self.copy_audio = copy_audio and source.audio_streams > 0
         self.frames_written = 0
         self._replacement: Replacement | None = None
+        self._lock: OutputLock | None = None
         self._output: av.container.OutputContainer | None = None
         self._audio_input: av.container.InputContainer | None = None
         self._audio_packets: Iterator[av.Packet] | None = None
@@ -83,10 +86,14 @@ class VideoWriter:
         """Create the temp file and its streams (done by ``with``; public for non-``with`` use)."""
         if not self.path.parent.is_dir():
             raise ExaugError(f"{self.path}: the output folder does not exist")
+        self._lock = OutputLock(self.path)
         # The suffix stays last so FFmpeg picks the container from it.
         self._replacement = Replacement(self.path, keep_suffix=True)
         try:
-            self._output = av.open(str(self._replacement.temporary), mode="w")
+            try:
+                self._output = av.open(str(self._replacement.temporary), mode="w")
+            except ValueError:
+                raise ExaugError(f"{self.path}: not a video file name FFmpeg knows (use .mp4, .mov or .mkv)") from None
             self._add_video_stream()
             if self.copy_audio:
                 self._add_audio_streams()
@@ -212,6 +219,7 @@ class VideoWriter:
             self.abort()
             raise ExaugError(f"{self.path}: cannot move the finished video into place ({exc.strerror})") from None
         self._replacement = None
+        self._release()
 
     def abort(self) -> None:
         """Drop everything written so far; the target is left as it was."""
@@ -226,6 +234,12 @@ class VideoWriter:
         if self._replacement is not None:
             self._replacement.discard()
             self._replacement = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _close_audio_input(self) -> None:
         if self._audio_input is not None:
