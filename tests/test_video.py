@@ -67,11 +67,13 @@ def mixed_clip(tmp_path_factory, video_clip) -> tuple[Path, list[bool]]:
     return path, faceless
 
 
-def test_frames_without_faces_pass_unchanged(mixed_clip, test_checkpoint, tmp_path):
+def test_frames_and_chunks_without_faces_pass_unchanged(mixed_clip, test_checkpoint, tmp_path):
     clip, faceless = mixed_clip
     output = tmp_path / "out.mp4"
     generator = ExpressionGenerator.load(test_checkpoint, "cpu")
-    summary = edit_video(clip, output, generator, VideoOptions(emotion="surprise", preset="veryfast"), show_progress=False)
+    # chunks of four: frames 4-7, the faceless ones, are a chunk with no face to render
+    summary = edit_video(clip, output, generator, VideoOptions(emotion="surprise", preset="veryfast", chunk_size=4),
+                         show_progress=False)
     assert [count == 0 for count in summary.faces_per_frame] == faceless
     before, after = all_frames(clip)[0], all_frames(output)[0]
     for index, empty in enumerate(faceless):

@@ -80,11 +80,13 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                 aligned = aligner.align(list(frames), faces)
                 edited = generator.generate(aligned.images, options.emotion, intensity=options.intensity)
             with timer("blend"):
-                canvas = frames.permute(0, 3, 1, 2).float()
-                for index in range(len(canvas)):
-                    mine = torch.from_numpy(aligned.image_index == index).to(device)
-                    paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask)
-                result = canvas.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                result = chunk.frames  # a chunk without faces passes through untouched
+                if len(aligned):
+                    canvas = frames.permute(0, 3, 1, 2).float()
+                    for index in range(len(canvas)):
+                        mine = torch.from_numpy(aligned.image_index == index).to(device)
+                        paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask)
+                    result = canvas.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 if options.side_by_side:
                     result = np.concatenate([chunk.frames, result], axis=2)
             with timer("encode"):
