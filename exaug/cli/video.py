@@ -12,6 +12,7 @@ from exaug.expressions import EXPRESSIONS, canonical_expression
 from exaug.faces.detect import DetectionOptions
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 from exaug.progress import console
 
@@ -26,6 +27,9 @@ def video_command(
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
     preset: str = typer.Option("medium", "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
+    start: str = typer.Option(None, "--start", help="Edit from this time on (seconds or [HH:]MM:SS.s; default: the start)."),
+    end: str = typer.Option(None, "--end", help="Edit up to this time (seconds or [HH:]MM:SS.s; default: the end)."),
+    ramp: float = typer.Option(0.0, "--ramp", min=0.0, help="Seconds over which the edit eases in after --start and out before --end."),
     chunk_size: int = typer.Option(16, "--chunk-size", help="Frames detected and generated together."),
     min_face_size: int = MIN_FACE_SIZE,
     threshold: float = THRESHOLD,
@@ -37,11 +41,13 @@ def video_command(
     target = canonical_expression(emotion)
     if target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
+    span = TimeSpan(None if start is None else parse_time(start, "--start"),
+                    None if end is None else parse_time(end, "--end"), ramp)
     generator = ExpressionGenerator.load(model_path(model), device.value)
     detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold,
                                  max_side=max_side)
     options = VideoOptions(emotion=target, intensity=intensity, detection=detection, crf=crf, preset=preset,
-                           side_by_side=side_by_side, chunk_size=chunk_size)
+                           side_by_side=side_by_side, chunk_size=chunk_size, span=span)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
     console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "

@@ -6,6 +6,9 @@ so the edited face, then moves smoothly with the head instead of jittering with 
 face the detector misses for a frame or two is still edited (but not pasted into a shot it has
 left: each chunk is rendered after the next one is tracked). Edited faces go back through the
 inverse warp under a feathered mask (:mod:`exaug.faces.blend`); frames without faces pass through.
+With a time span (:mod:`exaug.pipelines.timespan`) only its frames are searched and edited; in its
+ramps both the intensity and the opacity of the pasted face follow the ease, so the re-rendered
+face fades in rather than popping in while the expression grows.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.faces.track import FaceTracker, TrackedFace, confirmed_faces
 from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
+from exaug.errors import ExaugError
 from exaug.pipelines.stages import StageTimer
+from exaug.pipelines.timespan import TimeSpan
 from exaug.progress import progress_bar
 
 STAGES = ("decode", "detect", "generate", "blend", "encode")
@@ -38,6 +43,7 @@ class VideoOptions:
     preset: str = "medium"
     side_by_side: bool = False
     chunk_size: int = 16
+    span: TimeSpan = field(default_factory=TimeSpan)
 
 
 @dataclass
@@ -60,6 +66,9 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     options = options or VideoOptions()
     input_path, output = Path(input_path), Path(output)
     info = probe(input_path)
+    span = options.span
+    if span.start is not None and info.duration and span.start >= info.duration:
+        raise ExaugError(f"{input_path}: --start {span.start:g} s is past the end of the video ({info.duration:.2f} s)")
     device = generator.device
     detector = options.detection.detector(device, options.chunk_size)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=device)
@@ -73,19 +82,24 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             progress_bar("frames", disable=not show_progress) as bar:
         task = bar.add_task("editing", total=info.frames or None, info="")
 
-        def render(chunk: FrameChunk, frames: torch.Tensor, tracked: list[list[TrackedFace]],
+        def render(chunk: FrameChunk, frames: torch.Tensor, weights: np.ndarray, tracked: list[list[TrackedFace]],
                    later: list[list[TrackedFace]]) -> None:
             with timer("generate"):
-                faces = [_tracked_landmarks(found) for found in confirmed_faces(tracked, later)]
+                faces = [_tracked_landmarks(found) if weight > 0 else ImageFaces.empty()
+                         for found, weight in zip(confirmed_faces(tracked, later), weights)]
                 aligned = aligner.align(list(frames), faces)
-                edited = generator.generate(aligned.images, options.emotion, intensity=options.intensity)
+                strength = weights[aligned.image_index]
+                intensity = (options.intensity if (strength == 1).all()
+                             else torch.from_numpy(options.intensity * strength).float())
+                edited = generator.generate(aligned.images, options.emotion, intensity=intensity)
             with timer("blend"):
                 result = chunk.frames  # a chunk without faces passes through untouched
                 if len(aligned):
                     canvas = frames.permute(0, 3, 1, 2).float()
                     for index in range(len(canvas)):
                         mine = torch.from_numpy(aligned.image_index == index).to(device)
-                        paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask)
+                        # a ramp fades the pasted face in too, so the re-rendered face does not pop in
+                        paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask * float(weights[index]))
                     result = canvas.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 if options.side_by_side:
                     result = np.concatenate([chunk.frames, result], axis=2)
@@ -99,13 +113,20 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
         # A chunk is rendered once the next one is tracked: whether a face the detector lost is
         # bridged or dropped depends on whether it is found again (see confirmed_faces).
         pending = None
+        first_time: float | None = None
         for chunk in timer.timed(read_frames(input_path, options.chunk_size), "decode"):
             frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
+            first_time = chunk.times[0] if first_time is None else first_time
+            weights = span.weights(chunk.times - first_time)
             with timer("detect"):
-                tracked = tracker.update_many(detector.detect(list(frames)), chunk.times)
+                found = [ImageFaces.empty()] * len(chunk)  # frames outside the span are not searched
+                active = np.flatnonzero(weights > 0)
+                for index, faces in zip(active, detector.detect([frames[i] for i in active])):
+                    found[index] = faces
+                tracked = tracker.update_many(found, chunk.times)
             if pending:
                 render(*pending, later=tracked)
-            pending = (chunk, frames, tracked)
+            pending = (chunk, frames, weights, tracked)
         if pending:
             render(*pending, later=[])
     summary.seconds = time.perf_counter() - started
