@@ -23,6 +23,7 @@ def align_command(
     max_side: int = MAX_SIDE,
     batch_size: int = typer.Option(16, help="Images detected together."),
     workers: int = typer.Option(4, help="Threads decoding images ahead of detection."),
+    mesh: bool = typer.Option(False, "--mesh", help="Also store each face's 468-point face mesh (dataset 'mesh', source pixels)."),
     device: DeviceChoice = DEVICE,
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
@@ -30,6 +31,6 @@ def align_command(
     """Detect and align every face under INPUT (5-point similarity alignment)."""
     detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold, max_side=max_side)
     options = AlignOptions(template=template.value, size=size, device=device.value, detection=detection,
-                           batch_size=batch_size, workers=workers)
+                           batch_size=batch_size, workers=workers, mesh=mesh)
     summary = align_dataset(input_path, output, options, overwrite=overwrite, command=command_line(), show_progress=not quiet)
     print_summary(summary)

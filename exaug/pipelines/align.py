@@ -17,6 +17,7 @@ from exaug import __version__
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
+from exaug.faces.mesh import MeshFitter
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows
 from exaug.pipelines.stages import FaceBatch, RunSummary, detect_and_align, load_batches, write_face_table
@@ -30,6 +31,7 @@ class AlignOptions:
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16
     workers: int = 4
+    mesh: bool = False  # also store each face's 468-point mesh (column "mesh", source pixels)
 
 
 def align_dataset(input_path: Path | str, output: Path | str, options: AlignOptions | None = None, *,
@@ -40,14 +42,15 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
     sources = discover_sources(input_path)
     detector = options.detection.detector(options.device, options.batch_size)
     aligner = FaceAligner(options.template, options.size, device=detector.device)
+    mesher = MeshFitter(device=detector.device) if options.mesh else None
     run_key = {"command": "align", "input": str(input_path.resolve()), "template": options.template,
-               "size": aligner.size, **asdict(options.detection)}
+               "size": aligner.size, **asdict(options.detection), **({"mesh": True} if options.mesh else {})}
     attrs = {"exaug_version": __version__, "template": options.template, "size": aligner.size,
              "expressions": list(EXPRESSIONS), "command": command}
 
     def batches_for(todo: list[Source]) -> Iterator[FaceBatch]:
         return detect_and_align(load_batches(todo, options.batch_size, options.workers,
-                                             pin_memory=detector.device.type == "cuda"), detector, aligner)
+                                             pin_memory=detector.device.type == "cuda"), detector, aligner, mesher)
 
     return write_face_table(output, sources, batches_for, face_rows, run_key=run_key, attrs=attrs,
                             overwrite=overwrite, description="aligning", show_progress=show_progress)
@@ -56,6 +59,7 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
 def face_rows(batch: FaceBatch) -> FaceRows:
     """The rows of one aligned batch: originals, with the detector's evidence as extra columns."""
     aligned = batch.aligned
+    meshes = {} if batch.meshes is None else {"mesh": batch.meshes.numpy().astype(np.float32)}
     sources = [batch.sources[i] for i in aligned.image_index]
     detections = [batch.detections[i] for i in aligned.image_index]
     return FaceRows(
@@ -70,5 +74,6 @@ def face_rows(batch: FaceBatch) -> FaceRows:
             "landmarks": np.array([d.landmarks[f] for d, f in zip(detections, aligned.face_index)],
                                   np.float32).reshape(-1, 5, 2),
             "transform": aligned.transforms.cpu().numpy().astype(np.float32),
+            **meshes,
         },
     )

@@ -24,6 +24,7 @@ import torch
 from exaug.errors import ImageLoadError
 from exaug.faces.align import AlignedFaces, FaceAligner
 from exaug.faces.detect import FaceDetector, ImageFaces
+from exaug.faces.mesh import MeshFitter
 from exaug.io.images import load_image
 from exaug.io.sources import Source
 from exaug.io.store import FaceRows, open_writer
@@ -78,10 +79,13 @@ class FaceBatch:
     aligned: AlignedFaces  # aligned.image_index indexes ``sources``
     detections: list[ImageFaces]  # per source (empty for failures)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    meshes: torch.Tensor | None = None  # (n, 468, 3) per aligned face, source pixels, when asked for
 
 
-def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetector, aligner: FaceAligner) -> Iterator[FaceBatch]:
-    """Detect faces in each decoded batch and align them; unreadable and faceless images become failures."""
+def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetector, aligner: FaceAligner,
+                     mesher: MeshFitter | None = None) -> Iterator[FaceBatch]:
+    """Detect faces in each decoded batch and align them (and mesh them, given a ``mesher``);
+    unreadable and faceless images become failures."""
     for batch in batches:
         readable = [item for item in batch if item.pixels is not None]
         detections = detector.detect([item.pixels for item in readable]) if readable else []
@@ -92,7 +96,8 @@ def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetecto
                      if item.pixels is not None and len(found) == 0]
         images = [item.pixels if item.pixels is not None else np.zeros((1, 1, 3), np.uint8) for item in batch]
         aligned = aligner.align(images, per_source)
-        yield FaceBatch([item.source for item in batch], aligned, per_source, failures)
+        meshes = mesher.fit(images, per_source).landmarks if mesher else None
+        yield FaceBatch([item.source for item in batch], aligned, per_source, failures, meshes)
 
 
 def in_background(items: Iterable[T], depth: int = 2) -> Iterator[T]:
