@@ -3,9 +3,10 @@
 For each clip (the shared 1080p clip; with ``--mjpeg`` also a 720x480 MJPEG/AVI clip made from it)
 and each device, this reports:
 
-* exaug's frames/s and its per-stage split (decode, detect, generate, blend, encode);
+* exaug's frames/s and its per-stage split (decode, detect, track, generate, blend, encode);
 * a plain PyAV decode + libx264 encode of the clip at the same crf and preset, and the ratio;
-* the faces edited, against the faces a per-frame MTCNN pass over the input finds (the reference);
+* the faces edited and the frames MTCNN ran on, against the faces a per-frame MTCNN pass over the
+  input finds (the reference);
 * face-region sharpness: the Laplacian energy of the output inside the reference face boxes over
   the input's (1.0 keeps all detail);
 * flicker: the mean frame-to-frame absolute change inside the face boxes, in grey levels, for the
@@ -142,7 +143,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
         report["model"] = described
         output = workdir / f"exaug_{device}.mp4"
         options = VideoOptions(emotion="happy", crf=args.crf, preset=args.preset, chunk_size=args.chunk_size,
-                               detection=detection)
+                               detection=detection, detect_every=args.detect_every)
         summary = edit_video(clip, output, generator, options, show_progress=False)
         report["results"][device] = {
             **machine(device),
@@ -151,6 +152,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
             "times_plain_transcode": round(plain["frames_per_s"] / max(summary.frames_per_second, 1e-9), 2),
             "faces_edited": summary.faces_edited,
             "frames_edited": sum(count > 0 for count in summary.faces_per_frame),
+            "frames_detected": summary.detections,
             "stage_seconds": {stage: round(summary.stage_seconds[stage], 2) for stage in STAGES},
             "stage_frames_per_s": {stage: round(summary.frames / max(summary.stage_seconds[stage], 1e-9), 2)
                                    for stage in STAGES},
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--preset", default="medium")
     parser.add_argument("--chunk-size", type=int, default=16)
     parser.add_argument("--max-side", type=int, default=DetectionOptions.max_side, help="detection resolution")
+    parser.add_argument("--detect-every", type=int, default=VideoOptions.detect_every)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench_video_"))
     clips = [args.clip]
@@ -179,7 +182,8 @@ def main() -> None:
         folder = workdir / str(number)
         folder.mkdir()
         reports.append(bench_clip(clip, args, folder))
-    print(json.dumps({"max_side": args.max_side, "crf": args.crf, "preset": args.preset, "clips": reports}, indent=2))
+    print(json.dumps({"max_side": args.max_side, "detect_every": args.detect_every, "crf": args.crf,
+                      "preset": args.preset, "clips": reports}, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ def video_command(
     start: str = typer.Option(None, "--start", help="Edit from this time on (seconds or [HH:]MM:SS.s; default: the start)."),
     end: str = typer.Option(None, "--end", help="Edit up to this time (seconds or [HH:]MM:SS.s; default: the end)."),
     ramp: float = typer.Option(0.0, "--ramp", min=0.0, help="Seconds over which the edit eases in after --start and out before --end."),
-    chunk_size: int = typer.Option(16, "--chunk-size", help="Frames detected and generated together."),
+    chunk_size: int = typer.Option(16, "--chunk-size", help="Frames generated and blended together."),
+    detect_every: int = typer.Option(10, "--detect-every", min=1,
+                                     help="Run face detection at least every N frames (new faces); "
+                                          "between, faces are followed with the face mesh."),
     min_face_size: int = MIN_FACE_SIZE,
     threshold: float = THRESHOLD,
     max_side: int = MAX_SIDE,
@@ -47,8 +50,10 @@ def video_command(
     detection = DetectionOptions(faces=faces.value, min_face_size=min_face_size, threshold=threshold,
                                  max_side=max_side)
     options = VideoOptions(emotion=target, intensity=intensity, detection=detection, crf=crf, preset=preset,
-                           side_by_side=side_by_side, chunk_size=chunk_size, span=span)
+                           side_by_side=side_by_side, chunk_size=chunk_size, span=span,
+                           detect_every=detect_every)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
     console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "
+                  f"detection on {summary.detections} frames, "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
