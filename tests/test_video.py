@@ -135,7 +135,8 @@ def test_start_end_and_ramp_edit_only_that_span(portrait_clip, test_checkpoint, 
     assert change[6] < change[9] and change[13] < change[10], "the edit eases in and out"
 
 
-@pytest.mark.parametrize("text, seconds", [("12.5", 12.5), ("01:02.5", 62.5), ("00:01:02.5", 62.5), ("1:00:00", 3600.0)])
+@pytest.mark.parametrize("text, seconds",
+                         [("12.5", 12.5), ("01:02.5", 62.5), ("00:01:02.5", 62.5), ("1:00:00", 3600.0)])
 def test_times_are_seconds_or_timestamps(text, seconds):
     assert parse_time(text, "--start") == seconds
 
