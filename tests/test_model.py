@@ -90,6 +90,19 @@ def test_generate_shape_dtype_device_and_errors(ck_faces):
         model.generate(ck_faces, ["happy", "sad"])
 
 
+def test_an_empty_batch_is_an_empty_answer(ck_faces):
+    """A video chunk with no face to render calls generate() with no faces: every form must work."""
+    model = _model()
+    empty = ck_faces[:0]
+    for out in (model.generate(empty, "happy"), model.generate(empty, []), model.generate(empty, torch.zeros(0)),
+                model.generate(empty, "happy", intensity=0.5),
+                model.generate(empty, "happy", intensity=torch.zeros(0)),
+                model.generate(empty, "sad", intensity=0.3, source_expressions="happy")):
+        assert out.shape == (0, 3, SIZE, SIZE) and out.dtype == torch.uint8
+    assert model.generate_all(empty, ["happy", "sad"]).shape == (0, 2, 3, SIZE, SIZE)
+    assert model.estimate_expressions(empty).shape == (0, 8)
+
+
 def test_generate_all_matches_one_expression_at_a_time(ck_faces):
     model = _model()
     model.max_batch = 5  # chunks that cut across faces and expressions

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exaug.io.video import probe
+from exaug.errors import ExaugError
+from exaug.io.video import VideoWriter, probe
 from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
-from videotools import all_frames, audio_packets, psnr
+from videotools import Shot, all_frames, audio_packets, photo_clip, psnr
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +69,13 @@ def mixed_clip(tmp_path_factory, video_clip) -> tuple[Path, list[bool]]:
     return path, faceless
 
 
-def test_frames_without_faces_pass_unchanged(mixed_clip, test_checkpoint, tmp_path):
+def test_frames_and_chunks_without_faces_pass_unchanged(mixed_clip, test_checkpoint, tmp_path):
     clip, faceless = mixed_clip
     output = tmp_path / "out.mp4"
     generator = ExpressionGenerator.load(test_checkpoint, "cpu")
-    summary = edit_video(clip, output, generator, VideoOptions(emotion="surprise", preset="veryfast"), show_progress=False)
+    # chunks of four: frames 4-7, the faceless ones, are a chunk with no face to render
+    summary = edit_video(clip, output, generator, VideoOptions(emotion="surprise", preset="veryfast", chunk_size=4),
+                         show_progress=False)
     assert [count == 0 for count in summary.faces_per_frame] == faceless
     before, after = all_frames(clip)[0], all_frames(output)[0]
     for index, empty in enumerate(faceless):
@@ -100,4 +104,64 @@ def test_bad_inputs_are_clear_errors(tmp_path, test_checkpoint, content, reason)
                              "--emotion", "happy", "--model", str(test_checkpoint)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and f"{bad}: {reason}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.fixture(scope="module")
+def portrait_clip(tmp_path_factory, people_dir) -> Path:
+    """20 frames (0.8 s at 25 fps) of a camera drifting over a real portrait: one face, 320x240."""
+    return photo_clip(tmp_path_factory.mktemp("portrait") / "portrait.mp4",
+                      [Shot(people_dir / "angelina_jolie" / "1.jpg", 20, (0.1, 0.05, 0.85), (0.15, 0.1, 0.75))])
+
+
+def test_start_end_and_ramp_edit_only_that_span(portrait_clip, test_checkpoint, tmp_path):
+    """Frames 5-14 are edited (0.2 s to 0.6 s) easing over 0.12 s; the rest equals a plain transcode."""
+    generator = ExpressionGenerator.load(test_checkpoint, "cpu")
+    output, plain = tmp_path / "span.mp4", tmp_path / "plain.mp4"
+    options = VideoOptions(emotion="happy", preset="veryfast", chunk_size=8, span=TimeSpan(0.2, 0.6, 0.12))
+    summary = edit_video(portrait_clip, output, generator, options, show_progress=False)
+    frames, pts = all_frames(portrait_clip)
+    with VideoWriter(plain, probe(portrait_clip), crf=options.crf, preset=options.preset) as writer:
+        writer.write(frames, pts)
+    edited, transcoded = all_frames(output)[0], all_frames(plain)[0]
+    change = [float(np.abs(a.astype(np.int16) - b).mean()) for a, b in zip(edited, transcoded)]
+    assert [count > 0 for count in summary.faces_per_frame] == [5 < i < 15 for i in range(20)], "weight 0 at 0.2 s"
+    for index in range(20):
+        codec_loss = psnr(transcoded[index], frames[index])  # about 39.5 dB at crf 18
+        quality = psnr(edited[index], frames[index])
+        if not 5 <= index < 15:  # as close to the input as a plain transcode is, and to that transcode
+            assert quality > codec_loss - 1.0 and psnr(edited[index], transcoded[index]) > 38.0, (index, quality)
+        elif 7 <= index <= 12:
+            assert quality < codec_loss - 8.0, (index, quality)
+    assert change[6] < change[9] and change[13] < change[10], "the edit eases in and out"
+
+
+@pytest.mark.parametrize("text, seconds",
+                         [("12.5", 12.5), ("01:02.5", 62.5), ("00:01:02.5", 62.5), ("1:00:00", 3600.0)])
+def test_times_are_seconds_or_timestamps(text, seconds):
+    assert parse_time(text, "--start") == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-1", "1:75", "1:60:00", "nan"])
+def test_bad_times_are_clear_errors(text):
+    with pytest.raises(ExaugError, match="--start: .* is not a time"):
+        parse_time(text, "--start")
+    with pytest.raises(ExaugError, match="must come after"):
+        TimeSpan(2.0, 1.0)
+
+
+def test_raised_cosine_ramp():
+    weights = TimeSpan(1.0, 3.0, 0.5).weights(np.array([0.9, 1.0, 1.25, 1.5, 2.0, 2.75, 3.0, 4.0]))
+    assert np.allclose(weights, [0, 0, 0.5, 1, 1, 0.5, 0, 0])
+    assert np.allclose(TimeSpan(end=1.0, ramp=0.5).weights(np.array([0.0, 0.75, 1.0])), [1, 0.5, 0]), \
+        "no ramp at an end the user did not set"
+
+
+@pytest.mark.parametrize("times, message", [(["--start", "1:75"], "--start: '1:75' is not a time"),
+                                            (["--start", "30"], "past the end of the video")])
+def test_bad_spans_are_one_line_errors(video_clip, tmp_path, test_checkpoint, times, message):
+    result = subprocess.run([sys.executable, "-m", "exaug", "video", str(video_clip), "-o", str(tmp_path / "out.mp4"),
+                             "--emotion", "happy", "--model", str(test_checkpoint), *times],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.mp4").exists()

@@ -1,11 +1,13 @@
-"""Measuring videos in tests: decoded frames, picture quality, and the audio packets as stored."""
+"""Videos in tests: clips made from the real photos, decoded frames, picture quality, audio packets as stored."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from exaug.io.video import read_frames
 
@@ -24,3 +26,35 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def audio_packets(path: Path) -> list[tuple[bytes, float]]:
     with av.open(str(path)) as container:
         return [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(audio=0) if p.size]
+
+
+@dataclass(frozen=True)
+class Shot:
+    """``frames`` frames of a photo seen through a window that pans from ``first`` to ``last``
+    (left, top, width as fractions of the photo's width, height, width; the window has the clip's
+    aspect ratio), like a camera moving over a still scene."""
+
+    photo: Path
+    frames: int
+    first: tuple[float, float, float]
+    last: tuple[float, float, float] | None = None
+
+
+def photo_clip(path: Path, shots: list[Shot], size: tuple[int, int] = (320, 240), fps: int = 25) -> Path:
+    """An H.264 clip (nearly lossless, no audio) of ``shots`` played one after another, hard cuts between."""
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "10", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for shot in shots:
+            photo = Image.open(shot.photo).convert("RGB")
+            last = shot.last or shot.first
+            for step in range(shot.frames):
+                t = step / max(shot.frames - 1, 1)
+                left, top, across = (a + (b - a) * t for a, b in zip(shot.first, last))
+                x0, y0, side = left * photo.width, top * photo.height, across * photo.width
+                box = (x0, y0, x0 + side, y0 + side * height / width)
+                image = photo.resize(size, Image.Resampling.BICUBIC, box=box, reducing_gap=2.0)
+                container.mux(stream.encode(av.VideoFrame.from_image(image)))
+        container.mux(stream.encode(None))
+    return path

@@ -12,6 +12,7 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 from exaug.progress import console
 
@@ -26,7 +27,16 @@ def video_command(
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
     preset: str = typer.Option("medium", "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
-    chunk_size: int = typer.Option(16, "--chunk-size", help="Frames detected and generated together."),
+    start: str = typer.Option(None, "--start", metavar="TIME",
+                              help="Edit from this time on (seconds or [HH:]MM:SS.s; default: the start)."),
+    end: str = typer.Option(None, "--end", metavar="TIME",
+                            help="Edit up to this time (seconds or [HH:]MM:SS.s; default: the end)."),
+    ramp: float = typer.Option(0.0, "--ramp", min=0.0,
+                               help="Seconds over which the edit eases in after --start and out before --end."),
+    chunk_size: int = typer.Option(16, "--chunk-size", help="Frames generated and blended together."),
+    detect_every: int = typer.Option(10, "--detect-every", min=1,
+                                     help="Run face detection at least every N frames (new faces); "
+                                          "between, faces are followed with the face mesh."),
     min_face_size: int = MIN_FACE_SIZE,
     threshold: float = THRESHOLD,
     max_side: int = MAX_SIDE,
@@ -37,11 +47,15 @@ def video_command(
     target = canonical_expression(emotion)
     if target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
+    span = TimeSpan(None if start is None else parse_time(start, "--start"),
+                    None if end is None else parse_time(end, "--end"), ramp)
     generator = ExpressionGenerator.load(model_path(model), device.value)
     options = VideoOptions(emotion=target, intensity=intensity,
-                           detection=detection_options(faces, min_face_size, threshold, max_side), crf=crf, preset=preset,
-                           side_by_side=side_by_side, chunk_size=chunk_size)
+                           detection=detection_options(faces, min_face_size, threshold, max_side), crf=crf,
+                           preset=preset, side_by_side=side_by_side, chunk_size=chunk_size, span=span,
+                           detect_every=detect_every)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
     console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "
+                  f"detection on {summary.detections} frames, "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)

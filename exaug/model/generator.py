@@ -131,8 +131,9 @@ class ExpressionGenerator:
         else:
             names = [spec] * n if isinstance(spec, str) else list(spec)
             try:
+                # dtype stated: an empty list would otherwise make a float tensor, which one_hot rejects
                 indices = torch.tensor([self.expressions.index(canonical_expression(name) or name) for name in names],
-                                       device=self.device)
+                                       dtype=torch.long, device=self.device)
             except ValueError:
                 known = ", ".join(self.expressions)
                 raise ValueError(f"unknown expression in {names}; this model knows {known}") from None
@@ -147,7 +148,7 @@ class ExpressionGenerator:
         count = len(self.expressions)
         target = F.one_hot(targets, count).float()
         t = torch.as_tensor(intensity, dtype=torch.float32, device=self.device)
-        if t.numel() not in (1, len(x)) or t.min() < 0 or t.max() > 1:
+        if t.numel() not in (1, len(x)) or (t.numel() and (t.min() < 0 or t.max() > 1)):
             raise ValueError("intensity must be in [0, 1]: one number, or one per face")
         if bool((t == 1).all()):
             return target

@@ -1,11 +1,14 @@
 """``exaug video``: the faces of every frame in another expression, pasted back, audio kept.
 
-Frames are processed in chunks so detection and generation run batched. Faces are tracked across
-frames and their landmarks smoothed (:mod:`exaug.faces.track`) before alignment: the transform, and
-so the edited face, then moves smoothly with the head instead of jittering with the detector, and a
-face the detector misses for a frame or two is still edited (but not pasted into a shot it has
-left: each chunk is rendered after the next one is tracked). Edited faces go back through the
-inverse warp under a feathered mask (:mod:`exaug.faces.blend`); frames without faces pass through.
+Faces are found by MTCNN on keyframes and followed between them by the face mesh, whose smoothed
+geometry gives each face's alignment (:mod:`exaug.faces.follow`): the transform, and so the edited
+face, moves smoothly with the head instead of jittering with a detector, at a fraction of the cost
+of detecting every frame. Frames are processed in chunks so generation and blending run batched.
+Edited faces go back through the inverse warp under a feathered mask (:mod:`exaug.faces.blend`);
+frames without faces pass through untouched. With a time span (:mod:`exaug.pipelines.timespan`)
+only its frames are searched and edited; in its ramps both the intensity and the opacity of the
+pasted face follow the ease, so the re-rendered face fades in rather than popping in while the
+expression grows.
 """
 
 from __future__ import annotations
@@ -17,17 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exaug.errors import ExaugError
 from exaug.faces.align import FaceAligner
 from exaug.faces.blend import feather_mask, paste_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
-from exaug.faces.track import FaceTracker, TrackedFace, confirmed_faces
+from exaug.faces.follow import FaceFollower, FollowOptions
+from exaug.faces.mesh import FaceMesh
+from exaug.faces.track import TrackedFace
 from exaug.io.outputs import check_not_input
 from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.stages import StageTimer
+from exaug.pipelines.timespan import TimeSpan
 from exaug.progress import progress_bar
 
-STAGES = ("decode", "detect", "generate", "blend", "encode")
+STAGES = ("decode", "detect", "track", "generate", "blend", "encode")
 
 
 @dataclass
@@ -39,6 +46,8 @@ class VideoOptions:
     preset: str = "medium"
     side_by_side: bool = False
     chunk_size: int = 16
+    span: TimeSpan = field(default_factory=TimeSpan)
+    detect_every: int = 10
 
 
 @dataclass
@@ -47,6 +56,7 @@ class VideoSummary:
     frames: int = 0
     faces_edited: int = 0
     faces_per_frame: list[int] = field(default_factory=list)
+    detections: int = 0  # frames MTCNN ran on
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -57,17 +67,21 @@ class VideoSummary:
 
 def edit_video(input_path: Path | str, output: Path | str, generator: ExpressionGenerator,
                options: VideoOptions | None = None, *, show_progress: bool = True) -> VideoSummary:
-    """Write ``output``: ``input_path`` with every tracked face in ``options.emotion``."""
+    """Write ``output``: ``input_path`` with every face in ``options.emotion``."""
     options = options or VideoOptions()
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
     info = probe(input_path)
+    span = options.span
+    if span.start is not None and info.duration and span.start >= info.duration:
+        raise ExaugError(f"{input_path}: --start {span.start:g} s is past the end of the video ({info.duration:.2f} s)")
     device = generator.device
-    detector = options.detection.detector(device, options.chunk_size)
-    aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=device)
-    tracker = FaceTracker(fps=float(info.fps) if info.fps else 25.0)
-    mask = feather_mask(aligner.size, device)
     timer = StageTimer(device)
+    follower = FaceFollower(options.detection.detector(device, 1), FaceMesh(),
+                            FollowOptions(detect_every=options.detect_every),
+                            fps=float(info.fps) if info.fps else 25.0, timer=timer)
+    aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=device)
+    mask = feather_mask(aligner.size, device)
     summary = VideoSummary(output)
     started = time.perf_counter()
     width = 2 * info.width if options.side_by_side else info.width
@@ -75,18 +89,23 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             progress_bar("frames", disable=not show_progress) as bar:
         task = bar.add_task("editing", total=info.frames or None, info="")
 
-        def render(chunk: FrameChunk, frames: torch.Tensor, tracked: list[list[TrackedFace]],
-                   later: list[list[TrackedFace]]) -> None:
+        def render(chunk: FrameChunk, frames: torch.Tensor, weights: np.ndarray,
+                   tracked: list[list[TrackedFace]]) -> None:
             with timer("generate"):
-                faces = [_tracked_landmarks(found) for found in confirmed_faces(tracked, later)]
-                aligned = aligner.align(list(frames), faces)
-                edited = generator.generate(aligned.images, options.emotion, intensity=options.intensity)
+                aligned = aligner.align(list(frames), [_tracked_landmarks(found) for found in tracked])
+                strength = weights[aligned.image_index]
+                intensity = (options.intensity if (strength == 1).all()
+                             else torch.from_numpy(options.intensity * strength).float())
+                edited = generator.generate(aligned.images, options.emotion, intensity=intensity)
             with timer("blend"):
-                canvas = frames.permute(0, 3, 1, 2).float()
-                for index in range(len(canvas)):
-                    mine = torch.from_numpy(aligned.image_index == index).to(device)
-                    paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask)
-                result = canvas.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                result = chunk.frames  # a chunk without faces passes through untouched
+                if len(aligned):
+                    canvas = frames.permute(0, 3, 1, 2).float()
+                    for index in range(len(canvas)):
+                        mine = torch.from_numpy(aligned.image_index == index).to(device)
+                        # a ramp fades the pasted face in too, so the re-rendered face does not pop in
+                        paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask * float(weights[index]))
+                    result = canvas.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 if options.side_by_side:
                     result = np.concatenate([chunk.frames, result], axis=2)
             with timer("encode"):
@@ -96,19 +115,18 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             summary.faces_per_frame += np.bincount(aligned.image_index, minlength=len(chunk)).tolist()
             bar.update(task, advance=len(chunk), info=f"{summary.faces_edited} faces")
 
-        # A chunk is rendered once the next one is tracked: whether a face the detector lost is
-        # bridged or dropped depends on whether it is found again (see confirmed_faces).
-        pending = None
+        first_time: float | None = None
         for chunk in timer.timed(read_frames(input_path, options.chunk_size), "decode"):
             frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
-            with timer("detect"):
-                tracked = tracker.update_many(detector.detect(list(frames)), chunk.times)
-            if pending:
-                render(*pending, later=tracked)
-            pending = (chunk, frames, tracked)
-        if pending:
-            render(*pending, later=[])
+            first_time = chunk.times[0] if first_time is None else first_time
+            weights = span.weights(chunk.times - first_time)
+            active = np.flatnonzero(weights > 0)  # frames outside the span are not searched
+            tracked: list[list[TrackedFace]] = [[] for _ in range(len(chunk))]
+            for index, faces in zip(active, follower.update_many(frames[active], chunk.times[active])):
+                tracked[index] = faces
+            render(chunk, frames, weights, tracked)
     summary.seconds = time.perf_counter() - started
+    summary.detections = follower.detections
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
     return summary
 

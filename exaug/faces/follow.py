@@ -1,0 +1,252 @@
+"""Follow faces through a video by their geometry: MTCNN on keyframes, the face mesh in between.
+
+MTCNN on every frame was most of ``exaug video``'s time (31 of 43 s on a 720x480 clip) and its five
+points jitter by a pixel or two. A face seen in one frame is almost where it was in the next, so
+between keyframes each face is followed by running the 468-point face mesh on a crop around where
+its mesh was: a batch of small 192-pixel crops costs a fraction of a detection pass, and the mesh's
+face score says when the crop no longer holds the face.
+
+MTCNN still decides which faces there are, so the faces edited are the ones per-frame detection
+finds. It runs on the first frame, every ``detect_every`` frames (to pick up faces that walked in),
+at a scene cut (a cheap test: the mean change of a grey thumbnail; tracks do not survive a cut),
+whenever a mesh loses its face (score below ``min_score``), and on the frame after a detection
+that missed a face the mesh still holds: a face missed by ``max_misses`` detections in a row is
+dropped, so a single miss does not switch the edit off for ``detect_every`` frames.
+
+Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
+five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
+neither jitters nor lags. A face the mesh cannot fit (a profile, a tiny face) is carried by its
+detections instead: the last mesh is moved by the similarity that takes its five points onto
+MTCNN's, so one filter state serves both sources.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exaug.faces.align import apply_affine, estimate_similarity, invert_affine, warp_faces
+from exaug.faces.detect import FaceDetector, ImageFaces
+from exaug.faces.mesh import INPUT_SIZE, FaceMesh, MeshFitter, five_points, to_source
+from exaug.faces.track import OneEuroFilter, TrackedFace, box_iou, match_boxes
+
+EYE_CORNERS = (33, 263)  # outer eye corners (image left, image right): the crop's roll
+_LUMA = (0.299, 0.587, 0.114)
+Timer = Callable[[str], AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    detect_every: int = 10  # frames between detection passes at the most (1: every frame)
+    min_score: float = 0.5  # mesh face score under which a track is lost
+    cut_threshold: float = 30.0  # grey levels of mean thumbnail change that make a scene cut
+    crop_scale: float = 1.5  # the mesh's crop: the mesh's bounding box enlarged this much, eyes level
+    max_misses: int = 2  # detection passes in a row that may miss a face the mesh still holds
+    iou_threshold: float = 0.3  # box overlap for a detection to be a tracked face
+    drift: float = 0.5  # mean distance of a tracked face's five points from its detection's, in
+    # eye distances, beyond which the mesh is refitted from the detection (bounds tracking drift)
+
+
+@dataclass
+class _Track:
+    track_id: int
+    filter: OneEuroFilter
+    raw: np.ndarray  # (468, 3) the latest observed mesh: where to crop next
+    smoothed: np.ndarray  # (468, 2)
+    score: float = 0.0
+    misses: int = 0
+
+
+def mesh_box(mesh: np.ndarray) -> np.ndarray:
+    """(x0, y0, x1, y1) of a mesh's points (the face from brow to chin, ear to ear)."""
+    xy = mesh[..., :2]
+    return np.concatenate([xy.min(-2), xy.max(-2)], -1)
+
+
+def crop_transforms(meshes: torch.Tensor, scale: float, size: int = INPUT_SIZE) -> torch.Tensor:
+    """(n, 2, 3) source->crop similarities for the mesh: its bounding box enlarged ``scale`` times,
+    centred, turned so the eyes are level (the crop MediaPipe tracks with)."""
+    xy = meshes[..., :2].double()
+    low, high = xy.amin(1), xy.amax(1)
+    centre, side = (low + high) / 2, (high - low).amax(1) * scale
+    eyes = xy[:, EYE_CORNERS[1]] - xy[:, EYE_CORNERS[0]]
+    angle = -torch.atan2(eyes[:, 1], eyes[:, 0])
+    zoom = size / side.clamp_min(1.0)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    linear = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shift = (size - 1) / 2 - (linear @ centre[..., None])[..., 0]
+    return torch.cat([linear, shift[..., None]], -1).float()
+
+
+def _onto(mesh: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``mesh`` moved by the similarity that best takes its five points onto ``points``."""
+    source = five_points(torch.from_numpy(mesh[None, :, :2]).double())
+    transform = estimate_similarity(source, torch.from_numpy(points).double()).double()
+    moved = apply_affine(transform, torch.from_numpy(mesh[None, :, :2]).double())[0].numpy()
+    return np.concatenate([moved, mesh[:, 2:] * math.sqrt(abs(float(torch.det(transform[0, :, :2]))))], 1)
+
+
+def _crops(frame: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
+    """The mesh's (n, 3, 192, 192) float crops from an (H, W, 3) uint8 frame. Each face is cut from
+    its own small region: converting a whole 1080p frame to float costs more than meshing a face."""
+    height, width = frame.shape[:2]
+    corners = torch.tensor([[-1.0, -1.0], [INPUT_SIZE, -1.0], [-1.0, INPUT_SIZE], [INPUT_SIZE, INPUT_SIZE]],
+                           device=transforms.device)
+    footprints = apply_affine(invert_affine(transforms), corners.expand(len(transforms), 4, 2))
+    crops = []
+    for transform, footprint in zip(transforms, footprints):
+        x0, y0 = (max(0, int(v) - 1) for v in footprint.amin(0).tolist())
+        x1, y1 = min(width, int(footprint[:, 0].max()) + 2), min(height, int(footprint[:, 1].max()) + 2)
+        region = frame[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].permute(2, 0, 1).float()
+        shifted = transform.clone()
+        shifted[:, 2] += transform[:, :2] @ torch.tensor([float(x0), float(y0)], device=transform.device)
+        crops.append(warp_faces(region, shifted[None], INPUT_SIZE))
+    return torch.cat(crops)
+
+
+class FaceFollower:
+    """Faces of consecutive video frames, with stable ids and smoothed meshes.
+
+    Feed frames in order (:meth:`update_many` per chunk; state carries over between calls).
+    The filter settings are :class:`~exaug.faces.track.OneEuroFilter`'s; a mesh jitters less than
+    MTCNN's points, so they smooth less (and lag less) than the detector tracker's did.
+    ``timer`` (a stage timer such as :class:`exaug.pipelines.stages.StageTimer`) is told which time
+    is detection ("detect") and which is mesh tracking ("track").
+    """
+
+    def __init__(self, detector: FaceDetector, mesh: FaceMesh | None = None, options: FollowOptions | None = None,
+                 *, fps: float = 25.0, timer: Timer | None = None, min_cutoff: float = 1.0, beta: float = 10.0,
+                 d_cutoff: float = 1.0):
+        self.detector = detector
+        self.fitter = MeshFitter(mesh, detector.device)
+        self.options = options or FollowOptions()
+        self.fps = fps
+        self.filter_settings = (min_cutoff, beta, d_cutoff)
+        self.detections = 0  # detection passes run, for reports
+        self._timer = timer or (lambda stage: nullcontext())
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+        self._since_detection: int | None = None
+        self._thumbnail: torch.Tensor | None = None
+        self._time = 0.0
+
+    def update_many(self, frames: torch.Tensor | np.ndarray, times: Sequence[float]) -> list[list[TrackedFace]]:
+        """The faces of each (H, W, 3) uint8 RGB frame of a chunk, by track id."""
+        frames = torch.as_tensor(frames).to(self.detector.device)
+        return [self.update(frame, float(time)) for frame, time in zip(frames, times)]
+
+    def update(self, frame: torch.Tensor, time: float) -> list[TrackedFace]:
+        cut = self._scene_cut(frame)
+        if cut:
+            self._tracks = []
+        observed: dict[int, np.ndarray] = {}
+        if self._tracks:
+            with self._timer("track"):
+                observed = self._follow(frame, time)
+        unsure = len(observed) < len(self._tracks) or any(track.misses for track in self._tracks)
+        due = self._since_detection is None or self._since_detection + 1 >= self.options.detect_every
+        detection: dict[int, int] = {}
+        if cut or unsure or due:
+            with self._timer("detect"):
+                found = self.detector.detect([frame])[0]
+            self.detections += 1
+            self._since_detection = 0
+            with self._timer("track"):
+                detection = self._reconcile(frame, found, observed)
+        else:
+            self._since_detection = (self._since_detection or 0) + 1
+        self._time = time
+        faces = []
+        for track in self._tracks:
+            self._observe(track, observed[track.track_id], time)
+            faces.append(self._state(track, detection.get(track.track_id)))
+        return faces
+
+    def _scene_cut(self, frame: torch.Tensor) -> bool:
+        """Whether ``frame`` starts a new shot: its 32x18 grey thumbnail changed by more than
+        ``cut_threshold`` grey levels on average (a pan or a walk changes it by a few)."""
+        step = max(1, min(frame.shape[0] // 72, frame.shape[1] // 128))  # every step-th pixel is plenty
+        sample = frame[::step, ::step].float()
+        grey = sum(weight * sample[..., i] for i, weight in enumerate(_LUMA))
+        thumbnail = F.adaptive_avg_pool2d(grey[None], (18, 32))[0]
+        previous, self._thumbnail = self._thumbnail, thumbnail
+        return previous is not None and float((thumbnail - previous).abs().mean()) > self.options.cut_threshold
+
+    def _follow(self, frame: torch.Tensor, time: float) -> dict[int, np.ndarray]:
+        """Each track's mesh in this frame, cropped where its motion says it is; lost ones left out."""
+        predicted = []
+        for track in self._tracks:
+            velocity = track.filter.velocity if track.filter.velocity is not None else 0.0
+            ahead = track.raw.copy()
+            ahead[:, :2] += velocity * (time - self._time)
+            predicted.append(ahead)
+        transforms = crop_transforms(torch.from_numpy(np.stack(predicted)).to(frame.device), self.options.crop_scale)
+        with torch.no_grad():
+            landmarks, scores = self.fitter.mesh(_crops(frame, transforms))
+        meshes = to_source(landmarks, transforms).double().numpy()
+        observed = {}
+        for track, mesh, score in zip(self._tracks, meshes, scores.tolist()):
+            if score >= self.options.min_score:
+                observed[track.track_id] = mesh
+                track.score = score
+        return observed
+
+    def _reconcile(self, frame: torch.Tensor, found: ImageFaces, observed: dict[int, np.ndarray]) -> dict[int, int]:
+        """Match a detection pass to the tracks: confirm, refit, start and drop tracks. Fills in
+        ``observed`` for every track kept; returns track id -> detection index."""
+        boxes = np.stack([mesh_box(observed[track.track_id] if track.track_id in observed else track.raw)
+                          for track in self._tracks]) if self._tracks else np.zeros((0, 4))
+        matches = match_boxes(box_iou(boxes, found.boxes), self.options.iou_threshold)
+        by_track = {self._tracks[t].track_id: d for d, t in matches.items()}
+        kept = []
+        for track in self._tracks:
+            if track.track_id in by_track:
+                track.misses = 0
+                if track.track_id in observed and self._drifted(observed[track.track_id],
+                                                                found.landmarks[by_track[track.track_id]]):
+                    del observed[track.track_id]
+            elif track.track_id in observed and track.misses + 1 < self.options.max_misses:
+                track.misses += 1
+            else:
+                observed.pop(track.track_id, None)
+                continue
+            kept.append(track)
+        for index in range(len(found)):
+            if index not in matches:
+                track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
+                self._next_id += 1
+                kept.append(track)
+                by_track[track.track_id] = index
+        self._tracks = kept
+        refit = [track for track in kept if track.track_id not in observed]
+        if refit:
+            indices = [by_track[track.track_id] for track in refit]
+            subset = ImageFaces(found.boxes[indices], found.probs[indices], found.landmarks[indices])
+            meshes, scores = self.fitter.fit([frame], [subset])
+            for track, mesh, score, points in zip(refit, meshes.double().numpy(), scores.tolist(), subset.landmarks):
+                track.score = score
+                observed[track.track_id] = mesh if score >= self.options.min_score else _onto(mesh, points)
+        return by_track
+
+    def _drifted(self, mesh: np.ndarray, points: np.ndarray) -> bool:
+        tracked = five_points(torch.from_numpy(mesh[None, :, :2]))[0].numpy()
+        eyes = max(float(np.linalg.norm(points[1] - points[0])), 1.0)
+        return float(np.linalg.norm(tracked - points, axis=-1).mean()) > self.options.drift * eyes
+
+    def _observe(self, track: _Track, mesh: np.ndarray, time: float) -> None:
+        box = mesh_box(mesh)
+        scale = math.sqrt(max(float((box[2] - box[0]) * (box[3] - box[1])), 1.0))
+        track.smoothed = track.filter(mesh[:, :2], time, scale)
+        track.raw = mesh
+
+    @staticmethod
+    def _state(track: _Track, detection: int | None) -> TrackedFace:
+        mesh = np.concatenate([track.smoothed, track.raw[:, 2:]], 1)
+        points = five_points(torch.from_numpy(track.smoothed[None])).numpy()[0]
+        return TrackedFace(track.track_id, points, mesh_box(track.smoothed), track.score, detection, mesh)

@@ -1,0 +1,104 @@
+"""exaug.faces.follow on clips made from the real photos: faces that appear, leave and come back
+across cuts are the faces per-frame detection finds, with MTCNN run on a few keyframes only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exaug.faces.detect import FaceDetector
+from exaug.faces.follow import FaceFollower, FollowOptions, crop_transforms
+from exaug.faces.mesh import FaceMesh
+from videotools import Shot, all_frames, photo_clip
+
+SHOTS = [6, 5, 6, 5, 5]  # frames per shot; hard cuts between them
+EXPECTED = [1] * 6 + [0] * 5 + [1] * 6 + [1] * 5 + [6] * 5
+
+
+@pytest.fixture(scope="module")
+def cuts_clip(tmp_path_factory, people_dir: Path, multiface_jpg: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A portrait (the camera drifting), the face-free railing of the group photo, the portrait
+    again, another person, then the six-person group: 27 frames of 320x240 with four cuts."""
+    portrait = people_dir / "angelina_jolie" / "1.jpg"
+    shots = [Shot(portrait, SHOTS[0], (0.1, 0.05, 0.85), (0.15, 0.1, 0.75)),
+             Shot(multiface_jpg, SHOTS[1], (0.8, 0.0, 0.2), (0.78, 0.02, 0.2)),
+             Shot(portrait, SHOTS[2], (0.15, 0.1, 0.75), (0.05, 0.05, 0.9)),
+             Shot(people_dir / "shea_whigham" / "1.jpg", SHOTS[3], (0.2, 0.05, 0.6), (0.23, 0.08, 0.55)),
+             Shot(multiface_jpg, SHOTS[4], (0.15, 0.0, 0.7), (0.13, 0.0, 0.69))]
+    path = photo_clip(tmp_path_factory.mktemp("follow") / "cuts.mp4", shots)
+    return all_frames(path)[0], np.arange(sum(SHOTS)) / 25
+
+
+@pytest.fixture(scope="module")
+def mesh() -> FaceMesh:
+    return FaceMesh()
+
+
+@pytest.fixture(scope="module")
+def per_frame(cuts_clip):
+    frames, _ = cuts_clip
+    return FaceDetector("cpu").detect(list(frames))
+
+
+def test_faces_that_appear_leave_and_come_back_are_what_per_frame_detection_finds(cuts_clip, per_frame, mesh):
+    frames, times = cuts_clip
+    follower = FaceFollower(FaceDetector("cpu"), mesh)
+    followed = follower.update_many(frames, times)
+    assert [len(faces) for faces in followed] == [len(found) for found in per_frame] == EXPECTED
+    assert follower.detections == len(SHOTS), "MTCNN ran on the first frame of each shot only"
+    starts = np.cumsum([0] + SHOTS[:-1])
+    for start, length in zip(starts, SHOTS):
+        ids = [[face.track_id for face in faces] for faces in followed[start:start + length]]
+        assert all(frame == ids[0] for frame in ids), "a face keeps its id through its shot"
+    first, again = followed[0][0].track_id, followed[starts[2]][0].track_id
+    assert again != first, "nothing carries over a cut, not even the same face"
+    for faces, found in zip(followed, per_frame):  # on the faces MTCNN finds, down to 30-pixel faces
+        for face in faces:
+            eyes = np.linalg.norm(found.landmarks[:, 1] - found.landmarks[:, 0], axis=-1)
+            error = (np.linalg.norm(face.landmarks[None] - found.landmarks, axis=-1).mean(-1) / eyes).min()
+            assert error < 0.3 and face.mesh.shape == (468, 3) and face.prob >= 0.5
+
+
+@pytest.mark.parametrize("every", [4])
+def test_detection_runs_every_n_frames_and_at_cuts(cuts_clip, mesh, every):
+    frames, times = cuts_clip
+    follower = FaceFollower(FaceDetector("cpu"), mesh, FollowOptions(detect_every=every))
+    followed = follower.update_many(frames[:17], times[:17])  # three shots, chunked as the pipeline does
+    assert [len(faces) for faces in followed] == EXPECTED[:17]
+    assert follower.detections == sum(math.ceil(length / every) for length in SHOTS[:3])
+
+
+def test_smoothed_landmarks_are_steadier_than_detections(cuts_clip, per_frame, mesh):
+    """On the drifting portrait the camera moves smoothly: frame-to-frame acceleration of the
+    alignment points is noise. The smoothed mesh's points have less of it than MTCNN's."""
+    frames, times = cuts_clip
+    follower = FaceFollower(FaceDetector("cpu"), mesh)
+    followed = follower.update_many(frames[:6], times[:6])
+    smoothed = np.stack([faces[0].landmarks for faces in followed])
+    detected = np.stack([found.landmarks[0] for found in per_frame[:6]])
+
+    def jerk(points: np.ndarray) -> float:
+        return float(np.abs(np.diff(points, n=2, axis=0)).mean())
+
+    assert jerk(smoothed) < jerk(detected)
+
+
+def test_crop_levels_the_eyes_and_frames_the_face():
+    """A mesh rolled by 30 degrees gives a crop that turns it back and fits it with margin."""
+    rng = np.random.default_rng(0)
+    flat = np.zeros((468, 3))
+    flat[:, :2] = rng.uniform(-50, 50, (468, 2))
+    flat[33, :2], flat[263, :2] = (-30, -10), (30, -10)
+    angle = math.radians(30)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    rolled = flat.copy()
+    rolled[:, :2] = flat[:, :2] @ rotation.T + (400, 300)
+    transform = crop_transforms(torch.from_numpy(rolled[None]), 1.5)[0].double()
+    eyes = rolled[[33, 263], :2] @ transform[:, :2].T.numpy() + transform[:, 2].numpy()
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 1e-3, "eyes level in the crop"
+    inside = rolled[:, :2] @ transform[:, :2].T.numpy() + transform[:, 2].numpy()
+    assert inside.min() > 0 and inside.max() < 192
