@@ -16,9 +16,7 @@ from exaug.train import TrainConfig
 from exaug.train.guided import GuidedTrainConfig
 
 
-class ArchChoice(str, Enum):
-    stargan = "stargan"
-    guided = "guided"
+ArchChoice = Enum("ArchChoice", {"stargan": "stargan", "guided": "guided"}, type=str)  # --arch
 
 
 class AmpChoice(str, Enum):

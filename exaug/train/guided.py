@@ -42,13 +42,14 @@ class GuidedTrainConfig:
     steps: int = 5000
     batch_size: int = 16
     lr: float = 2e-4
-    lambda_reconstruction: float = 10.0
-    lambda_mask: float = 0.5
-    lambda_smoothness: float = 0.5
-    lambda_adversarial: float = 0.5
     seed: int = 0
     log_every: int = 100
     painter: PainterConfig = field(default_factory=PainterConfig)
+    # Each loss's weight, by the name it has above and in metrics.jsonl.
+    weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
+
+
+LOSS_WEIGHTS = {"reconstruction": 10.0, "mask": 0.5, "smoothness": 0.5, "adversarial": 0.5}
 
 
 def fit_geometry(pairs: PairedFaces, neutral_meshes: torch.Tensor) -> ExpressionGeometry:
@@ -91,7 +92,7 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
             # shipped weights were trained this way.
             output, keep, warped = model.paint(sources[rows], fields[rows], codes[rows])
             target = targets[rows]
-            if config.lambda_adversarial:
+            if config.weights["adversarial"]:
                 critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
                 critic_optimiser.zero_grad()
                 critic_loss.backward()
@@ -100,9 +101,9 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
                 "reconstruction": (output - target).abs().mean(),
                 "mask": (1 - keep).mean(),
                 "smoothness": total_variation(keep),
-                "adversarial": -critic(output).mean() if config.lambda_adversarial else output.new_zeros(()),
+                "adversarial": -critic(output).mean() if config.weights["adversarial"] else output.new_zeros(()),
             }
-            total = sum(getattr(config, f"lambda_{name}") * value for name, value in losses.items())
+            total = sum(config.weights[name] * value for name, value in losses.items())
             optimiser.zero_grad()
             total.backward()
             optimiser.step()
