@@ -78,7 +78,7 @@ def main() -> None:
     table = args.table or training_data(DATA / "expressions" / "ckplus128", align=True, image_size=128,
                                         template="exaug", cache_dir=None, device=torch.device("cpu"), mesh=True)
     generator = GuidedExpressionGenerator.load(args.model, "cpu")
-    held_out = set(generator.meta["data"]["held_out_subjects"])
+    held_out = set(generator.meta["data"]["validation"]["held_out_subjects"])
     pairs, _, _ = load_pairs(table)
     pairs = pairs.select(torch.tensor([s in held_out and e == "neutral" for s, e in zip(pairs.subject, pairs.source_expression)]))
     inside = face_mask(pairs.source_mesh, pairs.source.shape[-1])

@@ -29,7 +29,7 @@ def test_bundled_model_is_small_half_precision_and_says_what_it_was_trained_on()
     assert all(t.dtype == torch.float16 for t in payload["painter"].values() if t.is_floating_point())
     assert meta["template"] == "exaug" and meta["expressions"][0] == "neutral" and meta["channels"] == 1
     assert "non-commercial" in meta["licence"] and meta["steps"] > 0
-    assert len(meta["data"]["held_out_subjects"]) >= 20
+    assert len(meta["data"]["validation"]["held_out_subjects"]) >= 20
     generator = ExpressionGenerator.load(DEFAULT_MODEL, "cpu")
     assert generator.image_size == meta["image_size"] == 128
 

@@ -51,7 +51,7 @@ def shipped() -> GuidedExpressionGenerator:
 
 
 def _held_out(pairs, shipped: GuidedExpressionGenerator):
-    held = set(shipped.meta["data"]["held_out_subjects"])
+    held = set(shipped.meta["data"]["validation"]["held_out_subjects"])
     keep = torch.tensor([s in held and e == "neutral" for s, e in zip(pairs.subject, pairs.source_expression)])
     return pairs.select(keep)
 
@@ -143,6 +143,12 @@ def test_empty_batches_and_the_loader(shipped):
     assert shipped.generate(empty, "happy").shape == (0, 3, 128, 128)
     assert shipped.generate_all(empty, ["happy", "sad"]).shape == (0, 2, 3, 128, 128)
     assert isinstance(ExpressionGenerator.load(DEFAULT_MODEL, "cpu"), GuidedExpressionGenerator)
+
+
+def test_expressions_by_index_as_exaug_eval_passes_them(ck_pairs, shipped):
+    faces = ck_pairs[0].source[:2]
+    by_index = shipped.generate(faces, torch.tensor([EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")]))
+    assert torch.equal(by_index, shipped.generate(faces, ["happy", "sad"]))
 
 
 def test_training_writes_a_loadable_model_and_a_held_out_sheet(tmp_path, ck_pairs):

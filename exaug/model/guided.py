@@ -172,19 +172,27 @@ class GuidedExpressionGenerator:
         return self._model.geometry.target(meshes.cpu().double(), expressions, torch.as_tensor(intensity).cpu(),
                                            like=None if like is None else like.cpu().double()).float()
 
-    def generate(self, faces: Tensor, expressions: str | list[str] | None = None, intensity: float | Tensor = 1.0,
-                 *, like: Tensor | None = None) -> Tensor:
-        """Each aligned uint8 face (N, 3, S, S) in an expression (one name, or one per face), or with the
+    def generate(self, faces: Tensor, expressions: str | list[str] | Tensor | None = None,
+                 intensity: float | Tensor = 1.0, *, like: Tensor | None = None) -> Tensor:
+        """Each aligned uint8 face (N, 3, S, S) in an expression (one name, one per face, or indices), or with the
         expression of the aligned faces ``like`` (one, or one per face). Returns uint8 (N, 3, S, S)."""
         if len(faces) == 0:
             return faces.new_zeros((0, 3, self.image_size, self.image_size))
         meshes = self.meshes(faces)
         names = None
         if like is None:
-            names = [expressions] * len(faces) if isinstance(expressions, str) else list(expressions)
+            names = self._names(expressions, len(faces))
         else:
             like = self.meshes(like.expand(len(faces), -1, -1, -1) if len(like) == 1 else like)
         return self.render(faces, meshes, self.targets(meshes, names, intensity, like)).to(faces.device)
+
+    def _names(self, expressions: str | list[str] | Tensor, n: int) -> list[str]:
+        """One expression name per face, from a name, a list of names, or indices into :attr:`expressions`."""
+        if isinstance(expressions, str):
+            return [expressions] * n
+        if isinstance(expressions, Tensor):
+            return [self.expressions[int(index)] for index in expressions.flatten().tolist()]
+        return list(expressions)
 
     def generate_all(self, faces: Tensor, expressions: list[str], intensity: float | Tensor = 1.0) -> Tensor:
         """Every face in every listed expression: uint8 (N, E, 3, S, S); each face is meshed once."""

@@ -136,7 +136,8 @@ def save_guided_run(run: Path, model: GuidedGenerator, config: GuidedTrainConfig
     every expression rendered, then the same person's real peak."""
     meta = {"arch": "guided", "painter": asdict(config.painter), "image_size": config.painter.image_size,
             "channels": config.painter.channels, "mode": "luma" if config.painter.channels == 1 else "rgb",
-            "template": TEMPLATE, "steps": config.steps, "data": {"path": data, "held_out_subjects": held_out},
+            "template": TEMPLATE, "steps": config.steps,
+            "data": {"path": data, "validation": {"held_out_subjects": held_out}},
             "training": asdict(config), "exaug_version": __version__}
     path = save_guided(run / "guided.generator.pt", model.painter, model.geometry.state(), meta, half=True)
     forward = [i for i, name in enumerate(validation.source_expression) if name == "neutral"][:8]
