@@ -119,7 +119,8 @@ class ExpressionGeometry:
             x, y = codes[mine], motion[mine] - mean_motion[index]
             # Ridge scaled by the group size: 18 contempt pairs cannot support what 80 surprise pairs can.
             penalty = ridge * torch.eye(identity_components, dtype=torch.float64) * (1 + 100 / len(x))
-            regression[index] = torch.linalg.solve(x.T @ x + penalty * x.var(0).mean(), x.T @ y).T
+            spread = x.var(0).mean() if len(x) > 1 else x.square().mean()  # one pair has no variance
+            regression[index] = torch.linalg.solve(x.T @ x + penalty * spread.clamp_min(1e-8), x.T @ y).T
         return cls(tuple(expressions), reference, mean_shape, identity_basis, expression_basis, feature_basis, reader,
                    mean_motion, regression)
 
