@@ -54,22 +54,23 @@ def get_template(name: str = "exaug", size: int | None = None) -> Template:
     return Template(name, size, unit * size - 0.5)
 
 
-def estimate_similarity(points: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """Least-squares similarity transforms mapping each ``(5,2)`` landmark set onto ``template``.
+def estimate_similarity(points: torch.Tensor, template: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Least-squares similarity transforms mapping each ``(5,2)`` (or ``(k,2)``) landmark set onto
+    ``template``: one ``(k,2)`` set for all, or one per landmark set ``(n,k,2)``.
 
     Closed form (no reflection): for centred points s and d, a = sum(s.d)/|s|^2 and
-    b = sum(s x d)/|s|^2 give the rotation-scale [[a, -b], [b, a]]. Returns ``(n, 2, 3)``.
+    b = sum(s x d)/|s|^2 give the rotation-scale [[a, -b], [b, a]]. Returns ``(n, 2, 3)`` in ``dtype``.
     """
     points = points.to(torch.float64)
     template = template.to(points)
-    src_mean, dst_mean = points.mean(1, keepdim=True), template.mean(0)
-    s, d = points - src_mean, template - dst_mean
+    src_mean, dst_mean = points.mean(1, keepdim=True), template.mean(-2)
+    s, d = points - src_mean, template - dst_mean[..., None, :]
     norm = (s**2).sum((1, 2)).clamp_min(1e-12)
-    a = (s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1]).sum(1) / norm
-    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(1) / norm
+    a = (s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1]).sum(-1) / norm
+    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(-1) / norm
     rotation = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)
     shift = dst_mean - (rotation @ src_mean.transpose(1, 2)).squeeze(-1)
-    return torch.cat([rotation, shift[..., None]], -1).float()
+    return torch.cat([rotation, shift[..., None]], -1).to(dtype)
 
 
 def invert_affine(transforms: torch.Tensor) -> torch.Tensor:

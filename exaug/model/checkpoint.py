@@ -261,11 +261,11 @@ def save_guided(path: Path, painter: nn.Module, geometry: Mapping[str, torch.Ten
     payload = {
         "format": GUIDED_FORMAT,
         "format_version": FORMAT_VERSION,
-        "meta": json.dumps({**meta, "dtype": "float16" if half else "float32"}),
+        "meta": json.dumps({**meta, "dtype": "float16" if half else "float32",
+                            "expressions": list(geometry["expressions"])}),
         "painter": cpu_state_dict(painter, torch.float16 if half else None),
         "geometry": {name: value for name, value in geometry.items() if name != "expressions"},
     }
-    payload["meta"] = json.dumps({**json.loads(payload["meta"]), "expressions": list(geometry["expressions"])})
     return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 

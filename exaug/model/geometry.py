@@ -25,33 +25,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from exaug.faces.align import apply_affine, estimate_similarity, invert_affine
 # Points an expression barely moves: eye corners, the nose bridge and tip, the top of the head
 # outline. Meshes are put in the canonical frame by a similarity fit on these alone, so a smile's
 # moving mouth corners do not tilt or shrink the frame.
 STABLE_POINTS = (33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 1, 10, 338, 109, 297, 67, 21, 251, 54, 284, 127, 356)
-
-
-def similarity_fit(source: Tensor, target: Tensor) -> Tensor:
-    """``(n, 2, 3)`` least-squares similarity transforms taking ``(n, k, 2)`` points onto ``(k, 2)`` or
-    ``(n, k, 2)`` targets (closed form, no reflection)."""
-    target = target.expand_as(source)
-    source_mean, target_mean = source.mean(1, keepdim=True), target.mean(1, keepdim=True)
-    s, d = source - source_mean, target - target_mean
-    norm = (s ** 2).sum((1, 2)).clamp_min(1e-12)
-    a = (s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1]).sum(1) / norm
-    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(1) / norm
-    rotation = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)
-    shift = target_mean[:, 0] - (rotation @ source_mean.transpose(1, 2))[..., 0]
-    return torch.cat([rotation, shift[..., None]], -1)
-
-
-def transform_points(transforms: Tensor, points: Tensor) -> Tensor:
-    return points @ transforms[..., :2].transpose(1, 2) + transforms[..., 2][:, None, :]
-
-
-def inverse_transform(transforms: Tensor) -> Tensor:
-    linear = torch.linalg.inv(transforms[..., :2])
-    return torch.cat([linear, -(linear @ transforms[..., 2:])], -1)
 
 
 def _pca(samples: Tensor, components: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -89,7 +68,8 @@ class ExpressionGeometry:
         stable = list(STABLE_POINTS)
         reference = all_neutral.double()[:, stable].mean(0)
         for _ in range(3):  # Procrustes mean: refit the frame to the mean of the aligned meshes
-            aligned = transform_points(similarity_fit(all_neutral.double()[:, stable], reference), all_neutral.double())
+            frame = estimate_similarity(all_neutral.double()[:, stable], reference, torch.float64)
+            aligned = apply_affine(frame, all_neutral.double())
             reference = aligned[:, stable].mean(0)
         canonical = lambda meshes: _canonical(meshes.double(), reference)  # noqa: E731
         mean_shape, identity_basis, _, _ = _pca(canonical(all_neutral).flatten(1), identity_components)
@@ -126,8 +106,8 @@ class ExpressionGeometry:
 
     def explain(self, meshes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Who and how: identity codes ``a``, expression codes ``b``, and each mesh's canonical frame."""
-        frame = similarity_fit(meshes.double()[:, list(STABLE_POINTS)], self.reference)
-        shapes = transform_points(frame, meshes.double()).flatten(1) - self.mean_shape
+        frame = estimate_similarity(meshes.double()[:, list(STABLE_POINTS)], self.reference, torch.float64)
+        shapes = apply_affine(frame, meshes.double()).flatten(1) - self.mean_shape
         expression = (shapes @ self.feature_basis.T) @ self.expression_reader
         identity = (shapes - self.code_motion(expression)) @ self.identity_basis.T
         return identity, expression, frame
@@ -152,9 +132,9 @@ class ExpressionGeometry:
             motion = self.motion_for(identity, expressions)
         weight = torch.as_tensor(intensity, dtype=torch.float64).reshape(-1, 1)
         # The face's own points (every detail the bases miss), less its present expression, plus the target's.
-        rest = transform_points(frame, meshes[..., :2].double()).flatten(1) - self.code_motion(current)
+        rest = apply_affine(frame, meshes[..., :2].double()).flatten(1) - self.code_motion(current)
         canonical = (rest + weight * motion).reshape(len(meshes), -1, 2)
-        return transform_points(inverse_transform(frame), canonical).to(meshes.dtype)
+        return apply_affine(invert_affine(frame), canonical).to(meshes.dtype)
 
     def state(self) -> dict:
         return {"expressions": list(self.expressions), "reference": self.reference, "mean_shape": self.mean_shape,
@@ -169,5 +149,5 @@ class ExpressionGeometry:
 
 
 def _canonical(meshes: Tensor, reference: Tensor) -> Tensor:
-    frame = similarity_fit(meshes[:, list(STABLE_POINTS)], reference)
-    return transform_points(frame, meshes)
+    frame = estimate_similarity(meshes[:, list(STABLE_POINTS)], reference, torch.float64)
+    return apply_affine(frame, meshes)

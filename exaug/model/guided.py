@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from exaug.faces.align import get_template
-from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template
-from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry, similarity_fit, transform_points
+from exaug.faces.align import apply_affine, estimate_similarity, get_template, warp_faces
+from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, to_source
+from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import Painter, PainterConfig
 from exaug.model.warp import backward_field, control_points, identity_field, warp
 
@@ -34,8 +34,9 @@ class GuidedGenerator(nn.Module):
     def codes(self, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
         """The painter's condition: the motion source -> target and the source's present expression,
         both in the geometry model's expression basis (continuous: a label or another face's look)."""
-        frame = similarity_fit(source_mesh.double()[:, list(STABLE_POINTS)], self.geometry.reference)
-        motion = (transform_points(frame, target_mesh.double()) - transform_points(frame, source_mesh.double()))
+        frame = estimate_similarity(source_mesh.double()[:, list(STABLE_POINTS)], self.geometry.reference,
+                                    dtype=torch.float64)
+        motion = (apply_affine(frame, target_mesh.double()) - apply_affine(frame, source_mesh.double()))
         motion_code = motion.flatten(1) @ self.geometry.expression_basis.T
         present = self.geometry.explain(source_mesh.double())[1]
         return torch.cat([motion_code, present], 1).float()
@@ -90,20 +91,16 @@ class CropMesher:
     def __init__(self, image_size: int, mesh: FaceMesh | None = None):
         self.mesh = mesh or FaceMesh()
         source = torch.from_numpy(get_template(TEMPLATE, image_size).points)
-        self.to_mesh = similarity_fit(source[None], torch.from_numpy(crop_template().points)).float()
+        self.to_mesh = estimate_similarity(source[None], torch.from_numpy(crop_template().points))
 
     @torch.no_grad()
     def __call__(self, faces: Tensor) -> tuple[Tensor, Tensor]:
         """(landmarks (N, 468, 2) in crop pixels, face scores (N,)) for uint8 (N, 3, S, S) faces."""
-        from exaug.faces.align import warp_faces
-
         device = next(self.mesh.parameters()).device
         transform = self.to_mesh.to(device)
         crops = torch.stack([warp_faces(face.to(device).float(), transform, INPUT_SIZE)[0] for face in faces])
         result = self.mesh(crops)
-        back = torch.linalg.inv(torch.cat([transform[0], torch.tensor([[0.0, 0.0, 1.0]], device=device)]))[:2]
-        xy = transform_points(back[None].expand(len(faces), -1, -1), result.landmarks[..., :2])
-        return xy, result.scores
+        return to_source(result.landmarks, transform.expand(len(faces), -1, -1))[..., :2], result.scores.cpu()
 
 
 class GuidedExpressionGenerator:

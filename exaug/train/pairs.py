@@ -21,9 +21,9 @@ from torch import Tensor
 
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
-from exaug.faces.align import warp_faces
+from exaug.faces.align import apply_affine, estimate_similarity, warp_faces
 from exaug.io.store import read_faces
-from exaug.model.geometry import STABLE_POINTS, similarity_fit, transform_points
+from exaug.model.geometry import STABLE_POINTS
 
 _CK_NAME = re.compile(r"^(S\d{3})_(\d{3})_\d{8}$")
 
@@ -68,19 +68,20 @@ def build_pairs(images: Tensor, meshes: Tensor, transforms: Tensor, sources: lis
     """Both directions of every CK+ sequence pair in an aligned table: ``images`` (N, S, S, 3) uint8,
     ``meshes`` (N, 468, 3) and ``transforms`` (N, 2, 3) in source-image pixels, as align --mesh writes."""
     size = images.shape[1]
-    crop_meshes = transform_points(transforms.double(), meshes[..., :2].double())
+    crop_meshes = apply_affine(transforms.double(), meshes[..., :2].double())
     rows = sequence_pairs(sources, expressions)
     order = [(a, b) for a, b in rows] + [(b, a) for a, b in rows]
     source_rows, target_rows = [a for a, _ in order], [b for _, b in order]
     stable = list(STABLE_POINTS)
-    into_source = similarity_fit(crop_meshes[target_rows][:, stable], crop_meshes[source_rows][:, stable])
+    into_source = estimate_similarity(crop_meshes[target_rows][:, stable], crop_meshes[source_rows][:, stable],
+                                      dtype=torch.float64)
     faces = images.permute(0, 3, 1, 2)
     targets = torch.stack([
         warp_faces(faces[row].float(), matrix[None].float(), size)[0].round().clamp(0, 255).to(torch.uint8)
         for row, matrix in zip(target_rows, into_source)])
     return PairedFaces(
         source=faces[source_rows].contiguous(), target=targets, source_mesh=crop_meshes[source_rows],
-        target_mesh=transform_points(into_source, crop_meshes[target_rows]),
+        target_mesh=apply_affine(into_source, crop_meshes[target_rows]),
         target_expression=[EXPRESSIONS[expressions[row]] for row in target_rows],
         source_expression=[EXPRESSIONS[expressions[row]] for row in source_rows],
         subject=[PurePosixPath(sources[row]).stem[:4] for row in source_rows])
@@ -100,5 +101,5 @@ def load_pairs(path: Path | str) -> tuple[PairedFaces, Tensor, list[str]]:
         raise ExaugError(f"{path}: no paired sequences (CK+-style names S###_###_########, a neutral first "
                          "frame and a labelled peak of the same sequence) to learn expression motion from")
     rows = [row for row, expression in enumerate(expressions) if expression == EXPRESSIONS.index("neutral")]
-    neutral = transform_points(transforms[rows].double(), meshes[rows][..., :2].double())
+    neutral = apply_affine(transforms[rows].double(), meshes[rows][..., :2].double())
     return pairs, neutral, [PurePosixPath(sources[row]).stem[:4] for row in rows]
