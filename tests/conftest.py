@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,17 @@ def ckplus_dir() -> Path:
 @pytest.fixture(scope="session")
 def video_clip() -> Path:
     return data_path("video", "street_1080p_audio.mp4")
+
+
+def interrupt_when(process, ready, timeout: float) -> str:
+    """Wait (at most ``timeout`` s, the process still running) until ``ready()``, then send Ctrl-C;
+    the process's output."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    return process.communicate(timeout=timeout)[0]
 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

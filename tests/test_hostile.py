@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from conftest import interrupt_when
 from exaug.errors import ImageLoadError, InputError
 from exaug.io import images
 from exaug.io.images import load_image
@@ -262,12 +263,7 @@ def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_photos, te
     process = subprocess.Popen([sys.executable, "-m", "exaug", *map(str, args)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 300
-        while not output.exists():  # the first batch is committed: the run is mid-way
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        printed = process.communicate(timeout=300)[0]
+        printed = interrupt_when(process, output.exists, 300)  # once the first batch is committed
     finally:
         process.kill()
     assert process.returncode == 130 and "terminate called" not in printed and "Traceback" not in printed, printed

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import interrupt_when
 from exaug.errors import ExaugError, InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.sheets import HEADER_HEIGHT
@@ -149,12 +149,8 @@ def test_sigint_leaves_a_loadable_checkpoint_and_exits_130(ckplus_dir, tmp_path)
                "--iters", "100000", "--save-every", "100000", "--sample-every", "100000"]
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ((run_dir / "metrics.jsonl").exists() and len(_metrics(run_dir)) >= 2):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=120)[0]
+        output = interrupt_when(process, lambda: (run_dir / "metrics.jsonl").exists() and len(_metrics(run_dir)) >= 2,
+                                120)
     finally:
         process.kill()
     assert process.returncode == 130, output
