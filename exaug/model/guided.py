@@ -10,9 +10,11 @@ on a CPU-sized network the face stays the same person at full sharpness.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exaug.faces.align import apply_affine, estimate_similarity, get_template, warp_faces
+from exaug.errors import ExaugError
+from exaug.faces.align import apply_affine, estimate_similarity, get_template, resize_faces, warp_faces
 from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, to_source
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import Painter, PainterConfig
@@ -42,26 +44,46 @@ class GuidedGenerator(nn.Module):
         return torch.cat([motion_code, present], 1).float()
 
     def field(self, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
-        """Backward sampling field (N, 64, 64, 2) in fractions of the crop side."""
+        """Backward sampling field (N, FIELD_SIZE, FIELD_SIZE, 2) in fractions of the crop side."""
         size, points = self.config.image_size, CONTROL_POINTS
         return backward_field((source_mesh[:, points] + 0.5) / size, (target_mesh[:, points] + 0.5) / size)
 
-    def paint(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor | None = None
-              ) -> tuple[Tensor, Tensor, Tensor]:
-        """Warp ``faces`` (N, C, S, S, in [-1, 1]) through ``field``, then paint: (output, mask A, warped)."""
+    def layers(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """Warp ``faces`` (N, C, S, S at the model's size, in [-1, 1]) through ``field`` and run the
+        painter on its window: (colour layer, mask A, both (N, ., h, w) over the window; the warped faces)."""
         warped = warp(faces, field)
-        grid = torch.nn.functional.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear",
-                                               align_corners=False)
-        motion = grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2)
-        output, keep = self.painter(faces, warped, motion, codes, region)
-        return output, keep, warped
+        rows, columns = self.config.window_slices(faces.shape[-1])
+        grid = F.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear", align_corners=False)
+        motion = (grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2))[..., rows, columns]
+        colour, keep = self.painter(faces[..., rows, columns], warped[..., rows, columns], motion, codes,
+                                    None if region is None else region[..., rows, columns])
+        return colour, keep, warped
+
+    def compose(self, warped: Tensor, colour: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """Blend the window's layers into ``warped`` faces of any size: (output, mask A over the whole
+        face). Larger faces get the layers upsampled: only the painted pixels are at the model's
+        resolution, every moved pixel keeps the face's own."""
+        size, model_size = warped.shape[-1], self.config.image_size
+        rows, columns = self.config.window_slices(model_size)
+        canvas_keep = keep.new_ones(len(keep), 1, model_size, model_size)
+        canvas_keep[..., rows, columns] = keep
+        canvas_colour = colour.new_zeros(len(colour), colour.shape[1], model_size, model_size)
+        canvas_colour[..., rows, columns] = colour
+        if size != model_size:
+            canvas_keep = F.interpolate(canvas_keep, size=(size, size), mode="bilinear", align_corners=False)
+            canvas_colour = F.interpolate(canvas_colour, size=(size, size), mode="bilinear", align_corners=False)
+        return canvas_keep * warped + (1 - canvas_keep) * canvas_colour, canvas_keep
 
     def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
                 field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``faces`` (N, C, S, S) in [-1, 1], painted only near the target mouth. Returns (output, mask A, warped)."""
+        """``faces`` (N, C, S, S) in [-1, 1] at the model's size, painted only near the target mouth.
+        Returns (output, mask A, warped)."""
         field = self.field(source_mesh, target_mesh) if field is None else field
         region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
-        return self.paint(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region)
+        colour, keep, warped = self.layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region)
+        output, keep = self.compose(warped, colour, keep)
+        return output, keep, warped
 
 
 def paint_region(mesh: Tensor, size: int) -> Tensor:
@@ -131,7 +153,11 @@ class GuidedExpressionGenerator:
 
         painter, geometry, meta = load_guided(path)
         known = {field.name for field in fields(PainterConfig)}
-        model = GuidedGenerator(PainterConfig(**{k: v for k, v in meta["painter"].items() if k in known}),
+        settings = {k: v for k, v in meta["painter"].items() if k in known}
+        if "window" not in settings:
+            raise ExaugError(f"{path}: a guided generator from before the painter's mouth window; retrain it "
+                             "with this exaug (exaug train --arch guided)")
+        model = GuidedGenerator(PainterConfig(**{**settings, "window": tuple(settings["window"])}),
                                 ExpressionGeometry.from_state(geometry))
         model.painter.load_state_dict(painter)
         return cls(model, meta, resolve_device(device), max_batch=max_batch)
@@ -143,25 +169,33 @@ class GuidedExpressionGenerator:
     meta = property(lambda self: dict(self._meta))
 
     def meshes(self, faces: Tensor) -> Tensor:
-        """(N, 468, 2) meshes of aligned uint8 faces, in their pixels."""
-        return torch.cat([self._mesher(faces[i:i + self.max_batch])[0] for i in range(0, len(faces), self.max_batch)]) \
-            if len(faces) else torch.zeros(0, 468, 2, device=self.device)
+        """(N, 468, 2) meshes of aligned uint8 faces (any size), in the model's crop pixels."""
+        if not len(faces):
+            return torch.zeros(0, 468, 2, device=self.device)
+        return torch.cat([self._mesher(resize_faces(faces[i:i + self.max_batch], self.image_size))[0]
+                          for i in range(0, len(faces), self.max_batch)])
 
     @torch.inference_mode()
     def render(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
-        """Faces moved from their meshes to ``target_mesh`` (crop pixels), uint8 (N, 3, S, S)."""
+        """Faces moved from their meshes to ``target_mesh`` (the model's crop pixels), uint8 (N, 3, S, S)
+        at the faces' own size S: the warp is applied at that size, the painter runs at the model's."""
         from exaug.model.color import decode, encode
 
         out = torch.empty_like(faces, device=self.device)
         for start in range(0, len(faces), self.max_batch):
             part = slice(start, start + self.max_batch)
-            x, chroma = encode(faces[part].to(self.device), self.channels)
-            field = self._model.field(source_mesh[part].to(self.device), target_mesh[part].to(self.device)).float()
-            edited, keep, _ = self._model(x, source_mesh[part].to(self.device), target_mesh[part].to(self.device), field)
+            full = faces[part].to(self.device)
+            x, chroma = encode(full, self.channels)
+            small = x if full.shape[-1] == self.image_size else encode(resize_faces(full, self.image_size), self.channels)[0]
+            source, target = source_mesh[part].to(self.device), target_mesh[part].to(self.device)
+            field = self._model.field(source, target).float()
+            region = paint_region(target, self.image_size)
+            colour, keep, warped = self._model.layers(small, field, self._model.codes(source, target).to(self.device), region)
+            edited, keep = self._model.compose(warped if small is x else warp(x, field), colour, keep)
             # Mostly painted pixels are new texture (teeth, the mouth's inside): no colour is moved onto
             # them; lightly retouched ones (keep > 0.75) keep the skin's and lips' own colour.
-            colour = ((keep - 0.25) / 0.5).clamp(0, 1)
-            out[part] = decode(edited, None if chroma is None else warp(chroma, field) * colour)
+            weight = ((keep - 0.25) / 0.5).clamp(0, 1)
+            out[part] = decode(edited, None if chroma is None else warp(chroma, field) * weight)
         return out
 
     def targets(self, meshes: Tensor, expressions: list[str] | None, intensity: float | Tensor,
@@ -170,18 +204,25 @@ class GuidedExpressionGenerator:
                                            like=None if like is None else like.cpu().double()).float()
 
     def generate(self, faces: Tensor, expressions: str | list[str] | Tensor | None = None,
-                 intensity: float | Tensor = 1.0, *, like: Tensor | None = None) -> Tensor:
-        """Each aligned uint8 face (N, 3, S, S) in an expression (one name, one per face, or indices), or with the
-        expression of the aligned faces ``like`` (one, or one per face). Returns uint8 (N, 3, S, S)."""
+                 intensity: float | Tensor = 1.0, *, like: Tensor | None = None, meshes: Tensor | None = None) -> Tensor:
+        """Each aligned uint8 face (N, 3, S, S; any S, the model's template) in an expression (one name,
+        one per face, or indices), or with the expression of the aligned faces ``like`` (one, or one
+        per face). ``meshes``: the faces' meshes in their own pixels when the caller has them already
+        (a video tracks them), else they are found here. Returns uint8 (N, 3, S, S)."""
         if len(faces) == 0:
-            return faces.new_zeros((0, 3, self.image_size, self.image_size))
-        meshes = self.meshes(faces)
+            return faces.new_zeros((0, 3, *faces.shape[-2:]))
+        meshes = self._own_meshes(faces, meshes)
         names = None
         if like is None:
             names = self._names(expressions, len(faces))
         else:
             like = self.meshes(like.expand(len(faces), -1, -1, -1) if len(like) == 1 else like)
         return self.render(faces, meshes, self.targets(meshes, names, intensity, like)).to(faces.device)
+
+    def _own_meshes(self, faces: Tensor, meshes: Tensor | None) -> Tensor:
+        if meshes is None:
+            return self.meshes(faces)
+        return meshes[..., :2].to(self.device).float() * (self.image_size / faces.shape[-1])
 
     def _names(self, expressions: str | list[str] | Tensor, n: int) -> list[str]:
         """One expression name per face, from a name, a list of names, or indices into :attr:`expressions`."""
@@ -191,12 +232,14 @@ class GuidedExpressionGenerator:
             return [self.expressions[int(index)] for index in expressions.flatten().tolist()]
         return list(expressions)
 
-    def generate_all(self, faces: Tensor, expressions: list[str], intensity: float | Tensor = 1.0) -> Tensor:
-        """Every face in every listed expression: uint8 (N, E, 3, S, S); each face is meshed once."""
+    def generate_all(self, faces: Tensor, expressions: list[str], intensity: float | Tensor = 1.0, *,
+                     meshes: Tensor | None = None) -> Tensor:
+        """Every face (any size, as :meth:`generate`) in every listed expression: uint8 (N, E, 3, S, S);
+        each face is meshed once."""
         n, e = len(faces), len(expressions)
         if n == 0:
-            return faces.new_zeros((0, e, 3, self.image_size, self.image_size))
-        meshes = self.meshes(faces).repeat_interleave(e, 0)
+            return faces.new_zeros((0, e, 3, *faces.shape[-2:]))
+        meshes = self._own_meshes(faces, meshes).repeat_interleave(e, 0)
         targets = self.targets(meshes, list(expressions) * n, intensity)
         out = self.render(faces.repeat_interleave(e, 0), meshes, targets)
         return out.view(n, e, *out.shape[1:]).to(faces.device)
