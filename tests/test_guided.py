@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from exaug.expressions import EXPRESSIONS
+from exaug.faces.align import resize_faces
 from exaug.faces.detect import DetectionOptions
 from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER
 from exaug.model.default import DEFAULT_MODEL
@@ -160,3 +161,55 @@ def test_training_writes_a_loadable_model_and_a_held_out_sheet(tmp_path, ck_pair
     assert (tmp_path / "samples" / "held_out.png").stat().st_size > 0
     generator = ExpressionGenerator.load(path, "cpu")
     assert generator.generate(pairs.source[:2], "happy").shape == (2, 3, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def people_at_256(tmp_path_factory, people_dir) -> torch.Tensor:
+    """The people photos' faces aligned at 256 px: twice the model's size, real detail to keep."""
+    from exaug.io.store import read_faces
+
+    output = tmp_path_factory.mktemp("people") / "people256.h5"
+    align_dataset(people_dir, output, AlignOptions(size=256, device="cpu"), show_progress=False)
+    with read_faces(output) as table:
+        return torch.from_numpy(table.images[0:len(table)]).permute(0, 3, 1, 2).contiguous()
+
+
+def _detail(faces: torch.Tensor) -> torch.Tensor:
+    """Laplacian energy of each face's luma."""
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+    luma = (faces.float() * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
+    return torch.nn.functional.conv2d(luma, laplacian).square().mean((1, 2, 3))
+
+
+def test_larger_faces_are_warped_at_their_own_resolution(shipped, people_at_256):
+    faces = people_at_256[:4]
+    large = shipped.generate(faces, "happy")
+    assert large.shape == faces.shape
+    # The same edit as at the model's size, only sharper: downscaled, it matches the 128-px render...
+    small = shipped.generate(resize_faces(faces, 128), "happy")
+    assert (resize_faces(large, 128).float() - small.float()).abs().mean() < 3
+    # ...and it keeps the 256-px face's own detail, which a 128-px render scaled up has lost.
+    upscaled = torch.nn.functional.interpolate(small.float(), size=256, mode="bicubic", align_corners=False)
+    assert (_detail(large) > 0.85 * _detail(faces)).all()
+    assert (_detail(large) > 1.5 * _detail(upscaled.clamp(0, 255))).all()
+
+
+def test_tracked_meshes_in_the_faces_own_pixels_give_the_same_faces(shipped, people_at_256):
+    faces = people_at_256[:3]
+    meshes = shipped.meshes(faces) * 2  # model pixels (128) -> the faces' own (256)
+    assert torch.equal(shipped.generate(faces, "surprise", meshes=meshes), shipped.generate(faces, "surprise"))
+
+
+def test_only_the_mouth_window_is_painted_the_rest_is_the_warp(ck_pairs, shipped):
+    from exaug.model.color import encode
+
+    pairs = _held_out(ck_pairs[0], shipped)
+    model, faces = shipped._model, encode(pairs.source[:6], 1)[0]
+    target = shipped.targets(pairs.source_mesh[:6], ["surprise"] * 6, 1.0)
+    with torch.no_grad():
+        output, keep, warped = model(faces, pairs.source_mesh[:6].float(), target)
+    rows, columns = model.config.window_slices()
+    outside = torch.ones_like(keep, dtype=torch.bool)
+    outside[..., rows, columns] = False
+    assert torch.equal(output[outside], warped[outside])
+    assert (keep[~outside] < 0.9).any(), "surprise paints inside the opened mouth"
