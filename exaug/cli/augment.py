@@ -14,7 +14,8 @@ from exaug.model.checkpoint import resolve_checkpoint
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.io.store import merge
-from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash, shard_from_environment
+from exaug.io.digest import file_hash
+from exaug.pipelines.augment import AugmentOptions, augment_dataset, shard_from_environment
 from exaug.progress import console
 
 

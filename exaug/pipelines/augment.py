@@ -8,7 +8,6 @@ once per batch, to be written. Rows are committed a batch of sources at a time t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,14 +58,6 @@ def shard_sources(sources: list[Source], num_shards: int, shard_index: int) -> l
     """A contiguous block per shard: merging shards in index order gives exactly a single run's order."""
     count = len(sources)
     return sources[shard_index * count // num_shards:(shard_index + 1) * count // num_shards]
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def augment_dataset(input_path: Path | str, output: Path | str, generator: ExpressionGenerator, model_hash: str,
