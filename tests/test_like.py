@@ -1,11 +1,13 @@
-"""``--like REF`` on augment: every face takes the expression of another person's face, and
+"""``--like REF`` on augment and video: every face takes the expression of another person's face, and
 the output says which; the intensity range each model takes. Real CK+ faces of people the bundled
 model held out in training, measured with the face mesh."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 
 from exaug.cli import app
 from exaug.errors import ExaugError
+from exaug.faces.align import FaceAligner
 from exaug.faces.detect import DetectionOptions
 from exaug.faces.mesh import LOWER_LIP_INNER, UPPER_LIP_INNER
 from exaug.io.digest import file_hash
@@ -22,6 +25,8 @@ from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.augment import AugmentOptions, augment_dataset
 from exaug.pipelines.like import check_intensity, load_reference
+from exaug.pipelines.video import VideoOptions, edit_video
+from videotools import Shot, all_frames, photo_clip
 
 NEUTRAL = ("S100_001_00000001.png", "S108_002_00000001.png")  # two held-out people at rest, mouths shut
 SURPRISE = "S082_001_00000015.png"  # another held-out person's surprise, inner lips about 13 px apart
@@ -133,6 +138,9 @@ def test_cli_reference_problems_are_one_line_errors(tmp_path, neutral_faces, fac
               "a StarGAN model takes 0 to 1")
     refused = runner.invoke(app, [*augment, "--like", reference, "--intensity", "1.6"])
     assert refused.exit_code == 2 and "less than or equal to 1.5" in refused.output
+    video = ["video", str(tmp_path / "in.mp4"), "-o", str(tmp_path / "out.mp4")]
+    _one_line(runner.invoke(app, video), "give one of --emotion and --like")
+    _one_line(runner.invoke(app, [*video, "--emotion", "happy", "--like", reference]), "give one of --emotion and --like")
     assert not any(path.name.startswith("out") for path in tmp_path.iterdir()), "nothing written"
 
 
@@ -143,3 +151,26 @@ def test_cli_augment_takes_like_at_intensity_1_5(tmp_path, neutral_faces, ckplus
     assert result.exit_code == 0, result.output
     with read_faces(tmp_path / "out.h5") as table:
         assert table.run_key["intensity"] == 1.5 and table.attrs["references"][0]["sha256"] == file_hash(reference)
+
+
+def _aligned(frames: np.ndarray, generator: ExpressionGenerator) -> torch.Tensor:
+    """The largest face of each frame, aligned for ``generator``."""
+    detector = DetectionOptions(faces="largest").detector("cpu", len(frames))
+    aligner = FaceAligner(generator.template, generator.image_size, device="cpu")
+    return aligner.align(list(frames), detector.detect(list(frames))).images
+
+
+def test_video_like_moves_the_face_and_tags_the_reference(tmp_path, guided, ckplus_dir):
+    """Six frames of a CK+ neutral face: each edited like the surprised reference, which the video's tags name."""
+    clip = photo_clip(tmp_path / "neutral.mp4", [Shot(ckplus_dir / "neutral" / NEUTRAL[1], 6, (0.0, 0.0, 1.0))],
+                      size=(160, 160))
+    reference = ckplus_dir / "surprise" / SURPRISE
+    summary = edit_video(clip, tmp_path / "out.mp4", guided, VideoOptions(like=reference, preset="ultrafast"),
+                         show_progress=False)
+    assert summary.faces_per_frame == [1] * 6
+    assert summary.reference["sha256"] == file_hash(reference) and summary.reference["path"] == str(reference.resolve())
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert json.loads(container.metadata["exaug_like"]) == summary.reference
+    before = _lip_gap(guided, _aligned(all_frames(clip)[0][[0, 5]], guided))
+    after = _lip_gap(guided, _aligned(all_frames(tmp_path / "out.mp4")[0][[0, 5]], guided))
+    assert (after > before + 6).all(), (before, after)
