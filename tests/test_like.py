@@ -147,10 +147,13 @@ def test_cli_reference_problems_are_one_line_errors(tmp_path, neutral_faces, fac
 def test_cli_augment_takes_like_at_intensity_1_5(tmp_path, neutral_faces, ckplus_dir):
     reference = ckplus_dir / "surprise" / SURPRISE
     result = CliRunner().invoke(app, ["augment", str(neutral_faces), "-o", str(tmp_path / "out.h5"), "--like",
-                                      str(reference), "--intensity", "1.5", "-q", "--device", "cpu"])
+                                      str(reference), "--intensity", "1.5", "--preview", str(tmp_path / "sheet.png"),
+                                      "-q", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     with read_faces(tmp_path / "out.h5") as table:
         assert table.run_key["intensity"] == 1.5 and table.attrs["references"][0]["sha256"] == file_hash(reference)
+    with Image.open(tmp_path / "sheet.png") as sheet:  # two faces x (original, like), under a label row
+        assert sheet.size == (2 * 128, 16 + 2 * 128)
 
 
 def _aligned(frames: np.ndarray, generator: ExpressionGenerator) -> torch.Tensor:
