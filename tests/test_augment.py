@@ -22,7 +22,8 @@ from exaug.expressions import EXPRESSIONS
 from exaug.io.store import merge, read_faces
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.align import align_dataset, AlignOptions
-from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash
+from exaug.io.digest import file_hash
+from exaug.pipelines.augment import AugmentOptions, augment_dataset
 from exaug.pipelines.stages import NO_FACE
 
 

@@ -117,6 +117,9 @@ def test_rows_validate_lengths_and_concatenate() -> None:
         FaceRows(image, ["a", "b"], [0], ["s"], [0], [False])
     with pytest.raises(ValueError, match="synthetic face needs"):
         FaceRows(image, ["a"], [-1], ["s"], [0], [True])
+    with pytest.raises(ValueError, match="synthetic face needs"):
+        FaceRows(image, ["a"], [-1], ["s"], [0], [True], {"reference": np.full(1, -1, np.int16)})
+    FaceRows(image, ["a"], [-1], ["s"], [0], [True], {"reference": np.zeros(1, np.int16)})  # follows reference 0
     with pytest.raises(ValueError, match="uint8"):
         FaceRows(image.astype(np.float32), ["a"], [0], ["s"], [0], [False])
     one = FaceRows(image, ["a"], [1], ["s"], [0], [False], {"prob": np.ones(1, np.float32)})

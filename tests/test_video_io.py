@@ -224,6 +224,17 @@ def test_other_containers_round_trip(suffix: str, codec: str, small_frames: np.n
     assert len(all_frames(out.path)[0]) == 12
 
 
+@pytest.mark.parametrize("suffix", ["mp4", "mov", "mkv"])
+def test_metadata_tags_are_kept(suffix: str, small_frames: np.ndarray, tmp_path: Path) -> None:
+    """Free-form tags (how exaug made the video) survive in MP4 and MOV too, which keep only known
+    tag names by default; Matroska reads them back upper-cased."""
+    src = make_video(tmp_path / "in.mp4", small_frames)
+    round_trip(src, tmp_path / f"out.{suffix}", preset="ultrafast", metadata={"exaug_like": '{"sha256": "ab"}'})
+    with av.open(str(tmp_path / f"out.{suffix}")) as container:
+        tags = {name.lower(): value for name, value in container.metadata.items()}
+    assert tags["exaug_like"] == '{"sha256": "ab"}'
+
+
 def test_variable_frame_rate_pts_kept(small_frames: np.ndarray, tmp_path: Path) -> None:
     pts = [0, 40, 80, 200, 230, 260, 500, 540, 580, 620, 900, 940]  # milliseconds, irregular
     src = make_video(tmp_path / "vfr.mp4", small_frames, pts=pts, time_base=Fraction(1, 1000))

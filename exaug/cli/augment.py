@@ -6,15 +6,17 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import (DEVICE, FACES, MAX_PIXELS, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE, QUIET, THRESHOLD,
-                              DeviceChoice, FacesChoice, command_line, detection_options, print_summary)
+from exaug.cli.common import (DEVICE, FACES, INTENSITY, LIKE_HELP, MAX_PIXELS, MAX_SIDE, MIN_FACE_SIZE, OVERWRITE,
+                              QUIET, THRESHOLD, DeviceChoice, FacesChoice, command_line, detection_options,
+                              print_summary)
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, parse_expressions
 from exaug.model.checkpoint import resolve_checkpoint
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.io.store import merge
-from exaug.pipelines.augment import AugmentOptions, augment_dataset, file_hash, shard_from_environment
+from exaug.io.digest import file_hash
+from exaug.pipelines.augment import AugmentOptions, augment_dataset, shard_from_environment
 from exaug.progress import console
 
 
@@ -23,11 +25,12 @@ def augment_command(
     output: Path = typer.Option(..., "--output", "-o", help="A .h5/.hdf5 file, or a folder (ImageFolder layout)."),
     all_emotions: bool = typer.Option(False, "--all-emotions", help="All eight expressions (the default when --emotion is not given)."),
     emotion: str = typer.Option(None, "--emotion", help=f"Comma list of targets: {', '.join(EXPRESSIONS)}."),
+    like: Path = typer.Option(None, "--like", metavar="REF", help=LIKE_HELP),
     model: Path = typer.Option(None, "--model", help="Generator file or training run folder (default: the bundled model)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Generator faces per forward pass (default: 128 on CUDA, 16 on CPU)."),
     size: int = typer.Option(None, "--size", help="Output face size in pixels (default: the model's)."),
     faces: FacesChoice = FACES,
-    intensity: float = typer.Option(1.0, "--intensity", min=0.0, max=1.0, help="0 keeps the face's expression, 1 the full target."),
+    intensity: float = INTENSITY,
     preview: Path = typer.Option(None, "--preview", help="Also write a PNG sheet: rows faces, columns original + targets."),
     num_shards: int = typer.Option(None, "--num-shards", help="Split the sources into N shards (default: $WORLD_SIZE or 1)."),
     shard_index: int = typer.Option(None, "--shard-index", help="Which shard this run writes (default: $RANK or 0)."),
@@ -40,9 +43,12 @@ def augment_command(
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
 ) -> None:
-    """Write every face of INPUT as it is and in each target expression."""
+    """Write every face of INPUT as it is and in each target expression (or in the expression of --like's face)."""
     if all_emotions and emotion:
         raise ExaugError("give either --all-emotions or --emotion, not both")
+    if like is not None and (all_emotions or emotion):
+        raise ExaugError("--like renders each face in the reference's expression: give it without --emotion "
+                         "or --all-emotions")
     try:
         expressions = parse_expressions(emotion) if emotion else list(EXPRESSIONS)
     except ValueError as err:
@@ -50,7 +56,7 @@ def augment_command(
     checkpoint = model_path(model)
     generator = ExpressionGenerator.load(checkpoint, device.value, max_batch=batch_size)
     shards, index = shard_from_environment(num_shards, shard_index)
-    options = AugmentOptions(expressions=expressions, intensity=intensity, size=size,
+    options = AugmentOptions(expressions=expressions, like=like, intensity=intensity, size=size,
                              detection=detection_options(faces, min_face_size, threshold, max_side),
                              workers=workers, max_pixels=max_pixels, num_shards=shards, shard_index=index,
                              preview=preview)

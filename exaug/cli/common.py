@@ -43,6 +43,12 @@ MAX_SIDE = typer.Option(DetectionOptions.max_side, "--max-side",
                              "lower is faster and misses more small faces.")
 MAX_PIXELS = typer.Option(images.MAX_PIXELS, "--max-pixels",
                           help="Larger images are skipped as likely decompression bombs; raise it for huge real scans.")
+INTENSITY = typer.Option(1.0, "--intensity", min=0.0, max=1.5,
+                         help="How far the face moves: 0 its expression removed (at rest), 1.0 the mean CK+ peak of "
+                              "the target for this face's shape (or the reference's expression as it is), up to 1.5 "
+                              "(half as large again). StarGAN models take 0 to 1 (1 the full target).")
+LIKE_HELP = ("A photo of someone whose expression every face takes (its largest face, found with the detection "
+             "options below); the geometry-guided model only.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from exaug.cli.common import (DEVICE, FACES, MAX_SIDE, MIN_FACE_SIZE, QUIET, THRESHOLD, DeviceChoice, FacesChoice,
-                              detection_options)
+from exaug.cli.common import (DEVICE, FACES, INTENSITY, LIKE_HELP, MAX_SIDE, MIN_FACE_SIZE, QUIET, THRESHOLD,
+                              DeviceChoice, FacesChoice, detection_options)
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
 from exaug.model.default import model_path
@@ -20,8 +20,9 @@ from exaug.progress import console
 def video_command(
     input_path: Path = typer.Argument(..., metavar="IN", help="A video file (MP4, MOV, AVI, WebM, MKV...)."),
     output: Path = typer.Option(..., "--output", "-o", help="The edited video (H.264 in MP4 for .mp4)."),
-    emotion: str = typer.Option(..., "--emotion", help=f"Target expression: {', '.join(EXPRESSIONS)}."),
-    intensity: float = typer.Option(1.0, "--intensity", min=0.0, max=1.0, help="0 keeps the face, 1 the full target."),
+    emotion: str = typer.Option(None, "--emotion", help=f"Target expression: {', '.join(EXPRESSIONS)}."),
+    like: Path = typer.Option(None, "--like", metavar="REF", help=LIKE_HELP),
+    intensity: float = INTENSITY,
     faces: FacesChoice = FACES,
     model: Path = typer.Option(None, "--model", help="Generator file or training run folder (default: the bundled model)."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
@@ -43,14 +44,16 @@ def video_command(
     device: DeviceChoice = DEVICE,
     quiet: bool = QUIET,
 ) -> None:
-    """Change the expression of the faces in a video, frame-accurate, audio copied."""
-    target = canonical_expression(emotion)
-    if target is None:
+    """Change the expression of the faces in a video (to --emotion, or --like's), frame-accurate, audio copied."""
+    if (emotion is None) == (like is None):
+        raise ExaugError("give one of --emotion and --like REF (the expression of a reference photo's face)")
+    target = None if emotion is None else canonical_expression(emotion)
+    if emotion is not None and target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
     span = TimeSpan(None if start is None else parse_time(start, "--start"),
                     None if end is None else parse_time(end, "--end"), ramp)
     generator = ExpressionGenerator.load(model_path(model), device.value)
-    options = VideoOptions(emotion=target, intensity=intensity,
+    options = VideoOptions(emotion=target or VideoOptions.emotion, like=like, intensity=intensity,  # like wins
                            detection=detection_options(faces, min_face_size, threshold, max_side), crf=crf,
                            preset=preset, side_by_side=side_by_side, chunk_size=chunk_size, span=span,
                            detect_every=detect_every)
@@ -59,3 +62,6 @@ def video_command(
     console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "
                   f"detection on {summary.detections} frames, "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
+    if summary.reference:
+        console.print(f"expression like {summary.reference['path']} (sha256 {summary.reference['sha256'][:16]}..., "
+                      f"face at {summary.reference['box']})", highlight=False)

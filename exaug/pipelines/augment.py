@@ -8,7 +8,6 @@ once per batch, to be written. Rows are committed a batch of sources at a time t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,14 +26,18 @@ from exaug.io.outputs import check_not_input
 from exaug.io.sheets import labelled_grid
 from exaug.io.sources import Source, discover_sources
 from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
+from exaug.io.store.rows import REFERENCE_COLUMN
 from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.like import Reference, check_intensity, load_reference
 from exaug.pipelines.stages import AlignedBatch, BatchSource, RunSummary, photo_batches, write_face_table
 
 
 @dataclass
 class AugmentOptions:
     expressions: list[str] = field(default_factory=lambda: list(EXPRESSIONS))
-    intensity: float = 1.0
+    # a photo: each face is rendered once with its (largest) face's expression instead of ``expressions``
+    like: Path | None = None
+    intensity: float = 1.0  # 0..1.5 for the guided model, 0..1 for StarGAN (see pipelines.like)
     size: int | None = None  # output face size; None: the model's
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     batch_size: int = 16  # source images per batch (detection and commit unit)
@@ -61,32 +64,35 @@ def shard_sources(sources: list[Source], num_shards: int, shard_index: int) -> l
     return sources[shard_index * count // num_shards:(shard_index + 1) * count // num_shards]
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def augment_dataset(input_path: Path | str, output: Path | str, generator: ExpressionGenerator, model_hash: str,
                     options: AugmentOptions | None = None, *, overwrite: bool = False, command: str = "",
                     show_progress: bool = True) -> RunSummary:
-    """Write originals and generated expressions for every face under ``input_path`` to ``output``."""
+    """Write originals and generated expressions for every face under ``input_path`` to ``output``.
+
+    With ``options.like`` each face gets one generated row instead, in the reference face's
+    expression: its label is -1 (the expression has no name; exaug does not guess one), its
+    ``reference`` column 0, an index into the ``references`` attribute (the photo's path, sha256 and
+    face box). The reference's hash is in the run key, so resuming with another photo is refused."""
     options = options or AugmentOptions()
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
-    targets = [label_index(name) for name in options.expressions]
+    check_intensity(generator, options.intensity)
+    reference = None if options.like is None else load_reference(options.like, generator, options.detection,
+                                                                  options.max_pixels)
+    targets = [] if reference is not None else [label_index(name) for name in options.expressions]
     sources, batches_for = _open_input(input_path, generator, options)
     sources = shard_sources(sources, options.num_shards, options.shard_index)
     size = options.size or generator.image_size
     run_key = {"command": "augment", "input": str(input_path.resolve()), "model_hash": model_hash,
-               "expressions": options.expressions, "intensity": options.intensity, "size": size,
-               **asdict(options.detection), "shard": [options.shard_index, options.num_shards]}
+               "expressions": [] if reference is not None else options.expressions, "intensity": options.intensity,
+               "size": size, **asdict(options.detection), "shard": [options.shard_index, options.num_shards]}
     attrs = {"exaug_version": __version__, "model_hash": model_hash, "template": generator.template or "",
              "size": size, "expressions": list(EXPRESSIONS), "command": command}
+    if reference is not None:
+        run_key["like"], attrs["references"] = reference.sha256, [reference.record()]
     summary = write_face_table(output, sources, batches_for,
-                               lambda batch: _augmented_rows(batch, generator, targets, options.intensity, size),
+                               lambda batch: _augmented_rows(batch, generator, targets, options.intensity, size,
+                                                             reference),
                                run_key=run_key, attrs=attrs, overwrite=overwrite, description="augmenting",
                                show_progress=show_progress)
     if options.preview:
@@ -134,14 +140,21 @@ def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size:
 
 
 def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets: list[int], intensity: float,
-                    size: int) -> FaceRows:
-    """Per face: the original, then each target expression, adjacent, so a face's rows stay together."""
+                    size: int, reference: Reference | None) -> FaceRows:
+    """Per face: the original, then each target expression (or the reference's), adjacent, so a
+    face's rows stay together."""
     aligned = batch.aligned
-    n, per_face = len(aligned), 1 + len(targets)
+    n = len(aligned)
     if n == 0:
         return FaceRows.empty(size, size)
-    names = [generator.expressions[i] for i in targets]
-    generated = generator.generate_all(aligned.images, names, intensity=intensity)
+    if reference is None:
+        names = [generator.expressions[i] for i in targets]
+        generated = generator.generate_all(aligned.images, names, intensity=intensity)
+        labels = targets
+    else:
+        generated = generator.generate(aligned.images, like=reference.face, intensity=intensity)[:, None]
+        labels = [-1]  # the reference's expression has no name
+    per_face = 1 + len(labels)
     faces = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
     faces = resize_faces(faces, size)
     sources = [batch.sources[i] for i in aligned.image_index]
@@ -149,11 +162,11 @@ def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets
     return FaceRows(
         images=faces.permute(0, 2, 3, 1).cpu().numpy(),
         identity=[s.identity for s in sources for _ in range(per_face)],
-        expression=np.array([[k, *targets] for k in known], np.int8).reshape(-1),
+        expression=np.array([[k, *labels] for k in known], np.int8).reshape(-1),
         source=[s.relpath for s in sources for _ in range(per_face)],
         face=np.repeat(aligned.face_index, per_face).astype(np.int16),
-        synthetic=np.tile([False] + [True] * len(targets), n),
-        extra={},
+        synthetic=np.tile([False] + [True] * len(labels), n),
+        extra={} if reference is None else {REFERENCE_COLUMN: np.tile(np.array([-1, 0], np.int16), n)},
     )
 
 
@@ -166,5 +179,5 @@ def preview_sheet(output: Path, max_faces: int):
         starts, ends = originals[:max_faces], np.append(originals[1:], len(table))[:max_faces]
         width = int((ends - starts).min())
         grid = np.stack([table.images[int(start):int(start) + width] for start in starts])
-        labels = ["original"] + [EXPRESSIONS[i] for i in table.expression[starts[0] + 1:starts[0] + width]]
+        labels = ["original"] + [label_name(i) or "like" for i in table.expression[starts[0] + 1:starts[0] + width]]
     return labelled_grid(grid, labels)

@@ -13,6 +13,7 @@ expression grows.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from exaug.faces.track import TrackedFace
 from exaug.io.outputs import check_not_input
 from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.like import check_intensity, load_reference
 from exaug.pipelines.stages import StageTimer
 from exaug.pipelines.timespan import TimeSpan
 from exaug.progress import progress_bar
@@ -40,7 +42,8 @@ STAGES = ("decode", "detect", "track", "generate", "blend", "encode")
 @dataclass
 class VideoOptions:
     emotion: str = "happy"
-    intensity: float = 1.0
+    like: Path | None = None  # a photo: every face takes its (largest) face's expression instead of ``emotion``
+    intensity: float = 1.0  # 0..1.5 for the guided model, 0..1 for StarGAN (see pipelines.like)
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     crf: int = 18
     preset: str = "medium"
@@ -59,6 +62,7 @@ class VideoSummary:
     detections: int = 0  # frames MTCNN ran on
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    reference: dict | None = None  # the --like photo (path, sha256, face box), also in the video's tags
 
     @property
     def frames_per_second(self) -> float:
@@ -67,7 +71,8 @@ class VideoSummary:
 
 def edit_video(input_path: Path | str, output: Path | str, generator: ExpressionGenerator,
                options: VideoOptions | None = None, *, show_progress: bool = True) -> VideoSummary:
-    """Write ``output``: ``input_path`` with every face in ``options.emotion``."""
+    """Write ``output``: ``input_path`` with every face in ``options.emotion``, or in the expression of
+    the face in ``options.like``, recorded in the video's ``exaug_like`` tag (JSON) and the summary."""
     options = options or VideoOptions()
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
@@ -75,6 +80,8 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     span = options.span
     if span.start is not None and info.duration and span.start >= info.duration:
         raise ExaugError(f"{input_path}: --start {span.start:g} s is past the end of the video ({info.duration:.2f} s)")
+    check_intensity(generator, options.intensity)
+    reference = None if options.like is None else load_reference(options.like, generator, options.detection)
     device = generator.device
     timer = StageTimer(device)
     follower = FaceFollower(options.detection.detector(device, 1), FaceMesh(),
@@ -82,10 +89,11 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                             fps=float(info.fps) if info.fps else 25.0, timer=timer)
     aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=device)
     mask = feather_mask(aligner.size, device)
-    summary = VideoSummary(output)
+    summary = VideoSummary(output, reference=None if reference is None else reference.record())
+    tags = {} if reference is None else {"exaug_like": json.dumps(summary.reference)}
     started = time.perf_counter()
     width = 2 * info.width if options.side_by_side else info.width
-    with VideoWriter(output, info, width=width, crf=options.crf, preset=options.preset) as writer, \
+    with VideoWriter(output, info, width=width, crf=options.crf, preset=options.preset, metadata=tags) as writer, \
             progress_bar("frames", disable=not show_progress) as bar:
         task = bar.add_task("editing", total=info.frames or None, info="")
 
@@ -96,7 +104,8 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                 strength = weights[aligned.image_index]
                 intensity = (options.intensity if (strength == 1).all()
                              else torch.from_numpy(options.intensity * strength).float())
-                edited = generator.generate(aligned.images, options.emotion, intensity=intensity)
+                edited = (generator.generate(aligned.images, options.emotion, intensity=intensity) if reference is None
+                          else generator.generate(aligned.images, like=reference.face, intensity=intensity))
             with timer("blend"):
                 result = chunk.frames  # a chunk without faces passes through untouched
                 if len(aligned):

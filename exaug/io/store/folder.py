@@ -90,13 +90,14 @@ def _fitting(name: str) -> str:
 
 
 def png_paths(rows: FaceRows, taken: set[str]) -> list[str]:
-    """``<identity>/<source stem>_f<face>_<original|expression>.png``; a name already taken (two
-    sources with one stem) gets ``-2``, ``-3``... after the stem, the same on every resume."""
+    """``<identity>/<source stem>_f<face>_<original|expression|like>.png`` (``like``: generated with a
+    reference face's expression, which has no name); a name already taken (two sources with one stem)
+    gets ``-2``, ``-3``... after the stem, the same on every resume."""
     paths = []
     for identity, source, face, expression, synthetic in zip(rows.identity, rows.source, rows.face.tolist(),
                                                               rows.expression.tolist(), rows.synthetic.tolist()):
         folder, stem = _folder_name(identity, expression), _fitting(PurePosixPath(source).stem)
-        suffix = EXPRESSIONS[expression] if synthetic else "original"
+        suffix = "original" if not synthetic else EXPRESSIONS[expression] if expression >= 0 else "like"
         path, copy = f"{folder}/{stem}_f{face}_{suffix}.png", 1
         while path in taken:
             copy += 1

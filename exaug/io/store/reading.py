@@ -86,8 +86,9 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
 
 
 def _check_mergeable(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -> None:
-    """Faces from different models, of different sizes or with other target expressions would make
-    one table that lies; one run's output twice (a copy of a shard) would repeat its rows."""
+    """Faces from different models, of different sizes, with other target expressions or another
+    ``--like`` reference would make one table that lies; one run's output twice (a copy of a shard)
+    would repeat its rows."""
     for number, table in enumerate(tables):
         done, input_path = set(table.completed_sources()), (table.run_key or {}).get("input")
         for other, earlier in zip(parts, tables[:number]):
@@ -96,7 +97,8 @@ def _check_mergeable(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -
                                  "is it the same shard twice? merge each part once")
     for what, values in (("model_hash", [table.attrs.get("model_hash") for table in tables]),
                          ("image size", [table.image_size for table in tables]),
-                         ("--emotion list", [(table.run_key or {}).get("expressions") for table in tables])):
+                         ("--emotion list", [(table.run_key or {}).get("expressions") for table in tables]),
+                         ("--like reference", [(table.run_key or {}).get("like") for table in tables])):
         if len({json.dumps(value) for value in values}) > 1:
             listing = ", ".join(f"{part} has {value}" for part, value in zip(parts, values))
             raise ExaugError(f"cannot merge outputs whose {what} differs: {listing}")

@@ -13,7 +13,9 @@ from exaug.expressions import EXPRESSIONS
 # the table's own datasets; extra columns may not take these names
 TABLE_DATASETS = frozenset({"images", "identity", "identities", "source", "sources", "expression", "face",
                             "synthetic", "failed_sources", "failure_reasons", "path", "done_sources"})
-
+# augment --like: the extra column saying which reference (an index into the ``references`` attribute)
+# a generated face follows, -1 for the rest; such a face's expression is unnamed (-1)
+REFERENCE_COLUMN = "reference"
 
 
 @dataclass
@@ -45,8 +47,9 @@ class FaceRows:
             raise ValueError(f"extra columns must be numeric: {not_numeric}")
         if clash := TABLE_DATASETS.intersection(self.extra):
             raise ValueError(f"extra column names {sorted(clash)} are taken by the table's own columns")
-        if (self.synthetic & (self.expression < 0)).any():
-            raise ValueError("a synthetic face needs the expression it was generated with")
+        follows = self.extra[REFERENCE_COLUMN] >= 0 if REFERENCE_COLUMN in self.extra else False
+        if (self.synthetic & (self.expression < 0) & ~follows).any():
+            raise ValueError("a synthetic face needs the expression it was generated with, or the reference it follows")
 
     def __len__(self) -> int:
         return len(self.images)

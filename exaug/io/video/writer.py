@@ -48,11 +48,16 @@ class VideoWriter:
     Audio packets are copied unchanged (no re-encoding, no generation loss) and muxed as the video
     advances, each once the video has reached its timestamp, so the file stays interleaved and
     streams well; audio past the last frame is kept.
+
+    ``metadata`` becomes container tags (how the video was made). MP4 and MOV keep only a few
+    known tag names unless told to write free-form ones, so they are told; Matroska and WebM keep
+    any (FFmpeg reads them back upper-cased); AVI drops them.
     """
 
     def __init__(self, path: Path | str, source: VideoInfo, *, width: int | None = None,
                  height: int | None = None, crf: int = 18, preset: str = "medium",
-                 copy_audio: bool = True, codec: str = "libx264", pix_fmt: str = "yuv420p"):
+                 copy_audio: bool = True, codec: str = "libx264", pix_fmt: str = "yuv420p",
+                 metadata: dict[str, str] | None = None):
         self.path = Path(path)
         self.source = source
         self.frame_width = width or source.width
@@ -61,6 +66,7 @@ class VideoWriter:
         self.height = self.frame_height + self.frame_height % 2
         self.crf, self.preset, self.codec, self.pix_fmt = crf, preset, codec, pix_fmt
         self.copy_audio = copy_audio and source.audio_streams > 0
+        self.metadata = dict(metadata or {})
         self.frames_written = 0
         self._replacement: Replacement | None = None
         self._lock: OutputLock | None = None
@@ -94,6 +100,7 @@ class VideoWriter:
                 self._output = av.open(str(self._replacement.temporary), mode="w")
             except ValueError:
                 raise ExaugError(f"{self.path}: not a video file name FFmpeg knows (use .mp4, .mov or .mkv)") from None
+            self._add_metadata()
             self._add_video_stream()
             if self.copy_audio:
                 self._add_audio_streams()
@@ -102,6 +109,13 @@ class VideoWriter:
             if isinstance(exc, av.error.FFmpegError):
                 raise ExaugError(f"{self.path}: cannot create the video ({ffmpeg_reason(exc)})") from None
             raise
+
+    def _add_metadata(self) -> None:
+        """Tags are written with the header, at the first packet: set them before any."""
+        assert self._output is not None
+        if self.metadata and {"mov", "mp4", "ipod"} & set(self._output.format.name.split(",")):
+            self._output.options["movflags"] = "use_metadata_tags"
+        self._output.metadata.update(self.metadata)
 
     def _check_supported(self, codec: str, what: str) -> None:
         assert self._output is not None
