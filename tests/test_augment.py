@@ -248,3 +248,28 @@ def test_cuda_augment_matches_the_cpu(tmp_path, faces_dir, test_checkpoint, mode
     gpu, cpu = _datasets(output), _datasets(augmented_h5)
     assert np.array_equal(gpu["expression"], cpu["expression"]) and np.array_equal(gpu["source"], cpu["source"])
     assert np.abs(gpu["images"].astype(np.int16) - cpu["images"]).mean() < 4
+
+
+def test_guided_model_renders_a_larger_size_from_the_photo_not_from_its_own_128_pixels(tmp_path, people_dir):
+    from exaug.model.default import DEFAULT_MODEL
+
+    guided = ExpressionGenerator.load(DEFAULT_MODEL, "cpu")
+    outputs = {}
+    for size in (128, 256):
+        outputs[size] = tmp_path / f"out{size}.h5"
+        augment_dataset(people_dir, outputs[size], guided, "default", AugmentOptions(expressions=["happy"], size=size),
+                        show_progress=False)
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+
+    def detail(images: np.ndarray) -> torch.Tensor:
+        luma = torch.from_numpy(images).float() @ torch.tensor([0.299, 0.587, 0.114])
+        return torch.nn.functional.conv2d(luma[:, None], laplacian).square().mean((1, 2, 3))
+
+    with read_faces(outputs[128]) as small, read_faces(outputs[256]) as large:
+        assert large.images.shape[1:3] == (256, 256) and len(large) == len(small)
+        big, synthetic = large.images[0:len(large)], large.synthetic[0:len(large)]
+        upscaled = torch.nn.functional.interpolate(torch.from_numpy(small.images[0:len(small)]).permute(0, 3, 1, 2).float(),
+                                                   size=256, mode="bicubic", align_corners=False).clamp(0, 255)
+    generated, originals = detail(big[synthetic]), detail(big[~synthetic])
+    assert (generated > 0.65 * originals).all()
+    assert (generated > 1.5 * detail(upscaled.permute(0, 2, 3, 1).numpy()[synthetic])).all()

@@ -35,6 +35,8 @@ class ExpressionGenerator:
     not "half as strong".
     """
 
+    resolution_free = False  # faces at the model's size only (GuidedExpressionGenerator takes any)
+
     def __init__(self, generator: nn.Module, source_estimator: nn.Module, meta: dict[str, Any],
                  *, max_batch: int | None = None):
         self._generator = generator

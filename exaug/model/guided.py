@@ -135,6 +135,8 @@ class GuidedExpressionGenerator:
     face shape) to 1.5 (the same motion half as large again).
     """
 
+    resolution_free = True  # aligned faces of any size: warped at their own, painted at the model's
+
     def __init__(self, model: GuidedGenerator, meta: dict, device: str | torch.device = "cpu", *,
                  max_batch: int | None = None):
         self.device = torch.device(device)
@@ -216,7 +218,8 @@ class GuidedExpressionGenerator:
         if like is None:
             names = self._names(expressions, len(faces))
         else:
-            like = self.meshes(like.expand(len(faces), -1, -1, -1) if len(like) == 1 else like)
+            like = self.meshes(like)  # one reference is meshed once, then serves every face
+            like = like.expand(len(faces), -1, -1) if len(like) == 1 else like
         return self.render(faces, meshes, self.targets(meshes, names, intensity, like)).to(faces.device)
 
     def _own_meshes(self, faces: Tensor, meshes: Tensor | None) -> Tensor:

@@ -100,12 +100,21 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     return summary
 
 
+def working_size(generator: ExpressionGenerator, size: int | None) -> int:
+    """The size faces are aligned and generated at: a resolution-free generator (the guided one)
+    works at the output size when that is larger, so a 256-pixel face keeps 256 pixels of the
+    photo's detail instead of being a 128-pixel render scaled up."""
+    if generator.resolution_free and size:
+        return max(size, generator.image_size)
+    return generator.image_size
+
+
 def _open_input(input_path: Path, generator: ExpressionGenerator, options: AugmentOptions) -> tuple[list[Source], BatchSource]:
     """The sources of INPUT, and how to turn a list of them into aligned batches."""
     if input_path.is_file() and input_path.suffix.lower() in HDF5_SUFFIXES:
         return _aligned_table_input(input_path, generator, options.batch_size)
     detector = options.detection.detector(generator.device, options.batch_size)
-    aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=generator.device)
+    aligner = FaceAligner(generator.template or "exaug", working_size(generator, options.size), device=generator.device)
     return discover_sources(input_path), photo_batches(detector, aligner, options.batch_size, options.workers,
                                                        max_pixels=options.max_pixels)
 
