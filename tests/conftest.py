@@ -49,6 +49,25 @@ def video_clip() -> Path:
     return data_path("video", "street_1080p_audio.mp4")
 
 
+def align_ck_subjects(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
+    """CK+ neutral and peak frames of the first ``subjects`` people (by name), aligned at 128 px with
+    meshes into ``folder``/ck128.h5: the input of load_pairs, the geometry model and the floor."""
+    from exaug.faces.detect import DetectionOptions
+    from exaug.pipelines.align import AlignOptions, align_dataset
+
+    chosen = sorted({path.name[:4] for path in (ckplus_dir / "neutral").glob("S*.png")})[:subjects]
+    for expression_folder in ckplus_dir.iterdir():
+        if expression_folder.is_dir():
+            for image in expression_folder.glob("S*.png"):
+                if image.name[:4] in chosen:
+                    (folder / "faces" / expression_folder.name).mkdir(parents=True, exist_ok=True)
+                    (folder / "faces" / expression_folder.name / image.name).symlink_to(image)
+    output = folder / "ck128.h5"
+    options = AlignOptions(device="cpu", mesh=True, detection=DetectionOptions(faces="largest"))
+    align_dataset(folder / "faces", output, options, show_progress=False)
+    return output
+
+
 def interrupt_when(process, ready, timeout: float) -> str:
     """Wait (at most ``timeout`` s, the process still running) until ``ready()``, then send Ctrl-C;
     the process's output."""

@@ -10,7 +10,6 @@ import torch
 
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import resize_faces
-from exaug.faces.detect import DetectionOptions
 from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
@@ -21,24 +20,15 @@ from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
 from exaug.train.pairs import load_pairs
 
+from conftest import align_ck_subjects
+
 SUBJECTS = 36  # the first subjects by name: a third of CK+, six of them held out by the shipped model
 
 
 @pytest.fixture(scope="module")
 def ck_table(tmp_path_factory, ckplus_dir) -> Path:
     """CK+ neutral and peak frames of the first SUBJECTS people, aligned at 128 px with meshes."""
-    subjects = sorted({path.name[:4] for path in (ckplus_dir / "neutral").glob("S*.png")})[:SUBJECTS]
-    folder = tmp_path_factory.mktemp("ck")
-    for expression_folder in ckplus_dir.iterdir():
-        if expression_folder.is_dir():
-            for image in expression_folder.glob("S*.png"):
-                if image.name[:4] in subjects:
-                    (folder / expression_folder.name).mkdir(exist_ok=True)
-                    (folder / expression_folder.name / image.name).symlink_to(image)
-    output = folder.parent / "ck128.h5"
-    options = AlignOptions(device="cpu", mesh=True, detection=DetectionOptions(faces="largest"))
-    align_dataset(folder, output, options, show_progress=False)
-    return output
+    return align_ck_subjects(ckplus_dir, tmp_path_factory.mktemp("ck"), SUBJECTS)
 
 
 @pytest.fixture(scope="module")

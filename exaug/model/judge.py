@@ -1,9 +1,11 @@
-"""``exaug eval``'s judge: an expression classifier (ResNet-18 from scratch), its input and its file.
+"""``exaug eval``'s judges: expression classifiers, their input and their file.
 
-The judge always sees luma (replicated to ResNet's three channels): a colour model cannot score by
-tinting a face, and a greyscale dataset is judged the same way. It is trained by
-:func:`exaug.train.judge.train_classifier` and saved in the same weights-only format as the
-generator (:mod:`exaug.model.checkpoint`).
+Two kinds: the CK+ judge (ResNet-18 from scratch at the generator's size, all eight expressions,
+:func:`exaug.train.judge.train_classifier`) and the FER2013 judge (a small CNN on 48 px greyscale,
+seven expressions, no contempt, :mod:`exaug.train.fer2013`), which never saw the generator's people.
+A judge always sees luma (replicated to three channels): a colour model cannot score by tinting a
+face, and a greyscale dataset is judged the same way. Both are saved in the same weights-only format
+as the generator (:mod:`exaug.model.checkpoint`); the file's metadata says which kind it is.
 """
 
 from __future__ import annotations
@@ -19,11 +21,34 @@ from torch import Tensor, nn
 from exaug.device import resolve_device
 from exaug.expressions import EXPRESSIONS
 from exaug.model.checkpoint import CLASSIFIER_FORMAT, load_weights, save_weights
+from exaug.errors import ExaugError
+from exaug.faces.align import apply_affine, estimate_similarity, get_template, invert_affine, resize_faces
 from exaug.model.color import encode
 
+FER_EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger")  # FER2013: no contempt
+FER_SIZE = 48
 
-def judge_network() -> nn.Module:
-    return torchvision.models.resnet18(weights=None, num_classes=len(EXPRESSIONS))
+
+def _fer_cnn(classes: int) -> nn.Module:
+    """VGG-style blocks (3x3 convolutions with batch norm, 2x2 max-pooling; one convolution at full
+    resolution, where it costs most) and global pooling: 0.3 M parameters, about a minute per FER2013
+    epoch on two CPU cores."""
+    layers: list[nn.Module] = []
+    width_in = 3
+    for width, convolutions in ((24, 1), (48, 2), (96, 2), (192, 1)):
+        for _ in range(convolutions):
+            layers += [nn.Conv2d(width_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            width_in = width
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(width_in, classes))
+
+
+def judge_network(arch: str = "resnet18", classes: int = len(EXPRESSIONS)) -> nn.Module:
+    if arch == "resnet18":
+        return torchvision.models.resnet18(weights=None, num_classes=classes)
+    if arch == "fer-cnn":
+        return _fer_cnn(classes)
+    raise ExaugError(f"unknown judge architecture {arch!r}")
 
 
 def judge_input(faces: Tensor) -> Tensor:
@@ -51,6 +76,55 @@ def predict_expressions(network: nn.Module, faces: Tensor, *, batch_size: int = 
     return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
 
+class Judge:
+    """A loaded judge: its network and metadata, and the faces it is asked about put the way it was
+    trained to see them (its size; for the FER judge, FER's framing of the face)."""
+
+    def __init__(self, network: nn.Module, meta: dict[str, Any]):
+        self.network, self.meta = network, meta
+        self.expressions: tuple[str, ...] = tuple(meta.get("expressions") or EXPRESSIONS)
+        self.image_size: int = int(meta["image_size"])
+        self._to_exaug = torch.tensor([EXPRESSIONS.index(name) for name in self.expressions])
+
+    def framed(self, faces: Tensor, template: str | None = "exaug") -> Tensor:
+        """uint8 faces aligned on ``template`` (any size) at the judge's size; moved into the judge's
+        recorded five-point frame when it has one (a similarity, bilinear after an antialiased resize)."""
+        frame = self.meta.get("frame")
+        if not frame:
+            return resize_faces(faces, self.image_size)
+        if template is None:
+            raise ExaugError("this judge places faces by their five landmarks: it needs faces aligned on a template, "
+                             "not ready-made crops (--no-align)")
+        size, out = 2 * self.image_size, self.image_size
+        points = torch.from_numpy(get_template(template, size).points).float()
+        to_source = invert_affine(estimate_similarity(points[None], torch.tensor(frame) * out - 0.5))
+        ys, xs = torch.meshgrid(torch.arange(out).float(), torch.arange(out).float(), indexing="ij")
+        source = apply_affine(to_source, torch.stack([xs, ys], -1).reshape(1, -1, 2))
+        grid = ((source + 0.5) * 2 / size - 1).reshape(1, out, out, 2).expand(len(faces), -1, -1, -1)
+        moved = F.grid_sample(resize_faces(faces, size).float(), grid.to(faces.device), mode="bilinear",
+                              padding_mode="border", align_corners=False)
+        return moved.round().clamp(0, 255).to(torch.uint8)
+
+    def predict(self, faces: Tensor, *, framed: bool = True, template: str | None = "exaug",
+                batch_size: int = 256) -> Tensor:
+        """exaug expression indices (N,) on the CPU for uint8 RGB faces (N,3,S,S); ``framed=False``
+        for faces already in the judge's own framing (its training data)."""
+        device = next(self.network.parameters()).device
+        chunks = []
+        for start in range(0, len(faces), batch_size):
+            batch = faces[start:start + batch_size].to(device)
+            batch = self.framed(batch, template) if framed else resize_faces(batch, self.image_size)
+            chunks.append(predict_expressions(self.network, batch, batch_size=batch_size))
+        return self._to_exaug[torch.cat(chunks)] if chunks else torch.zeros(0, dtype=torch.long)
+
+    def save(self, path: Path | str) -> Path:
+        return save_classifier(path, self.network, self.meta)
+
+
+def load_judge(path: Path | str, device: str | torch.device = "auto") -> Judge:
+    return Judge(*load_classifier(path, device))
+
+
 def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) -> Path:
     """Weights and metadata only (loads with ``weights_only=True``), written atomically."""
     return save_weights(Path(path), CLASSIFIER_FORMAT, meta, {"network": network})
@@ -59,6 +133,13 @@ def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) 
 def load_classifier(path: Path | str, device: str | torch.device = "auto") -> tuple[nn.Module, dict[str, Any]]:
     """The network (eval mode, on ``device``) and its metadata; any way the file is wrong is one
     ExaugError. Files holding Python objects are refused, never unpickled."""
-    modules, meta = load_weights(Path(path), CLASSIFIER_FORMAT, lambda meta: {"network": judge_network()},
+    modules, meta = load_weights(Path(path), CLASSIFIER_FORMAT, lambda meta: {"network": _network_for(meta)},
                                  damaged="damaged classifier file")
     return modules["network"].to(resolve_device(device)).eval(), meta
+
+
+def _network_for(meta: dict[str, Any]) -> nn.Module:
+    expressions = meta.get("expressions") or EXPRESSIONS
+    if not isinstance(expressions, (list, tuple)) or set(expressions) - set(EXPRESSIONS):
+        raise ExaugError(f"unknown expressions {expressions!r}")
+    return judge_network(str(meta.get("arch", "resnet18")), len(expressions))

@@ -10,8 +10,10 @@ Two numbers say what the generator changes that it should not: the mean absolute
 the inner face (where :func:`~exaug.faces.blend.feather_mask` is 0: background, hair, neck) and the
 cycle error, how far ``G(G(x, target), source)`` lands from ``x``. Both are in grey levels (0-255).
 
-The classifier (the judge) is :mod:`exaug.model.judge`, trained by :mod:`exaug.train.judge`; the
-terminal table is the CLI's (:mod:`exaug.cli.eval`).
+The classifier (the judge) is :mod:`exaug.model.judge`, trained by :mod:`exaug.train.judge`, or a
+saved one: also the FER2013 judge (``scripts/train_fer_judge.py``), which never saw CK+ and judges
+faces moved into FER's 48 px framing; expressions it has no class for (contempt) are not judged
+(None). The terminal table is the CLI's (:mod:`exaug.cli.eval`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from exaug import __version__
 from exaug.device import resolve_device
@@ -32,7 +33,7 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
 from exaug.model.generator import ExpressionGenerator
-from exaug.model.judge import load_classifier, predict_expressions, save_classifier
+from exaug.model.judge import Judge, load_judge
 from exaug.pipelines.training import training_data
 from exaug.progress import progress_bar
 from exaug.train.faceset import FaceSet, load_faces, split_validation
@@ -69,7 +70,8 @@ class EvalOptions:
 
 @dataclass
 class EvalReport:
-    """Accuracies are fractions in [0, 1]; None for an expression without held-out real faces."""
+    """Accuracies are fractions in [0, 1]; None for an expression without held-out real faces, or
+    one the judge has no class for (FER2013's judge: contempt)."""
 
     data: str
     held_out_subjects: list[str]
@@ -81,7 +83,7 @@ class EvalReport:
     real_overall: float
     real_mean_per_expression: float  # CK+ is 2/3 neutral: the overall figure is mostly neutral's
     generated_count: dict[str, int]
-    generated_accuracy: dict[str, float]
+    generated_accuracy: dict[str, float | None]
     generated_overall: float
     outside_change: float  # grey levels, mean over every generated face's outside pixels
     cycle_error: float  # grey levels, mean over held-out faces and targets other than their own
@@ -110,14 +112,15 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
         raise ExaugError(f"{data_path}: no held-out faces to evaluate on")
     loaded = time.perf_counter()
 
-    network, provenance = _classifier(training, held, generator.image_size, options)
+    judge, provenance = _classifier(training, held, generator.image_size, options)
     trained = time.perf_counter()
 
-    scores = _score(generator, network, held, options)
+    scores = _score(generator, judge, held, options)
     finished = time.perf_counter()
     real_count = np.bincount(held.labels, minlength=len(EXPRESSIONS))
-    real_accuracy = [float(c / n) if n else None for c, n in zip(scores.real_correct, real_count)]
-    generated_accuracy = scores.generated_correct / len(held)
+    judged = np.array([name in judge.expressions for name in EXPRESSIONS])
+    real_accuracy = [float(c / n) if n and known else None for c, n, known in zip(scores.real_correct, real_count, judged)]
+    generated_accuracy = [float(c / len(held)) if known else None for c, known in zip(scores.generated_correct, judged)]
     return EvalReport(
         data=str(data_path),
         held_out_subjects=held.known_subjects(),
@@ -126,11 +129,11 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
         classifier=provenance,
         real_count=dict(zip(EXPRESSIONS, real_count.tolist())),
         real_accuracy=dict(zip(EXPRESSIONS, real_accuracy)),
-        real_overall=float(scores.real_correct.sum() / len(held)),
+        real_overall=float(scores.real_correct[judged].sum() / real_count[judged].sum()),
         real_mean_per_expression=float(np.mean([a for a in real_accuracy if a is not None])),
         generated_count={name: len(held) for name in EXPRESSIONS},
-        generated_accuracy=dict(zip(EXPRESSIONS, generated_accuracy.tolist())),
-        generated_overall=float(generated_accuracy.mean()),
+        generated_accuracy=dict(zip(EXPRESSIONS, generated_accuracy)),
+        generated_overall=float(np.mean([a for a in generated_accuracy if a is not None])),
         outside_change=scores.outside_change,
         cycle_error=scores.cycle_error,
         generator_steps=generator.meta.get("steps"),
@@ -187,14 +190,16 @@ def _at_most(positions: np.ndarray, count: int | None, rng: np.random.Generator)
     return np.sort(rng.choice(positions, count, replace=False))
 
 
-def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: EvalOptions) -> tuple[nn.Module, str]:
-    """The classifier ``options`` names (checked against this evaluation) or one trained here."""
+def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: EvalOptions) -> tuple[Judge, str]:
+    """The classifier ``options`` names (checked against this evaluation) or one trained here. A judge
+    with its own framing (FER2013's) takes faces of any size; exaug's CK+ judge only its own."""
     if options.classifier is not None:
-        network, meta = load_classifier(options.classifier, options.device)
-        if meta.get("image_size") != image_size:
+        judge = load_judge(options.classifier, options.device)
+        meta = judge.meta
+        if not meta.get("frame") and meta.get("image_size") != image_size:
             raise ExaugError(f"{options.classifier}: a classifier for {meta.get('image_size')}px faces; this "
                              f"generator makes {image_size}px faces")
-        if meta.get("expressions") != list(EXPRESSIONS):
+        if not set(judge.expressions) <= set(EXPRESSIONS):
             raise ExaugError(f"{options.classifier}: its expressions {meta.get('expressions')} are not exaug's")
         overlap = set(meta.get("training_subjects", ())) & set(held.known_subjects())
         if overlap:
@@ -202,6 +207,9 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
                              "which would overstate its accuracy; use the split it was saved with, or train a new one")
         provenance = (f"loaded from {options.classifier} (trained for {meta.get('epochs')} epochs on "
                       f"{meta.get('faces')} faces of {meta.get('data')})")
+        unjudged = [name for name in EXPRESSIONS if name not in judge.expressions]
+        if unjudged:
+            provenance += f"; not judged (no such class): {', '.join(unjudged)}"
     else:
         network = train_classifier(training, image_size=image_size, epochs=options.epochs,
                                    batch_size=options.batch_size, lr=options.lr, device=options.device,
@@ -209,11 +217,12 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
         meta = {"image_size": image_size, "expressions": list(EXPRESSIONS), "epochs": options.epochs,
                 "faces": len(training), "training_subjects": training.known_subjects(), "data": training.source,
                 "seed": options.seed, "exaug_version": __version__}
+        judge = Judge(network, meta)
         provenance = (f"trained here for {options.epochs} epochs on {len(training)} faces of "
                       f"{len(training.known_subjects())} subjects")
     if options.save_classifier is not None:
-        save_classifier(options.save_classifier, network, meta)
-    return network, provenance
+        judge.save(options.save_classifier)
+    return judge, provenance
 
 
 @dataclass
@@ -224,7 +233,7 @@ class _Scores:
     cycle_error: float
 
 
-def _score(generator: ExpressionGenerator, network: nn.Module, held: FaceSet, options: EvalOptions) -> _Scores:
+def _score(generator: ExpressionGenerator, judge: Judge, held: FaceSet, options: EvalOptions) -> _Scores:
     """Classify the held-out faces and every rendering of them; measure what changed where it should not.
 
     Faces go through a batch at a time: each becomes ``len(EXPRESSIONS)`` generated faces and as
@@ -242,12 +251,12 @@ def _score(generator: ExpressionGenerator, network: nn.Module, held: FaceSet, op
             positions = np.arange(start, min(start + options.batch_size, len(held)))
             faces = held.faces_at(positions, size).to(generator.device)
             labels = torch.from_numpy(held.labels[positions])
-            real_hits = predict_expressions(network, faces, batch_size=options.batch_size) == labels
+            real_hits = judge.predict(faces, template=generator.template, batch_size=options.batch_size) == labels
             real_correct += np.bincount(labels[real_hits].numpy(), minlength=count)
 
             generated = generator.generate_all(faces, EXPRESSIONS)  # (n, E, 3, S, S)
             flat = generated.flatten(0, 1)
-            predicted = predict_expressions(network, flat, batch_size=options.batch_size).view(-1, count)
+            predicted = judge.predict(flat, template=generator.template, batch_size=options.batch_size).view(-1, count)
             generated_correct += (predicted == torch.arange(count)).sum(dim=0).numpy()
 
             change = (generated.float() - faces[:, None].float()).abs()

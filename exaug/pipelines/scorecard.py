@@ -1,0 +1,146 @@
+"""Issue 11's scorecard: renderings of held-out CK+ people scored by judges the generator never met.
+
+Every renderer (the floor, an old model, the current one) gets the same faces: the neutral first
+frame of every held-out sequence, each rendered in the six expressions FER2013 knows besides
+neutral (contempt is not in FER2013, so it is not judged). Scores:
+
+* ``judged``: how often the FER2013 judge (:mod:`exaug.train.fer2013`) calls a face its target;
+  real held-out faces of each expression are judged the same way, the rate to match;
+* ``identity``: cosine between dlib descriptors (:mod:`exaug.faces.identity`) of the source and
+  each rendering, next to the same person's real neutral vs peak frames and two different people;
+* ``geometry_error``: the rendering in its sequence's own label vs the real peak: mean mesh
+  distance in eye distances;
+* ``sharpness``: Laplacian energy of the rendering / of the source inside the face outline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from exaug.expressions import EXPRESSIONS
+from exaug.faces.identity import FaceEmbedder, cosine
+from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE
+from exaug.io.store import read_faces
+from exaug.model.color import encode
+from exaug.model.judge import Judge
+from exaug.train.pairs import PairedFaces
+
+TARGETS = ("happy", "sad", "surprise", "fear", "disgust", "anger")  # FER2013's, less neutral (no contempt)
+HEADLINE = ("happy", "surprise", "sad")
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+# faces (n, 3, S, S) uint8, their meshes (n, 468, 2) crop pixels, one target name each -> uint8 faces
+Renderer = Callable[[Tensor, Tensor, Sequence[str]], Tensor]
+Mesher = Callable[[Tensor], Tensor]
+
+
+def face_mask(meshes: Tensor, size: int) -> Tensor:
+    """(N, 1, S, S) inside the face outline (polygon test on the mesh's FACE_OVAL)."""
+    polygon = meshes[:, list(FACE_OVAL), :2].float()
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    x, y = xs.reshape(1, -1, 1), ys.reshape(1, -1, 1)
+    x0, y0 = polygon[:, None, :, 0], polygon[:, None, :, 1]
+    x1, y1 = polygon.roll(-1, 1)[:, None, :, 0], polygon.roll(-1, 1)[:, None, :, 1]
+    crosses = ((y0 > y) != (y1 > y)) & (x < (x1 - x0) * (y - y0) / (y1 - y0 + 1e-9) + x0)
+    return (crosses.sum(-1) % 2 == 1).reshape(-1, 1, size, size).float()
+
+
+def grey(faces: Tensor) -> Tensor:
+    """Luma in grey levels (0-255), float (N, 1, S, S)."""
+    return encode(faces, 1)[0] * 127.5 + 127.5
+
+
+def laplacian_energy(faces: Tensor, inside: Tensor) -> Tensor:
+    return (F.conv2d(grey(faces), LAPLACIAN, padding=1) ** 2 * inside).sum((1, 2, 3))
+
+
+def geometry_error(meshes: Tensor, target_meshes: Tensor) -> float:
+    """Mean point distance between meshes, in the targets' eye distances."""
+    eyes = (target_meshes[:, list(RIGHT_EYE)].mean(1) - target_meshes[:, list(LEFT_EYE)].mean(1)).norm(dim=-1)
+    return ((meshes.double() - target_meshes.double()).norm(dim=-1).mean(1) / eyes).mean().item()
+
+
+@dataclass
+class HeldOut:
+    """The held-out faces every renderer is scored on."""
+
+    pairs: PairedFaces  # neutral first frame -> the sequence's labelled peak, held-out subjects only
+    real_faces: Tensor  # (m, 3, S, S) uint8: every held-out face of the table
+    real_labels: list[str]
+
+    def sources(self) -> tuple[Tensor, Tensor, list[str]]:
+        """Each pair's neutral face and mesh once per target: (n * 6) faces, meshes and target names."""
+        count = len(TARGETS)
+        return (self.pairs.source.repeat_interleave(count, 0), self.pairs.source_mesh.float().repeat_interleave(count, 0),
+                list(TARGETS) * len(self.pairs))
+
+
+def held_out_set(table: str, pairs: PairedFaces, subjects: set[str]) -> HeldOut:
+    """The neutral -> peak pairs of ``subjects`` (from :func:`load_pairs` of ``table``) and every
+    labelled face of theirs in ``table``."""
+    forward = torch.tensor([s in subjects and e == "neutral" for s, e in zip(pairs.subject, pairs.source_expression)])
+    with read_faces(table) as faces:
+        rows = [row for row, (source, label) in enumerate(zip(faces.source, faces.expression.tolist()))
+                if PurePosixPath(source).stem[:4] in subjects and label >= 0]
+        images = torch.from_numpy(faces.images[0:len(faces)][rows]).permute(0, 3, 1, 2).contiguous()
+        labels = [EXPRESSIONS[int(faces.expression[row])] for row in rows]
+    return HeldOut(pairs.select(forward), images, labels)
+
+
+def judged_rates(judge: Judge, faces: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
+    """Fraction of ``faces`` the judge calls their target, per target in :data:`TARGETS` (None when
+    none), their mean (``mean``: each expression counts once) and the headline expressions' mean."""
+    hits = judge.predict(faces) == torch.tensor([EXPRESSIONS.index(name) for name in targets])
+    rates: dict[str, float | None] = {}
+    for name in TARGETS:
+        mine = torch.tensor([target == name for target in targets])
+        rates[name] = round(hits[mine].float().mean().item(), 4) if mine.any() else None
+    known = [rates[name] for name in TARGETS if rates[name] is not None]
+    rates["mean"] = round(sum(known) / len(known), 4) if known else None
+    headline = [rates[name] for name in HEADLINE if rates[name] is not None]
+    rates["happy_surprise_sad"] = round(sum(headline) / len(headline), 4) if headline else None
+    return rates
+
+
+def real_reference(held: HeldOut, judge: Judge, embedder: FaceEmbedder | None) -> dict:
+    """What real faces score: the judge on real held-out faces, identity between the same person's real
+    neutral and peak frames, and between different held-out people's neutral frames."""
+    pairs = held.pairs
+    row: dict = {"model": "real held-out faces", "judged": judged_rates(judge, held.real_faces, held.real_labels),
+                 "real_counts": {name: held.real_labels.count(name) for name in TARGETS},
+                 "neutral_judged_neutral": round(
+                     (judge.predict(held.real_faces) == EXPRESSIONS.index("neutral"))[
+                         torch.tensor([label == "neutral" for label in held.real_labels])].float().mean().item(), 4)}
+    if embedder is not None:
+        neutral = embedder.embed(pairs.source, pairs.source_mesh)
+        peak = embedder.embed(pairs.target, pairs.target_mesh)
+        subjects = pairs.subject
+        others = torch.tensor([[a != b for b in subjects] for a in subjects])
+        similarity = neutral @ neutral.T
+        row["identity"] = {"same_person_neutral_vs_peak": round(cosine(neutral, peak).mean().item(), 4),
+                           "different_people": round(similarity[others].mean().item(), 4)}
+    return row
+
+
+def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge, embedder: FaceEmbedder | None,
+                   mesher: Mesher) -> dict:
+    """One row of the table for ``render`` (see the module docstring)."""
+    faces, meshes, targets = held.sources()
+    generated = render(faces, meshes, targets)
+    inside = face_mask(meshes, faces.shape[-1])
+    row: dict = {"model": name, "judged": judged_rates(judge, generated, targets)}
+    if embedder is not None:
+        # Both chips placed by the source's mesh: eye corners and the nose base barely move with an
+        # expression, and the same crop leaves only the face's content to differ.
+        similarity = cosine(embedder.embed(faces, meshes), embedder.embed(generated, meshes))
+        row["identity_source_vs_generated"] = round(similarity.mean().item(), 4)
+    pairs = held.pairs
+    own = render(pairs.source, pairs.source_mesh.float(), pairs.target_expression)
+    row["geometry_error"] = round(geometry_error(mesher(own), pairs.target_mesh), 4)
+    row["sharpness"] = round((laplacian_energy(generated, inside) / laplacian_energy(faces, inside)).mean().item(), 3)
+    return row

@@ -1,0 +1,142 @@
+"""Issue 11's evaluation table: the floor, the old StarGAN default and a guided model on held-out CK+
+people, scored by judges the generators never trained with; prints JSON, then a markdown table.
+
+    python scripts/train_fer_judge.py -o runs/fer_judge.pt        # once (about 10 CPU minutes)
+    git show a0354d3:exaug/weights/default.pt > /tmp/stargan.pt   # the old StarGAN default
+    python scripts/eval_table.py --judge runs/fer_judge.pt --stargan /tmp/stargan.pt [--model PATH] [--json OUT]
+
+Held-out subjects are those the model (``--model``, default the bundled one) records in its metadata;
+the floor (:mod:`exaug.train.floor`) is fitted here on the other subjects' pairs. What each column
+means: :mod:`exaug.pipelines.scorecard`. Without dlib (``pip install 'exaug[eval]'``) the identity
+columns are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchlib import DATA
+from exaug.errors import ExaugError
+from exaug.faces.align import resize_faces
+from exaug.faces.identity import FaceEmbedder, missing_reason
+from exaug.model.default import DEFAULT_MODEL
+from exaug.model.generator import ExpressionGenerator
+from exaug.model.guided import CropMesher, GuidedExpressionGenerator
+from exaug.model.judge import load_judge
+from exaug.pipelines.scorecard import HEADLINE, TARGETS, held_out_set, real_reference, score_renderer
+from exaug.pipelines.training import training_data
+from exaug.train.floor import fit_floor
+from exaug.train.pairs import load_pairs
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judge", type=Path, required=True, help="a FER2013 judge (scripts/train_fer_judge.py)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a guided generator (default: the bundled one)")
+    parser.add_argument("--stargan", type=Path, help="an old StarGAN inference file to score beside it")
+    parser.add_argument("--table", type=Path, help="exaug align --mesh output of CK+ at 128 px (made and cached if not given)")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--sequences", type=int, help="score only the first N held-out sequences (quick checks)")
+    return parser.parse_args(argv)
+
+
+def evaluation_table(args: argparse.Namespace) -> dict:
+    """Every row of the table, as a dict (see :mod:`exaug.pipelines.scorecard`)."""
+    started = time.perf_counter()
+    judge = load_judge(args.judge, "cpu")
+    generator = GuidedExpressionGenerator.load(args.model, "cpu")
+    stargan = ExpressionGenerator.load(args.stargan, "cpu") if args.stargan else None
+    held_out = set(generator.meta.get("data", {}).get("validation", {}).get("held_out_subjects") or ())
+    if not held_out:
+        raise ExaugError(f"{args.model}: the model records no held-out subjects (data.validation.held_out_subjects)")
+    table = str(args.table or training_data(DATA / "expressions" / "ckplus128", align=True, image_size=128,
+                                            template="exaug", cache_dir=None, device=torch.device("cpu"), mesh=True))
+    pairs, neutral_meshes, neutral_subjects = load_pairs(table)
+    held = held_out_set(table, pairs, held_out)
+    if args.sequences is not None:
+        held = replace(held, pairs=held.pairs.select(torch.arange(len(held.pairs)) < args.sequences))
+    training = pairs.select(torch.tensor([subject not in held_out for subject in pairs.subject]))
+    neutral = neutral_meshes[torch.tensor([subject not in held_out for subject in neutral_subjects])]
+    reason = missing_reason()
+    embedder = None if reason else FaceEmbedder()
+    mesher = CropMesher(128)
+
+    def mesh(faces: torch.Tensor) -> torch.Tensor:
+        return torch.cat([mesher(faces[i:i + 32])[0] for i in range(0, len(faces), 32)])
+
+    floor = fit_floor(training, neutral)
+    floors = {name: replace(floor, adapted=adapted, use_ratio=ratio) for name, adapted, ratio in (
+        ("floor: mean motion, warp only", False, False),
+        ("floor: mean motion + mean ratio image", False, True),
+        ("floor: person-adapted motion + mean ratio image", True, True))}
+    renderers = {"input unchanged": lambda faces, meshes, names: faces,
+                 **{name: floor.render for name, floor in floors.items()}}
+    if stargan is not None:
+        renderers[f"StarGAN ({args.stargan.name}, 64 px, resized)"] = lambda faces, meshes, names: resize_faces(
+            stargan.generate(resize_faces(faces, stargan.image_size), list(names)), faces.shape[-1])
+    renderers[f"guided ({args.model.name})"] = lambda faces, meshes, names: generator.render(
+        faces, meshes, generator.targets(meshes, list(names), 1.0))
+    rows = [real_reference(held, judge, embedder)]
+    rows += [score_renderer(name, render, held, judge, embedder, mesh) for name, render in renderers.items()]
+    notes = ["contempt is not judged: FER2013 has no contempt class",
+             f"judge: {args.judge} ({judge.meta.get('data')}, PrivateTest accuracy "
+             f"{judge.meta.get('private_test_accuracy', {}).get('overall')})"]
+    if reason:
+        notes.append(reason)
+    return {"held_out_subjects": sorted(held_out), "sequences": len(held.pairs), "real_faces": len(held.real_labels),
+            "targets": list(TARGETS), "notes": notes, "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def markdown(result: dict) -> str:
+    """The table MODEL_CARD.md shows: judged rates, identity, geometry and sharpness per row."""
+    real = result["rows"][0]
+    identity = real.get("identity", {})
+    head = ["rendering", *[f"FER: {name}" for name in HEADLINE], "FER: mean of 6", "identity (source vs out)",
+            "geometry error", "sharpness"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.0f}%"
+
+    for row in result["rows"]:
+        judged = row["judged"]
+        identity_cell = row.get("identity_source_vs_generated")
+        if row is real and identity:
+            identity_cell = (f"{identity['same_person_neutral_vs_peak']:.3f} (same person, neutral vs peak); "
+                             f"{identity['different_people']:.3f} (different people)")
+        cells = [row["model"], *[percent(judged[name]) for name in HEADLINE], percent(judged["mean"]),
+                 "-" if identity_cell is None else (identity_cell if isinstance(identity_cell, str) else f"{identity_cell:.3f}"),
+                 str(row.get("geometry_error", "-")), str(row.get("sharpness", "-"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{name} {count}" for name, count in real["real_counts"].items())
+    lines.append("")
+    lines.append(f"{len(result['held_out_subjects'])} held-out subjects, {result['sequences']} sequences; real faces "
+                 f"judged: {counts}. " + "; ".join(result["notes"]) + ".")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    try:
+        result = evaluation_table(args)
+    except ExaugError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Issue 11's evaluation that cannot flatter the model: the FER2013 judge, dlib identity, the floor,
+and the table script's command line, on real data (FER2013, CK+)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from exaug.errors import ExaugError
+from exaug.expressions import EXPRESSIONS
+from exaug.faces.align import get_template
+from exaug.faces.identity import FaceEmbedder, cosine, missing_reason
+from exaug.faces.mesh import LOWER_LIP_INNER, UPPER_LIP_INNER
+from exaug.model.guided import CropMesher
+from exaug.model.judge import FER_EXPRESSIONS, FER_SIZE, Judge, judge_network, load_judge
+from exaug.train.fer2013 import load_fer2013, train_fer_judge
+from exaug.train.floor import fit_floor
+from exaug.train.pairs import load_pairs
+
+from conftest import REPO, align_ck_subjects, data_path
+
+SUBJECTS = 8  # the first CK+ subjects by name: happy, surprise and other sequences, aligned in seconds
+needs_dlib = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+
+
+@pytest.fixture(scope="module")
+def fer_dir():
+    return data_path("expressions", "fer2013")
+
+
+@pytest.fixture(scope="module")
+def ck_pairs(tmp_path_factory, ckplus_dir):
+    return load_pairs(align_ck_subjects(ckplus_dir, tmp_path_factory.mktemp("ck"), SUBJECTS))
+
+
+def test_fer_judge_trained_briefly_tells_happy_from_the_rest(fer_dir, tmp_path):
+    """A few hundred Training faces per class for three epochs: far from the full judge, but it must
+    see happy on PrivateTest's happy faces much more often than on the others, and load back equal."""
+    judge = train_fer_judge(load_fer2013(fer_dir, "Training", limit_per_class=150), epochs=3, batch_size=32)
+    test = load_fer2013(fer_dir, "PrivateTest", limit_per_class=40)
+    predicted = judge.predict(test.faces(), framed=False)
+    is_happy = torch.from_numpy(test.labels == FER_EXPRESSIONS.index("happy"))
+    said_happy = predicted == EXPRESSIONS.index("happy")
+    assert said_happy[is_happy].float().mean() > said_happy[~is_happy].float().mean() + 0.1
+    loaded = load_judge(judge.save(tmp_path / "fer.pt"), "cpu")
+    assert loaded.expressions == judge.expressions and "contempt" not in loaded.expressions
+    assert torch.equal(loaded.predict(test.faces(), framed=False), predicted)
+
+
+def test_judge_moves_exaug_faces_into_fers_framing():
+    """A dot on each of exaug's template landmarks lands on the judge's recorded FER frame (the eyes
+    within a pixel; a similarity cannot fit all five points exactly, so the others within two)."""
+    frame = [[0.32, 0.37], [0.71, 0.36], [0.53, 0.61], [0.36, 0.79], [0.66, 0.79]]
+    judge = Judge(judge_network("fer-cnn", 7), {"image_size": FER_SIZE, "frame": frame,
+                                                 "expressions": list(FER_EXPRESSIONS)})
+    faces = torch.zeros(5, 3, 128, 128, dtype=torch.uint8)
+    for index, (x, y) in enumerate(get_template("exaug", 128).points.round().astype(int)):
+        faces[index, :, y - 2:y + 3, x - 2:x + 3] = 255
+    framed = judge.framed(faces).float()[:, 0]
+    for index, (x, y) in enumerate(frame):
+        weights = framed[index] / framed[index].sum()
+        ys, xs = torch.meshgrid(torch.arange(FER_SIZE).float(), torch.arange(FER_SIZE).float(), indexing="ij")
+        centre = torch.stack([(weights * xs).sum(), (weights * ys).sum()])
+        assert (centre - torch.tensor([x, y]) * FER_SIZE + 0.5).abs().max() < (1.0 if index < 2 else 2.0)
+
+
+def test_fer_loader_says_what_is_wrong(tmp_path, fer_dir):
+    with pytest.raises(ExaugError, match="unknown FER2013 split"):
+        load_fer2013(fer_dir, "Validation")
+    with pytest.raises(ExaugError, match="manifest.csv"):
+        load_fer2013(tmp_path, "Training")
+
+
+@needs_dlib
+def test_identity_scores_the_same_person_above_two_people(ck_pairs):
+    """dlib's descriptor, chips placed by exaug's mesh: a CK+ person's neutral and peak frames are
+    closer than the neutral frames of two different people."""
+    pairs = ck_pairs[0]
+    forward = pairs.select(torch.tensor([name == "neutral" for name in pairs.source_expression]))
+    embedder = FaceEmbedder()
+    chips = embedder.chips(forward.source[:2], forward.source_mesh[:2])
+    assert chips.shape == (2, 150, 150, 3) and chips.dtype == np.uint8
+    neutral = embedder.embed(forward.source, forward.source_mesh)
+    peak = embedder.embed(forward.target, forward.target_mesh)
+    same = cosine(neutral, peak)
+    different = torch.tensor([[a != b for b in forward.subject] for a in forward.subject])
+    assert same.mean() > (neutral @ neutral.T)[different].mean() + 0.05
+    assert same.mean() > 0.9
+
+
+def test_floor_ratio_shows_teeth_and_the_open_mouth(ck_pairs):
+    """The mean ratio image brightens the mouth for happy (teeth) and darkens it for surprise (the open
+    mouth); rendered as surprise, a neutral face's mouth opens, and warp-only leaves its shading."""
+    pairs, neutral, _ = ck_pairs
+    floor = fit_floor(pairs, neutral)
+    mouth = (slice(None), slice(88, 100), slice(54, 74))  # inner mouth of exaug's 128 px template
+    assert floor.ratio[EXPRESSIONS.index("happy")][mouth].mean() > 1.1
+    assert floor.ratio[EXPRESSIONS.index("surprise")][mouth].mean() < 0.9
+    forward = pairs.select(torch.tensor([name == "neutral" for name in pairs.source_expression]))
+    faces, meshes = forward.source[:4], forward.source_mesh[:4].float()
+    surprised = floor.render(faces, meshes, ["surprise"] * 4)
+    opening = lambda m: (m[:, LOWER_LIP_INNER] - m[:, UPPER_LIP_INNER]).norm(dim=-1).mean()  # noqa: E731
+    assert opening(CropMesher(128)(surprised)[0]) > opening(meshes) + 2.0
+    warped = replace(floor, use_ratio=False).render(faces, meshes, ["surprise"] * 4)
+    assert surprised[(...,) + mouth[1:]].float().mean() < warped[(...,) + mouth[1:]].float().mean() - 5
+
+
+def test_eval_table_bad_input_is_one_line(tmp_path):
+    """The table script: a missing judge file is one line and exit code 2; a file that is no judge is the
+    library's one-line error (what the script prints)."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "eval_table.py"), "--judge", "missing.pt"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.pt" in lines[0] and "Traceback" not in result.stderr
+    with pytest.raises(ExaugError, match="README.md"):
+        load_judge(REPO / "README.md", "cpu")
