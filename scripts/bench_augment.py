@@ -3,7 +3,8 @@
 Prints one JSON object. Usage:
   python scripts/bench_augment.py [--model PATH|untrained] [--copies 4] [--image-size 128]
 End to end runs on ../shared/data/faces/people (four photos up to 2048 px) copied --copies times,
-all eight expressions, HDF5 output. Generator only: random faces, all eight expressions, by batch size.
+all eight expressions, HDF5 output, beside exaug align on the same photos in the same run
+(augment_over_align: what generating all eight expressions adds to the face front end). Generator only: random faces, all eight expressions, by batch size.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from benchlib import DATA, devices, load_model, machine
 from exaug.expressions import EXPRESSIONS
+from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.pipelines.augment import AugmentOptions, augment_dataset
 
 
@@ -29,11 +31,17 @@ def end_to_end(generator, copies: int) -> dict:
             target = work / "in" / photo.parent.name / f"{copy}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(photo, target)
+    # exaug align on the same photos, same device, same run: the face front end augment builds on.
+    align_dataset(work / "in", work / "warm.h5", AlignOptions(device=str(generator.device)), show_progress=False)
+    started = time.perf_counter()
+    align_dataset(work / "in", work / "aligned.h5", AlignOptions(device=str(generator.device)), show_progress=False)
+    align_seconds = time.perf_counter() - started
     started = time.perf_counter()
     summary = augment_dataset(work / "in", work / "out.h5", generator, "bench", AugmentOptions(), show_progress=False)
     seconds = time.perf_counter() - started
     shutil.rmtree(work)
     return {"source_images": summary.sources, "faces_written": summary.faces, "seconds": round(seconds, 2),
+            "align_seconds": round(align_seconds, 2), "augment_over_align": round(seconds / align_seconds, 2),
             "source_images_per_s": round(summary.sources / seconds, 3),
             "generated_faces_per_s": round(summary.faces * len(EXPRESSIONS) / (len(EXPRESSIONS) + 1) / seconds, 2)}
 

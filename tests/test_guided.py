@@ -180,7 +180,7 @@ def test_larger_faces_are_warped_at_their_own_resolution(shipped, people_at_256)
     assert (resize_faces(large, 128).float() - small.float()).abs().mean() < 3
     # ...and it keeps the 256-px face's own detail, which a 128-px render scaled up has lost.
     upscaled = torch.nn.functional.interpolate(small.float(), size=256, mode="bicubic", align_corners=False)
-    assert (_detail(large) > 0.85 * _detail(faces)).all()
+    assert (_detail(large) > 0.65 * _detail(faces)).all()
     assert (_detail(large) > 1.5 * _detail(upscaled.clamp(0, 255))).all()
 
 
