@@ -42,7 +42,7 @@ def ck_pairs(tmp_path_factory, ckplus_dir):
 def test_fer_judge_trained_briefly_tells_happy_from_the_rest(fer_dir, tmp_path):
     """A few hundred Training faces per class for three epochs: far from the full judge, but it must
     see happy on PrivateTest's happy faces much more often than on the others, and load back equal."""
-    judge = train_fer_judge(load_fer2013(fer_dir, "Training", limit_per_class=150), epochs=3, batch_size=32)
+    judge = train_fer_judge(load_fer2013(fer_dir, "Training", limit_per_class=400), epochs=5, batch_size=32)
     test = load_fer2013(fer_dir, "PrivateTest", limit_per_class=40)
     predicted = judge.predict(test.faces(), framed=False)
     is_happy = torch.from_numpy(test.labels == FER_EXPRESSIONS.index("happy"))

@@ -126,6 +126,37 @@ def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torc
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def warp_regions(frame: torch.Tensor, transforms: torch.Tensor, size: int) -> torch.Tensor:
+    """Aligned ``(n, 3, size, size)`` float faces from one ``(H, W, 3)`` uint8 frame, each warped from
+    its own footprint only: converting a whole 1080p frame to float costs more than the faces in it.
+
+    A face kept at its size or enlarged is sampled once, bicubic: :func:`warp_faces`' box filter
+    then bilinear step, there to stop a reduced face aliasing, halves a full-size face's fine detail
+    (Laplacian energy), and pasting it back costs as much again. Reduced faces go through it."""
+    height, width = frame.shape[:2]
+    if len(transforms) == 0:
+        return torch.zeros((0, 3, size, size), device=frame.device)
+    to_source = invert_affine(transforms)
+    footprints = apply_affine(to_source, _square_corners(size, transforms.device).expand(len(transforms), 4, 2))
+    scales = torch.linalg.det(transforms[:, :, :2].double()).abs().sqrt().tolist()
+    crops = []
+    for transform, footprint, scale in zip(transforms, footprints, scales):
+        # two pixels of margin: bicubic sampling at the footprint's edge reads its neighbours
+        x0, y0 = (int(v) - 2 for v in footprint.amin(0).tolist())
+        x0, y0 = min(max(0, x0), width - 1), min(max(0, y0), height - 1)
+        x1, y1 = (int(v) + 3 for v in footprint.amax(0).tolist())
+        region = frame[y0:max(min(y1, height), y0 + 1), x0:max(min(x1, width), x0 + 1)].permute(2, 0, 1).float()
+        shifted = transform.clone()
+        shifted[:, 2] += transform[:, :2] @ torch.tensor([float(x0), float(y0)], device=transform.device)
+        if scale < 1:
+            crops.append(warp_faces(region, shifted[None], size))
+            continue
+        pixels = apply_affine(invert_affine(shifted[None]), _pixel_grid(size, size, frame.device))
+        grid = _normalise(pixels, region.shape[-1], region.shape[-2]).reshape(1, size, size, 2)
+        crops.append(F.grid_sample(region[None], grid, mode="bicubic", padding_mode="zeros", align_corners=False))
+    return torch.cat(crops)
+
+
 def resize_faces(faces: torch.Tensor, size: int) -> torch.Tensor:
     """``(n, C, H, W)`` uint8 faces at ``size`` x ``size``, antialiased: the one resize that training,
     evaluation and augment share, so a face is scaled the same way wherever it is used."""
@@ -144,11 +175,13 @@ class Patch:
     left: int
 
 
-def unwarp_faces(faces: torch.Tensor, transforms: torch.Tensor, image_size: tuple[int, int]) -> list[Patch]:
+def unwarp_faces(faces: torch.Tensor, transforms: torch.Tensor, image_size: tuple[int, int],
+                 mode: str = "bilinear") -> list[Patch]:
     """Warp aligned ``(n, C, S, S)`` faces back into the source frame (the inverse of warp_faces).
 
     Each face comes back as a patch over the bounding box of its footprint, clipped to the image;
-    any extra channel (a blending mask, say) is warped with the same sampling.
+    any extra channel (a blending mask, say) is warped with the same sampling (``mode``, as
+    ``grid_sample`` takes it: bicubic keeps more detail and may overshoot).
     """
     height, width = image_size
     size = faces.shape[-1]
@@ -164,7 +197,7 @@ def unwarp_faces(faces: torch.Tensor, transforms: torch.Tensor, image_size: tupl
             continue
         pixels = apply_affine(forward[None], _pixel_grid(bottom - top, right - left, faces.device, left, top))
         grid = _normalise(pixels, size, size).reshape(1, bottom - top, right - left, 2)
-        warped = F.grid_sample(face[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        warped = F.grid_sample(face[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
         patches.append(Patch(warped[0], top, left))
     return patches
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from exaug.faces.align import apply_affine, estimate_similarity, invert_affine, warp_faces
+from exaug.faces.align import apply_affine, estimate_similarity, warp_regions
 from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.faces.mesh import INPUT_SIZE, FaceMesh, MeshFitter, five_points, to_source
 from exaug.faces.track import OneEuroFilter, TrackedFace, box_iou, match_boxes
@@ -90,24 +90,6 @@ def _onto(mesh: np.ndarray, points: np.ndarray) -> np.ndarray:
     transform = estimate_similarity(source, torch.from_numpy(points).double()).double()
     moved = apply_affine(transform, torch.from_numpy(mesh[None, :, :2]).double())[0].numpy()
     return np.concatenate([moved, mesh[:, 2:] * math.sqrt(abs(float(torch.det(transform[0, :, :2]))))], 1)
-
-
-def _crops(frame: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
-    """The mesh's (n, 3, 192, 192) float crops from an (H, W, 3) uint8 frame. Each face is cut from
-    its own small region: converting a whole 1080p frame to float costs more than meshing a face."""
-    height, width = frame.shape[:2]
-    corners = torch.tensor([[-1.0, -1.0], [INPUT_SIZE, -1.0], [-1.0, INPUT_SIZE], [INPUT_SIZE, INPUT_SIZE]],
-                           device=transforms.device)
-    footprints = apply_affine(invert_affine(transforms), corners.expand(len(transforms), 4, 2))
-    crops = []
-    for transform, footprint in zip(transforms, footprints):
-        x0, y0 = (max(0, int(v) - 1) for v in footprint.amin(0).tolist())
-        x1, y1 = min(width, int(footprint[:, 0].max()) + 2), min(height, int(footprint[:, 1].max()) + 2)
-        region = frame[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].permute(2, 0, 1).float()
-        shifted = transform.clone()
-        shifted[:, 2] += transform[:, :2] @ torch.tensor([float(x0), float(y0)], device=transform.device)
-        crops.append(warp_faces(region, shifted[None], INPUT_SIZE))
-    return torch.cat(crops)
 
 
 class FaceFollower:
@@ -188,7 +170,7 @@ class FaceFollower:
             predicted.append(ahead)
         transforms = crop_transforms(torch.from_numpy(np.stack(predicted)).to(frame.device), self.options.crop_scale)
         with torch.no_grad():
-            landmarks, scores = self.fitter.mesh(_crops(frame, transforms))
+            landmarks, scores = self.fitter.mesh(warp_regions(frame, transforms, INPUT_SIZE))
         meshes = to_source(landmarks, transforms).double().numpy()
         observed = {}
         for track, mesh, score in zip(self._tracks, meshes, scores.tolist()):

@@ -130,7 +130,8 @@ class FaceMesh(nn.Module):
         if weights is not None:
             payload = torch.load(Path(weights), map_location="cpu", weights_only=True)
             self.load_state_dict({name: value.float() for name, value in payload["state_dict"].items()})
-        self.eval()
+        # Channels-last: its depthwise convolutions run about twice as fast that way on a CPU.
+        self.to(memory_format=torch.channels_last).eval()
 
     def forward(self, images: Tensor) -> MeshResult:
         size = images.shape[-1]
@@ -138,7 +139,7 @@ class FaceMesh(nn.Module):
         if size != INPUT_SIZE:
             x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
                               antialias=size > INPUT_SIZE)
-        features = self.backbone(self.stem(x))
+        features = self.backbone(self.stem(x.contiguous(memory_format=torch.channels_last)))
         points = self.landmark_head(features).reshape(-1, NUM_POINTS, 3)
         # The network answers in 192-pixel units with pixel edges at integers; exaug centres pixels.
         scale = size / INPUT_SIZE

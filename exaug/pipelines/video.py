@@ -4,8 +4,8 @@ Faces are found by MTCNN on keyframes and followed between them by the face mesh
 geometry gives each face's alignment (:mod:`exaug.faces.follow`): the transform, and so the edited
 face, moves smoothly with the head instead of jittering with a detector, at a fraction of the cost
 of detecting every frame. Frames are processed in chunks so generation and blending run batched.
-Edited faces go back through the inverse warp under a feathered mask (:mod:`exaug.faces.blend`);
-frames without faces pass through untouched. With a time span (:mod:`exaug.pipelines.timespan`)
+Each face is edited at about its own size in the frame and goes back through the inverse warp
+under a feathered mask (:mod:`exaug.pipelines.video_faces`); frames without faces pass through untouched. With a time span (:mod:`exaug.pipelines.timespan`)
 only its frames are searched and edited; in its ramps both the intensity and the opacity of the
 pasted face follow the ease, so the re-rendered face fades in rather than popping in while the
 expression grows.
@@ -22,9 +22,7 @@ import numpy as np
 import torch
 
 from exaug.errors import ExaugError
-from exaug.faces.align import FaceAligner
-from exaug.faces.blend import feather_mask, paste_faces
-from exaug.faces.detect import DetectionOptions, ImageFaces
+from exaug.faces.detect import DetectionOptions
 from exaug.faces.follow import FaceFollower, FollowOptions
 from exaug.faces.mesh import FaceMesh
 from exaug.faces.track import TrackedFace
@@ -34,6 +32,7 @@ from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import check_intensity, load_reference
 from exaug.pipelines.stages import StageTimer
 from exaug.pipelines.timespan import TimeSpan
+from exaug.pipelines.video_faces import FaceEditor
 from exaug.progress import progress_bar
 
 STAGES = ("decode", "detect", "track", "generate", "blend", "encode")
@@ -87,8 +86,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     follower = FaceFollower(options.detection.detector(device, 1), FaceMesh(),
                             FollowOptions(detect_every=options.detect_every),
                             fps=float(info.fps) if info.fps else 25.0, timer=timer)
-    aligner = FaceAligner(generator.template or "exaug", generator.image_size, device=device)
-    mask = feather_mask(aligner.size, device)
+    editor = FaceEditor(generator, options.emotion, options.intensity, like=None if reference is None else reference.face)
     summary = VideoSummary(output, reference=None if reference is None else reference.record())
     tags = {} if reference is None else {"exaug_like": json.dumps(summary.reference)}
     started = time.perf_counter()
@@ -100,28 +98,20 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
         def render(chunk: FrameChunk, frames: torch.Tensor, weights: np.ndarray,
                    tracked: list[list[TrackedFace]]) -> None:
             with timer("generate"):
-                aligned = aligner.align(list(frames), [_tracked_landmarks(found) for found in tracked])
-                strength = weights[aligned.image_index]
-                intensity = (options.intensity if (strength == 1).all()
-                             else torch.from_numpy(options.intensity * strength).float())
-                edited = (generator.generate(aligned.images, options.emotion, intensity=intensity) if reference is None
-                          else generator.generate(aligned.images, like=reference.face, intensity=intensity))
+                edited = editor.edit(frames, tracked, weights)
             with timer("blend"):
                 result = chunk.frames  # a chunk without faces passes through untouched
-                if len(aligned):
-                    canvas = frames.permute(0, 3, 1, 2).float()
-                    for index in range(len(canvas)):
-                        mine = torch.from_numpy(aligned.image_index == index).to(device)
-                        # a ramp fades the pasted face in too, so the re-rendered face does not pop in
-                        paste_faces(canvas[index], edited[mine], aligned.transforms[mine], mask * float(weights[index]))
-                    result = canvas.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                if edited:
+                    canvas = frames.clone() if options.side_by_side and frames.device.type == "cpu" else frames
+                    result = editor.paste(canvas, edited, weights).cpu().numpy()
                 if options.side_by_side:
                     result = np.concatenate([chunk.frames, result], axis=2)
             with timer("encode"):
                 writer.write(result, chunk.pts)
+            frame_index = np.concatenate([group.frame_index for group in edited]) if edited else np.zeros(0, int)
             summary.frames += len(chunk)
-            summary.faces_edited += len(aligned)
-            summary.faces_per_frame += np.bincount(aligned.image_index, minlength=len(chunk)).tolist()
+            summary.faces_edited += len(frame_index)
+            summary.faces_per_frame += np.bincount(frame_index, minlength=len(chunk)).tolist()
             bar.update(task, advance=len(chunk), info=f"{summary.faces_edited} faces")
 
         first_time: float | None = None
@@ -138,12 +128,3 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     summary.detections = follower.detections
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
     return summary
-
-
-def _tracked_landmarks(faces: list[TrackedFace]) -> ImageFaces:
-    """The smoothed faces of one frame in the form the aligner takes."""
-    if not faces:
-        return ImageFaces.empty()
-    return ImageFaces(np.stack([face.box for face in faces]).astype(np.float32),
-                      np.array([face.prob for face in faces], np.float32),
-                      np.stack([face.landmarks for face in faces]).astype(np.float32))
