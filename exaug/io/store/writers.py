@@ -11,11 +11,10 @@ from typing import Any
 
 import h5py
 
-from exaug.errors import ExaugError
 from exaug.expressions import label_name
 from exaug.io.atomic import replacing
 from exaug.io.images import save_png
-from exaug.io.store.folder import (FOLDER_INFO, FOLDER_PARTS, MANIFEST_COLUMNS, manifest_cell, png_paths, write_csv)
+from exaug.io.store.folder import (FOLDER_INFO, MANIFEST_COLUMNS, manifest_cell, png_paths, write_csv)
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, read_header, write_final, write_master
 from exaug.io.store.parts import FaceWriter, remove_tree
 from exaug.io.store.rows import FaceRows
