@@ -95,15 +95,12 @@ def paint_region(mesh: Tensor, size: int) -> Tensor:
 
     centres = torch.arange(size, device=mesh.device, dtype=torch.float32)
     grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
-    region = torch.zeros(len(mesh), 1, size, size, device=mesh.device)
-    for group, grow in ((LIPS_OUTER, 1.35),):
-        points = mesh[:, list(group), :2].float()
-        low, high = points.amin(1), points.amax(1)
-        centre, radius = (low + high) / 2, ((high - low) / 2 * grow).clamp_min(2.0)
-        distance = (((grid_x - centre[:, None, None, 0]) / radius[:, None, None, 0]) ** 2
-                    + ((grid_y - centre[:, None, None, 1]) / radius[:, None, None, 1]) ** 2).sqrt()
-        region = torch.maximum(region, (1.25 - distance).clamp(0, 0.25)[:, None] * 4)
-    return region
+    points = mesh[:, list(LIPS_OUTER), :2].float()
+    low, high = points.amin(1), points.amax(1)
+    centre, radius = (low + high) / 2, ((high - low) / 2 * 1.35).clamp_min(2.0)  # the lips' box, grown 35%
+    distance = (((grid_x - centre[:, None, None, 0]) / radius[:, None, None, 0]) ** 2
+                + ((grid_y - centre[:, None, None, 1]) / radius[:, None, None, 1]) ** 2).sqrt()
+    return ((1.25 - distance).clamp(0, 0.25) * 4)[:, None]
 
 
 class CropMesher:
