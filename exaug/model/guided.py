@@ -133,6 +133,7 @@ class GuidedExpressionGenerator:
     """
 
     resolution_free = True  # aligned faces of any size: warped at their own, painted at the model's
+    max_intensity = 1.5  # the CK+ mean motion extrapolated up to half as large again
 
     def __init__(self, model: GuidedGenerator, meta: dict, device: str | torch.device = "cpu", *,
                  max_batch: int | None = None):

@@ -23,10 +23,6 @@ from exaug.io.digest import file_hash
 from exaug.io.images import MAX_PIXELS, load_image
 from exaug.model.generator import ExpressionGenerator
 
-GUIDED_MAX_INTENSITY = 1.5  # the guided model extrapolates its CK+ mean motion up to half as large again
-STARGAN_MAX_INTENSITY = 1.0  # a StarGAN label blend cannot go past the one-hot target
-
-
 def is_guided(generator: ExpressionGenerator) -> bool:
     """Whether ``generator`` is the geometry-guided model (the bundled default), which takes ``like``."""
     from exaug.model.guided import GuidedExpressionGenerator
@@ -36,7 +32,7 @@ def is_guided(generator: ExpressionGenerator) -> bool:
 
 def check_intensity(generator: ExpressionGenerator, intensity: float) -> None:
     """0..1.5 for the guided model (1.0 = the mean CK+ peak for the face's shape), 0..1 for StarGAN."""
-    limit = GUIDED_MAX_INTENSITY if is_guided(generator) else STARGAN_MAX_INTENSITY
+    limit = generator.max_intensity
     if not 0 <= intensity <= limit:
         kind = "the geometry-guided model" if is_guided(generator) else "a StarGAN model"
         raise ExaugError(f"--intensity {intensity:g}: {kind} takes 0 to {limit:g}")
