@@ -18,10 +18,9 @@ from exaug.faces.align import apply_affine, estimate_similarity, get_template, r
 from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, to_source
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import Painter, PainterConfig
-from exaug.model.warp import backward_field, control_points, identity_field, warp
+from exaug.model.warp import identity_field, mesh_field, warp
 
 TEMPLATE = "exaug"
-CONTROL_POINTS = control_points()
 
 
 class GuidedGenerator(nn.Module):
@@ -45,8 +44,7 @@ class GuidedGenerator(nn.Module):
 
     def field(self, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
         """Backward sampling field (N, FIELD_SIZE, FIELD_SIZE, 2) in fractions of the crop side."""
-        size, points = self.config.image_size, CONTROL_POINTS
-        return backward_field((source_mesh[:, points] + 0.5) / size, (target_mesh[:, points] + 0.5) / size)
+        return mesh_field(source_mesh, target_mesh, self.config.image_size)
 
     def layers(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor | None = None
                ) -> tuple[Tensor, Tensor, Tensor]:

@@ -81,6 +81,13 @@ def backward_field(source: Tensor, target: Tensor, size: int = FIELD_SIZE, smoot
     return field.reshape(n, size, size, 2).to(source.dtype)
 
 
+def mesh_field(source_mesh: Tensor, target_mesh: Tensor, size: int) -> Tensor:
+    """:func:`backward_field` for a face whose mesh points, in pixels of its ``size``-pixel crop,
+    move ``source_mesh -> target_mesh`` (``(n, 468, 2+)``), through the :func:`control_points`."""
+    points = control_points()
+    return backward_field((source_mesh[:, points, :2] + 0.5) / size, (target_mesh[:, points, :2] + 0.5) / size)
+
+
 def warp(images: Tensor, field: Tensor, mode: str = "bicubic") -> Tensor:
     """``(n, C, H, W)`` images resampled through a backward ``field`` (from :func:`backward_field`),
     upsampled to the images' own resolution first. Bicubic keeps more of the skin's detail than

@@ -25,18 +25,13 @@ from torch import Tensor
 from exaug.expressions import EXPRESSIONS
 from exaug.model.color import decode, encode
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.warp import backward_field, control_points, warp
+from exaug.model.warp import mesh_field, warp
 from exaug.train.guided import fit_geometry
 from exaug.train.pairs import PairedFaces
 
 RATIO_EPSILON = 8.0  # grey levels added to both sides: dark pixels (pupils, the mouth) must not explode the ratio
 RATIO_LIMITS = (0.5, 2.0)
 _CHUNK = 32
-
-
-def _field(source_mesh: Tensor, target_mesh: Tensor, size: int) -> Tensor:
-    points = control_points()
-    return backward_field((source_mesh[:, points].double() + 0.5) / size, (target_mesh[:, points].double() + 0.5) / size)
 
 
 @dataclass
@@ -61,7 +56,7 @@ class MeanExpressionFloor:
         for start in range(0, len(faces), _CHUNK):
             part = slice(start, start + _CHUNK)
             names = list(expressions[part])
-            field = _field(meshes[part], self.targets(meshes[part], names), size).float()
+            field = mesh_field(meshes[part].double(), self.targets(meshes[part], names).double(), size).float()
             luma, chroma = encode(faces[part], 1)
             moved = warp(luma, field)
             if self.use_ratio:
@@ -83,7 +78,7 @@ def fit_floor(pairs: PairedFaces, neutral_meshes: Tensor, *, adapted: bool = Fal
     for start in range(0, len(pairs), _CHUNK):
         part = slice(start, start + _CHUNK)
         # Each pair warped by its own real motion: the ratio holds only what motion does not explain.
-        field = _field(pairs.source_mesh[part], pairs.target_mesh[part], size).float()
+        field = mesh_field(pairs.source_mesh[part].double(), pairs.target_mesh[part].double(), size).float()
         warped = warp(encode(pairs.source[part], 1)[0], field) * 127.5 + 127.5
         peak = encode(pairs.target[part], 1)[0] * 127.5 + 127.5
         log_ratio = ((peak + RATIO_EPSILON) / (warped.clamp(0, 255) + RATIO_EPSILON)).log().double()
