@@ -255,22 +255,23 @@ def many_photos(tmp_path_factory, photo) -> Path:
 
 
 @pytest.fixture(scope="module")
-def six_batches_of_photos(tmp_path_factory, photo) -> Path:
-    """96 copies of one small photo: six commit batches, so a Ctrl-C sent once the first is committed
-    lands while most of the run is still ahead (two batches could finish before the signal did)."""
-    folder = tmp_path_factory.mktemp("six-batches")
-    for number in range(SIX_BATCHES):
-        (folder / f"p{number:02d}.jpg").write_bytes(photo)
+def many_batches_of_photos(tmp_path_factory, photo) -> Path:
+    """384 copies of one small photo: 24 commit batches, so a Ctrl-C sent once the first is committed
+    lands while most of the run is still ahead (on a quiet machine six batches took 1.9 s in all and
+    could finish before the signal did)."""
+    folder = tmp_path_factory.mktemp("many-batches")
+    for number in range(MANY_BATCHES):
+        (folder / f"p{number:03d}.jpg").write_bytes(photo)
     return folder
 
 
-SIX_BATCHES = 96
+MANY_BATCHES = 384
 
 
 @pytest.mark.parametrize("command", ["align", "augment"])
-def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, six_batches_of_photos, test_checkpoint, tmp_path):
+def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_batches_of_photos, test_checkpoint, tmp_path):
     output = tmp_path / "out.h5"
-    args = [command, six_batches_of_photos, "-o", output, "-q", "--device", "cpu", "--workers", "2"]
+    args = [command, many_batches_of_photos, "-o", output, "-q", "--device", "cpu", "--workers", "2"]
     if command == "augment":
         args += ["--model", test_checkpoint, "--emotion", "happy"]
     process = subprocess.Popen([sys.executable, "-m", "exaug", *map(str, args)], stdout=subprocess.PIPE,
@@ -285,8 +286,8 @@ def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, six_batches_of_
     assert resumed.returncode == 0 and "already done (resumed)" in resumed.stdout + resumed.stderr, resumed.stderr
     from exaug.io.store import read_faces
     with read_faces(output) as table:
-        assert sorted(set(table.sources)) == [f"p{number:02d}.jpg" for number in range(SIX_BATCHES)]
-        assert len(table) == SIX_BATCHES * (2 if command == "augment" else 1)
+        assert sorted(set(table.sources)) == [f"p{number:03d}.jpg" for number in range(MANY_BATCHES)]
+        assert len(table) == MANY_BATCHES * (2 if command == "augment" else 1)
 
 
 # ------------------------------------------------------------------------------------------ outputs
