@@ -68,6 +68,13 @@ def align_ck_subjects(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
     return output
 
 
+# ``python -m exaug`` started as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A shell that runs the
+# test suite as a background job (``cmd &``) hands its children SIGINT ignored, and Python keeps an ignored
+# SIGINT ignored, so without this the Ctrl-C tests would pass or fail depending on how pytest was launched.
+EXAUG_AS_IN_A_TERMINAL = ["-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "runpy.run_module('exaug', run_name='__main__', alter_sys=True)"]
+
+
 def interrupt_when(process, ready, timeout: float) -> str:
     """Wait (at most ``timeout`` s, the process still running) until ``ready()``, then send Ctrl-C;
     the process's output."""

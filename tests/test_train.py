@@ -22,7 +22,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import interrupt_when
+from conftest import EXAUG_AS_IN_A_TERMINAL, interrupt_when
 from exaug.errors import ExaugError, InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.sheets import HEADER_HEIGHT
@@ -145,7 +145,7 @@ def test_a_larger_iters_extends_a_finished_run(ckplus_dir, tmp_path):
 @pytest.mark.slow
 def test_sigint_leaves_a_loadable_checkpoint_and_exits_130(ckplus_dir, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "exaug", "train", str(ckplus_dir), "-o", str(run_dir), *SMALL_ARGS,
+    command = [sys.executable, *EXAUG_AS_IN_A_TERMINAL, "train", str(ckplus_dir), "-o", str(run_dir), *SMALL_ARGS,
                "--iters", "100000", "--save-every", "100000", "--sample-every", "100000"]
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
