@@ -18,8 +18,8 @@ from exaug.faces.align import get_template
 from exaug.faces.identity import FaceEmbedder, cosine, missing_reason
 from exaug.faces.mesh import LOWER_LIP_INNER, UPPER_LIP_INNER
 from exaug.model.guided import CropMesher
-from exaug.model.judge import FER_EXPRESSIONS, FER_SIZE, Judge, judge_network, load_judge
-from exaug.train.fer2013 import load_fer2013, train_fer_judge
+from exaug.model.judge import FER_EXPRESSIONS, FER_SIZE, Judge, gaussian_blur, judge_input, judge_network, load_judge
+from exaug.train.fer2013 import FerSplit, load_fer2013, matching_blur, train_fer_judge
 from exaug.train.floor import fit_floor
 from exaug.train.pairs import load_pairs
 
@@ -49,6 +49,32 @@ def test_fer_judge_trains_on_the_training_split_and_loads_back_with_the_same_pre
     loaded = load_judge(judge.save(tmp_path / "fer.pt"), "cpu")
     assert loaded.expressions == judge.expressions and "contempt" not in loaded.expressions
     assert torch.equal(loaded.predict(test.faces(), framed=False), predicted)
+
+
+def test_matching_blur_finds_how_much_blurrier_the_training_split_is(fer_dir):
+    """The shared Training split is much blurrier than the test splits; matching_blur recovers a blur we
+    add ourselves to PublicTest faces (sigma 2), and says the Training faces need more than that."""
+    public = load_fer2013(fer_dir, "PublicTest", limit_per_class=60)
+    blurred = gaussian_blur(public.faces().float(), 2.0).round().byte()
+    assert matching_blur(FerSplit(blurred[:, 0].numpy(), public.labels), public, sample=400) == 2.0
+    training = load_fer2013(fer_dir, "Training", limit_per_class=60)
+    assert 2.5 <= matching_blur(training, public, sample=400) <= 4.5
+
+
+def test_the_fer_judge_sees_every_face_through_its_recorded_view():
+    """A judge with a recorded blur, input size and standardisation sees a sharp face exactly as
+    judge_input shows it (blurred, 24 px, zero mean): the view is the file's, not the caller's."""
+    network = judge_network("fer-cnn", 7).eval()
+    meta = {"image_size": FER_SIZE, "input_size": 24, "standardize": True, "blur": 3.0, "expressions": list(FER_EXPRESSIONS)}
+    seen = []
+    network.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    faces = torch.randint(0, 256, (3, 3, FER_SIZE, FER_SIZE), dtype=torch.uint8)
+    Judge(network, meta).predict(faces, framed=False)
+    x = seen[0]
+    assert x.shape == (3, 3, 24, 24) and x.mean((1, 2, 3)).abs().max() < 1e-4
+    assert torch.allclose(x, judge_input(faces, blur=3.0, size=24, standardize=True))
+    noise = judge_input(faces, size=24, standardize=True)
+    assert (x[..., 1:] - x[..., :-1]).abs().mean() < 0.5 * (noise[..., 1:] - noise[..., :-1]).abs().mean()
 
 
 def test_judge_moves_exaug_faces_into_fers_framing():
