@@ -37,6 +37,7 @@ class ExpressionGenerator:
 
     resolution_free = False  # faces at the model's size only (GuidedExpressionGenerator takes any)
     max_intensity = 1.0  # a label blend cannot go past the one-hot target
+    takes_like = False  # no reference faces: a StarGAN is conditioned on labels only
 
     def __init__(self, generator: nn.Module, source_estimator: nn.Module, meta: dict[str, Any],
                  *, max_batch: int | None = None):

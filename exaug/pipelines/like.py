@@ -23,18 +23,12 @@ from exaug.io.digest import file_hash
 from exaug.io.images import MAX_PIXELS, load_image
 from exaug.model.generator import ExpressionGenerator
 
-def is_guided(generator: ExpressionGenerator) -> bool:
-    """Whether ``generator`` is the geometry-guided model (the bundled default), which takes ``like``."""
-    from exaug.model.guided import GuidedExpressionGenerator
-
-    return isinstance(generator, GuidedExpressionGenerator)
-
 
 def check_intensity(generator: ExpressionGenerator, intensity: float) -> None:
     """0..1.5 for the guided model (1.0 = the mean CK+ peak for the face's shape), 0..1 for StarGAN."""
     limit = generator.max_intensity
     if not 0 <= intensity <= limit:
-        kind = "the geometry-guided model" if is_guided(generator) else "a StarGAN model"
+        kind = "the geometry-guided model" if generator.takes_like else "a StarGAN model"
         raise ExaugError(f"--intensity {intensity:g}: {kind} takes 0 to {limit:g}")
 
 
@@ -57,7 +51,7 @@ def load_reference(path: Path | str, generator: ExpressionGenerator, detection: 
     """The largest face of the photo ``path``, found with ``detection``'s options and aligned with the
     generator's template and size; an ExaugError naming ``path`` when it cannot serve."""
     path = Path(path)
-    if not is_guided(generator):
+    if not generator.takes_like:
         raise ExaugError(f"--like {path}: only the geometry-guided model (the bundled default) takes another "
                          "face's expression; this StarGAN model takes --emotion")
     image = load_image(path, max_pixels)  # ImageLoadError: "<path>: <reason>"
