@@ -17,7 +17,7 @@ from exaug.errors import ExaugError
 from exaug.faces.align import apply_affine, estimate_similarity, get_template, resize_faces, warp_faces
 from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, to_source
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
-from exaug.model.painter import Painter, PainterConfig
+from exaug.model.painter import Painter, PainterConfig, PaintLayers
 from exaug.model.warp import identity_field, mesh_field, warp
 
 TEMPLATE = "exaug"
@@ -47,31 +47,35 @@ class GuidedGenerator(nn.Module):
         return mesh_field(source_mesh, target_mesh, self.config.image_size)
 
     def layers(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor | None = None
-               ) -> tuple[Tensor, Tensor, Tensor]:
+               ) -> tuple[PaintLayers, Tensor]:
         """Warp ``faces`` (N, C, S, S at the model's size, in [-1, 1]) through ``field`` and run the
-        painter on its window: (colour layer, mask A, both (N, ., h, w) over the window; the warped faces)."""
+        painter on its window: (its layers over the window, the warped faces)."""
         warped = warp(faces, field)
         rows, columns = self.config.window_slices(faces.shape[-1])
         grid = F.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear", align_corners=False)
         motion = (grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2))[..., rows, columns]
-        colour, keep = self.painter(faces[..., rows, columns], warped[..., rows, columns], motion, codes,
-                                    None if region is None else region[..., rows, columns])
-        return colour, keep, warped
+        paint = self.painter(faces[..., rows, columns], warped[..., rows, columns], motion, codes,
+                             None if region is None else region[..., rows, columns])
+        return paint, warped
 
-    def compose(self, warped: Tensor, colour: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    def compose(self, warped: Tensor, paint: PaintLayers) -> tuple[Tensor, Tensor]:
         """Blend the window's layers into ``warped`` faces of any size: (output, mask A over the whole
         face). Larger faces get the layers upsampled: only the painted pixels are at the model's
-        resolution, every moved pixel keeps the face's own."""
+        resolution, every moved (and shaded) pixel keeps the face's own detail."""
         size, model_size = warped.shape[-1], self.config.image_size
         rows, columns = self.config.window_slices(model_size)
-        canvas_keep = keep.new_ones(len(keep), 1, model_size, model_size)
-        canvas_keep[..., rows, columns] = keep
-        canvas_colour = colour.new_zeros(len(colour), colour.shape[1], model_size, model_size)
-        canvas_colour[..., rows, columns] = colour
-        if size != model_size:
-            canvas_keep = F.interpolate(canvas_keep, size=(size, size), mode="bilinear", align_corners=False)
-            canvas_colour = F.interpolate(canvas_colour, size=(size, size), mode="bilinear", align_corners=False)
-        return canvas_keep * warped + (1 - canvas_keep) * canvas_colour, canvas_keep
+
+        def canvas(layer: Tensor, fill: float) -> Tensor:
+            whole = layer.new_full((len(layer), layer.shape[1], model_size, model_size), fill)
+            whole[..., rows, columns] = layer
+            if size != model_size:
+                whole = F.interpolate(whole, size=(size, size), mode="bilinear", align_corners=False)
+            return whole
+
+        keep, colour = canvas(paint.keep, 1.0), canvas(paint.colour, 0.0)
+        if paint.shade is not None:  # the gain acts on light (0 at -1), not on [-1, 1] values; exactly 0 outside
+            warped = warped + (warped + 1) * canvas(paint.shade, 0.0).expm1()
+        return keep * warped + (1 - keep) * colour, keep
 
     def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
                 field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -79,8 +83,8 @@ class GuidedGenerator(nn.Module):
         Returns (output, mask A, warped)."""
         field = self.field(source_mesh, target_mesh) if field is None else field
         region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
-        colour, keep, warped = self.layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region)
-        output, keep = self.compose(warped, colour, keep)
+        paint, warped = self.layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region)
+        output, keep = self.compose(warped, paint)
         return output, keep, warped
 
 
@@ -132,6 +136,7 @@ class GuidedExpressionGenerator:
 
     resolution_free = True  # aligned faces of any size: warped at their own, painted at the model's
     max_intensity = 1.5  # the CK+ mean motion extrapolated up to half as large again
+    takes_like = True  # generate(like=...): another face's expression, read from its mesh
 
     def __init__(self, model: GuidedGenerator, meta: dict, device: str | torch.device = "cpu", *,
                  max_batch: int | None = None):
@@ -151,7 +156,7 @@ class GuidedExpressionGenerator:
 
         painter, geometry, meta = load_guided(path)
         known = {field.name for field in fields(PainterConfig)}
-        settings = {k: v for k, v in meta["painter"].items() if k in known}
+        settings = {"shading": False, **{k: v for k, v in meta["painter"].items() if k in known}}
         if "window" not in settings:
             raise ExaugError(f"{path}: a guided generator from before the painter's mouth window; retrain it "
                              "with this exaug (exaug train --arch guided)")
@@ -188,8 +193,8 @@ class GuidedExpressionGenerator:
             source, target = source_mesh[part].to(self.device), target_mesh[part].to(self.device)
             field = self._model.field(source, target).float()
             region = paint_region(target, self.image_size)
-            colour, keep, warped = self._model.layers(small, field, self._model.codes(source, target).to(self.device), region)
-            edited, keep = self._model.compose(warped if small is x else warp(x, field), colour, keep)
+            paint, warped = self._model.layers(small, field, self._model.codes(source, target).to(self.device), region)
+            edited, keep = self._model.compose(warped if small is x else warp(x, field), paint)
             # Mostly painted pixels are new texture (teeth, the mouth's inside): no colour is moved onto
             # them; lightly retouched ones (keep > 0.75) keep the skin's and lips' own colour.
             weight = ((keep - 0.25) / 0.5).clamp(0, 1)

@@ -6,6 +6,8 @@ after what they ask:
 * ``reconstruction``: L1 to the real target face of the same person (the pairs make this possible);
 * ``mask``: the painted area (1 - A) stays small, so the warp, not the painter, carries the face;
 * ``smoothness``: total variation of A, so paint fades in instead of cutting patches;
+* ``shading``: the shading gain stays near one (mean absolute log-gain), so it darkens folds and
+  lifts cheeks where the real faces do, not wherever it can trim a little L1;
 * ``adversarial``: a PatchGAN hinge loss (pix2pix) so painted regions are not the soft average L1
   alone gives.
 
@@ -52,7 +54,7 @@ class GuidedTrainConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
 
 
-LOSS_WEIGHTS = {"reconstruction": 10.0, "mask": 0.5, "smoothness": 0.5, "adversarial": 0.5}
+LOSS_WEIGHTS = {"reconstruction": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.2, "adversarial": 0.5}
 
 
 def fit_geometry(pairs: PairedFaces, neutral_meshes: torch.Tensor) -> ExpressionGeometry:
@@ -105,8 +107,8 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
             rows = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)
             source, target = relight(sources[rows], targets[rows], generator)
             region = paint_region(pairs.target_mesh[rows].float().to(device), source.shape[-1])
-            colour, keep, warped = model.layers(source, fields[rows], codes[rows], region)
-            output = model.compose(warped, colour, keep)[0][..., rows_window, columns_window]
+            paint, warped = model.layers(source, fields[rows], codes[rows], region)
+            output = model.compose(warped, paint)[0][..., rows_window, columns_window]
             target, warped = target[..., rows_window, columns_window], warped[..., rows_window, columns_window]
             if config.weights["adversarial"]:
                 critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
@@ -115,8 +117,9 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
                 critic_optimiser.step()
             losses = {
                 "reconstruction": (output - target).abs().mean(),
-                "mask": (1 - keep).mean(),
-                "smoothness": total_variation(keep),
+                "mask": (1 - paint.keep).mean(),
+                "smoothness": total_variation(paint.keep),
+                "shading": paint.shade.abs().mean() if paint.shade is not None else output.new_zeros(()),
                 "adversarial": -critic(output).mean() if config.weights["adversarial"] else output.new_zeros(()),
             }
             total = sum(config.weights[name] * value for name, value in losses.items())
