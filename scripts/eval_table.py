@@ -1,7 +1,7 @@
 """Issue 11's evaluation table: the floor, the old StarGAN default and a guided model on held-out CK+
 people, scored by judges the generators never trained with; prints JSON, then a markdown table.
 
-    python scripts/train_fer_judge.py -o runs/fer_judge.pt        # once (about 10 CPU minutes)
+    python scripts/train_fer_judge.py -o runs/fer_judge.pt        # once (about 5 CPU minutes)
     git show a0354d3:exaug/weights/default.pt > /tmp/stargan.pt   # the old StarGAN default
     python scripts/eval_table.py --judge runs/fer_judge.pt --stargan /tmp/stargan.pt [--model PATH] [--json OUT]
 
