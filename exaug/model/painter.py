@@ -76,8 +76,8 @@ class PaintLayers(NamedTuple):
 
 
 def window_taper(height: int, width: int, device: torch.device) -> Tensor:
-    """(1, 1, h, w): 0 on the window's edges rising to 1 an eighth of its height in, so a shading
-    gain never leaves a seam where the window ends."""
+    """(1, 1, h, w): from 0 on the window's border (1/16 at its outermost pixels' centres) up to 1 an
+    eighth of its height in, so a shading gain leaves no seam where the window ends."""
     ramp = max(1.0, height / 8)
     rows = torch.arange(height, device=device, dtype=torch.float32)
     columns = torch.arange(width, device=device, dtype=torch.float32)
