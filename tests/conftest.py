@@ -68,6 +68,22 @@ def align_ck_subjects(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
     return output
 
 
+def detail(faces: torch.Tensor, boxes=None) -> torch.Tensor:
+    """Laplacian energy (what blurring removes) of each uint8 ``(N, 3, H, W)`` face's luma, as the
+    scorecard measures it, the one-pixel border left out; with ``boxes`` ((N, 4) x0, y0, x1, y1 in
+    pixels) only inside each face's box."""
+    from exaug.pipelines.scorecard import laplacian_energy
+
+    count, _, height, width = faces.shape
+    inside = torch.zeros(count if boxes is not None else 1, 1, height, width)
+    if boxes is None:
+        inside[..., 1:-1, 1:-1] = 1
+    else:
+        for mask, (x0, y0, x1, y1) in zip(inside, [[int(round(float(v))) for v in box] for box in boxes]):
+            mask[:, max(y0, 1):min(y1, height - 1), max(x0, 1):min(x1, width - 1)] = 1
+    return laplacian_energy(faces, inside)
+
+
 # ``python -m exaug`` started as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A shell that runs the
 # test suite as a background job (``cmd &``) hands its children SIGINT ignored, and Python keeps an ignored
 # SIGINT ignored, so without this the Ctrl-C tests would pass or fail depending on how pytest was launched.
