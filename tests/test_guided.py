@@ -11,11 +11,11 @@ import torch
 
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import resize_faces
-from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER
+from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER, mouth_opening
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import GuidedExpressionGenerator
+from exaug.model.guided import MOUTH_CLOSED, GuidedExpressionGenerator, paint_gate
 from exaug.model.warp import backward_field, control_points, identity_field, warp
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
@@ -202,6 +202,33 @@ def test_only_the_mouth_window_is_painted_the_rest_is_the_warp(ck_pairs, shipped
     outside[..., rows, columns] = False
     assert torch.equal(output[outside], warped[outside])
     assert (keep[~outside] < 0.9).any(), "surprise paints inside the opened mouth"
+
+
+def test_a_mouth_closed_before_and_after_is_moved_never_painted(ck_pairs, shipped):
+    """Painting a closed mouth only softened its lip line; the painter acts once a mouth opens."""
+    from exaug.model.color import decode, encode
+
+    pairs = _held_out(ck_pairs[0], shipped)
+    closed = mouth_opening(pairs.source_mesh) < MOUTH_CLOSED  # most neutral frames; not all
+    assert closed.sum() >= 8, closed
+    faces, meshes = pairs.source[closed][:8], pairs.source_mesh[closed][:8].float()
+    for name, painted in (("sad", False), ("surprise", True)):
+        target = shipped.targets(meshes, [name] * 8, 1.0)
+        gate = paint_gate(meshes, target)
+        assert (gate > 0).all() if painted else (gate == 0).all(), (name, gate)
+        rendered = shipped.render(faces, meshes, target)
+        luma, chroma = encode(faces, 1)
+        field = shipped._model.field(meshes, target).float()
+        moved = decode(warp(luma, field), warp(chroma, field))
+        if painted:
+            assert (rendered.float() - moved.float()).abs().mean((1, 2, 3)).min() > 0.5, "surprise paints"
+        else:
+            assert torch.equal(rendered, moved)
+    # The model's own forward (tensors at its size) gates alike: a closed mouth's warp is left as it is.
+    target = shipped.targets(meshes, ["sad"] * 8, 1.0)
+    with torch.no_grad():
+        output, keep, warped = shipped._model(encode(faces, 1)[0], meshes, target)
+    assert torch.equal(output, warped) and (keep == 1).all()
 
 
 def test_shading_scales_the_faces_own_pixels_and_fades_to_nothing_at_the_window_edges(ck_pairs, shipped):

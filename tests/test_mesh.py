@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, SHARED_DATA, cuda_only
 from exaug.faces.detect import FaceDetector
 from exaug.faces.mesh import (LEFT_EYE, LOWER_LIP_INNER, MOUTH_CORNERS, NUM_POINTS, RIGHT_EYE, UPPER_LIP_INNER,
-                              FaceMesh, MeshFitter, five_points, load_triangles)
+                              FaceMesh, MeshFitter, five_points, load_triangles, mouth_opening)
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources
 from exaug.io.store import read_faces
@@ -94,6 +94,32 @@ def test_surprise_opens_the_inner_lips_and_happy_widens_the_mouth(fitter, ckplus
     happy, neutral = _pairs(ckplus_dir, "happy", 20)
     (_, wide_peak), (_, wide_neutral) = _measure(fitter, happy), _measure(fitter, neutral)
     assert (wide_peak > wide_neutral).all() and np.median(wide_peak / wide_neutral) > 1.2, (wide_peak, wide_neutral)
+
+
+def _meshes(fitter: MeshFitter, paths: list[Path]) -> torch.Tensor:
+    images = [load_image(path) for path in paths]
+    landmarks = fitter.fit(images, FaceDetector("cpu", faces="largest").detect(images)).landmarks
+    assert len(landmarks) == len(paths)
+    return landmarks
+
+
+def test_mouth_opening_tells_closed_mouths_from_open_ones_at_any_tilt(fitter, ckplus_dir):
+    """The painter's gate reads it: CK+'s neutral first frames are closed, surprise peaks open wide,
+    and smiles part the lips; turning the face in the image changes nothing."""
+    from exaug.model.guided import MOUTH_CLOSED, MOUTH_OPEN
+
+    surprise, neutral = _pairs(ckplus_dir, "surprise", 12)
+    happy, _ = _pairs(ckplus_dir, "happy", 12)
+    closed, wide, smiles = (mouth_opening(_meshes(fitter, paths)) for paths in (neutral, surprise, happy))
+    assert (closed < MOUTH_CLOSED).float().mean() >= 0.9 and closed.abs().max() < MOUTH_OPEN, closed
+    assert (wide > MOUTH_OPEN).float().mean() >= 0.9 and wide.median() > 0.25, wide
+    assert smiles.median() > MOUTH_OPEN, smiles
+    landmarks = _meshes(fitter, surprise[:4])
+    angle = torch.tensor(0.4)
+    turn = torch.tensor([[angle.cos(), -angle.sin()], [angle.sin(), angle.cos()]])
+    turned = landmarks.clone()
+    turned[..., :2] = landmarks[..., :2] @ turn.T + 50
+    assert torch.allclose(mouth_opening(turned), mouth_opening(landmarks), atol=1e-5)
 
 
 def test_gradients_reach_the_input_image(mesh, ckplus_dir):

