@@ -26,14 +26,15 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 from PIL import Image
 
 from benchlib import DATA, devices, load_model, machine
 from exaug.faces.detect import DetectionOptions, ImageFaces
+from exaug.io.images import LUMA
 from exaug.io.video import probe, read_frames
+from exaug.pipelines.scorecard import laplacian_energy
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
-
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def make_mjpeg_clip(source: Path, output: Path, size: tuple[int, int] = (720, 480)) -> Path:
@@ -81,7 +82,7 @@ def reference_faces(clip: Path, detection: DetectionOptions, device: str) -> lis
 
 
 def _luma(frame: np.ndarray) -> np.ndarray:
-    return frame.astype(np.float32) @ _LUMA
+    return frame.astype(np.float32) @ np.array(LUMA, np.float32)
 
 
 def _boxes(faces: ImageFaces, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
@@ -95,13 +96,13 @@ def _boxes(faces: ImageFaces, shape: tuple[int, ...]) -> list[tuple[int, int, in
     return clipped
 
 
-def _laplacian_energy(luma: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    """Sum of the squared 4-neighbour Laplacian inside ``box`` (detail, i.e. what blurring removes)."""
+def _detail(frame: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Laplacian energy (what blurring removes) inside ``box``, as the scorecard measures faces."""
     x0, y0, x1, y1 = box
-    centre = luma[y0:y1, x0:x1]
-    laplacian = (luma[y0 - 1:y1 - 1, x0:x1] + luma[y0 + 1:y1 + 1, x0:x1] + luma[y0:y1, x0 - 1:x1 - 1]
-                 + luma[y0:y1, x0 + 1:x1 + 1] - 4 * centre)
-    return float(np.square(laplacian, dtype=np.float64).sum())
+    region = torch.from_numpy(np.ascontiguousarray(frame[y0 - 1:y1 + 1, x0 - 1:x1 + 1])).permute(2, 0, 1)[None]
+    inside = torch.zeros(1, 1, *region.shape[-2:])
+    inside[..., 1:-1, 1:-1] = 1  # the box itself; its one-pixel frame only feeds the Laplacian
+    return float(laplacian_energy(region, inside))
 
 
 def face_region_quality(clip: Path, output: Path, faces: list[ImageFaces]) -> dict[str, float]:
@@ -115,7 +116,7 @@ def face_region_quality(clip: Path, output: Path, faces: list[ImageFaces]) -> di
     for index, (before, after) in enumerate(frames):
         lumas = (_luma(before), _luma(after))
         for box in _boxes(faces[index], before.shape):
-            energy += [_laplacian_energy(luma, box) for luma in lumas]
+            energy += [_detail(frame, box) for frame in (before, after)]
             if previous is not None:
                 x0, y0, x1, y1 = box
                 change += [np.abs(now[y0:y1, x0:x1] - then[y0:y1, x0:x1]).mean() for now, then in zip(lumas, previous)]

@@ -35,9 +35,9 @@ from exaug.faces.align import apply_affine, estimate_similarity, warp_regions
 from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.faces.mesh import INPUT_SIZE, FaceMesh, MeshFitter, five_points, to_source
 from exaug.faces.track import OneEuroFilter, TrackedFace, box_iou, match_boxes
+from exaug.io.images import LUMA
 
 EYE_CORNERS = (33, 263)  # outer eye corners (image left, image right): the crop's roll
-_LUMA = (0.299, 0.587, 0.114)
 Timer = Callable[[str], AbstractContextManager]
 
 
@@ -155,7 +155,7 @@ class FaceFollower:
         ``cut_threshold`` grey levels on average (a pan or a walk changes it by a few)."""
         step = max(1, min(frame.shape[0] // 72, frame.shape[1] // 128))  # every step-th pixel is plenty
         sample = frame[::step, ::step].float()
-        grey = sum(weight * sample[..., i] for i, weight in enumerate(_LUMA))
+        grey = sum(weight * sample[..., i] for i, weight in enumerate(LUMA))
         thumbnail = F.adaptive_avg_pool2d(grey[None], (18, 32))[0]
         previous, self._thumbnail = self._thumbnail, thumbnail
         return previous is not None and float((thumbnail - previous).abs().mean()) > self.options.cut_threshold

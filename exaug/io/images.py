@@ -21,6 +21,7 @@ IMAGE_SUFFIXES = frozenset(
     ".heic .heif .avif .svg .jfif".split()
 )
 
+LUMA = (0.299, 0.587, 0.114)  # BT.601 weights of R, G, B in grey: what a greyscale model and a thumbnail see
 MAX_PIXELS = 150_000_000  # a 150-megapixel scan decodes to 450 MB; decompression bombs are far larger
 Image.MAX_IMAGE_PIXELS = None  # load_image checks each file against its own limit, before decoding
 

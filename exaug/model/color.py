@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_LUMA = (0.299, 0.587, 0.114)
+from exaug.io.images import LUMA
 
 
 def encode(faces: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
@@ -21,7 +21,7 @@ def encode(faces: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
     rgb = faces.float()
     if channels == 3:
         return rgb / 127.5 - 1, None
-    luma = sum(weight * rgb[:, i:i + 1] for i, weight in enumerate(_LUMA))
+    luma = sum(weight * rgb[:, i:i + 1] for i, weight in enumerate(LUMA))
     return luma / 127.5 - 1, rgb - luma
 
 
