@@ -154,6 +154,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
             "faces_edited": summary.faces_edited,
             "frames_edited": sum(count > 0 for count in summary.faces_per_frame),
             "frames_detected": summary.detections,
+            "frames_detected_around_lost_faces": summary.crop_detections,
             "stage_seconds": {stage: round(summary.stage_seconds[stage], 2) for stage in STAGES},
             "stage_frames_per_s": {stage: round(summary.frames / max(summary.stage_seconds[stage], 1e-9), 2)
                                    for stage in STAGES},

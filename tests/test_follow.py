@@ -72,6 +72,33 @@ def test_detection_runs_every_n_frames_and_at_cuts(cuts_clip, mesh, every):
     assert follower.detections == sum(math.ceil(length / every) for length in SHOTS[:3])
 
 
+def test_a_face_the_mesh_loses_is_looked_for_only_around_where_it_was(cuts_clip, per_frame, mesh):
+    """A mesh that slips (forced here on frame 3 of the portrait shot) costs MTCNN on a crop, not on the
+    frame: the face is found there and keeps its track; where nothing is left (the crop MTCNN sees
+    made flat grey), the face is dropped, still without a full-frame pass."""
+    frames, times = cuts_clip
+    for emptied, expected in ((False, [1] * 6), (True, [1, 1, 1, 0, 0, 0])):
+        follower = FaceFollower(FaceDetector("cpu"), mesh)
+        follow, detect = follower._follow, follower.detector.detect
+        follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
+        if emptied:  # the first pass (frame 0) sees the frame; the next, the crop, sees grey
+            calls = []
+
+            def detect_in_grey(images):
+                calls.append(len(images))
+                return detect(images if len(calls) == 1 else [torch.full_like(image, 128) for image in images])
+
+            follower.detector.detect = detect_in_grey
+        followed = follower.update_many(frames[:6], times[:6])
+        assert [len(faces) for faces in followed] == expected
+        assert follower.detections == 1 and follower.crop_detections == 1
+        if not emptied:
+            assert len({faces[0].track_id for faces in followed}) == 1, "the face keeps its track"
+            found = per_frame[3].landmarks[0]
+            eyes = np.linalg.norm(found[1] - found[0])
+            assert np.linalg.norm(followed[3][0].landmarks - found, axis=-1).mean() / eyes < 0.3
+
+
 def test_smoothed_landmarks_are_steadier_than_detections(cuts_clip, per_frame, mesh):
     """On the drifting portrait the camera moves smoothly: frame-to-frame acceleration of the
     alignment points is noise. The smoothed mesh's points have less of it than MTCNN's."""

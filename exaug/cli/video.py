@@ -60,7 +60,7 @@ def video_command(
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
     console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "
-                  f"detection on {summary.detections} frames, "
+                  f"detection on {summary.detections} frames (and around lost faces on {summary.crop_detections}), "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
     if summary.reference:
         console.print(f"expression like {summary.reference['path']} (sha256 {summary.reference['sha256'][:16]}..., "

@@ -9,9 +9,11 @@ face score says when the crop no longer holds the face.
 MTCNN still decides which faces there are, so the faces edited are the ones per-frame detection
 finds. It runs on the first frame, every ``detect_every`` frames (to pick up faces that walked in),
 at a scene cut (a cheap test: the mean change of a grey thumbnail; tracks do not survive a cut),
-whenever a mesh loses its face (score below ``min_score``), and on the frame after a detection
-that missed a face the mesh still holds: a face missed by ``max_misses`` detections in a row is
-dropped, so a single miss does not switch the edit off for ``detect_every`` frames.
+and on the frame after a detection that missed a face the mesh still holds: a face missed by
+``max_misses`` detections in a row is dropped, so a single miss does not switch the edit off for
+``detect_every`` frames. When a mesh loses its face (score below ``min_score``), MTCNN looks again
+only around where it was: on the shared 720x480 clip one face, half hidden, slipped from its
+mesh every few frames, and a full-frame pass for each slip was most of the detection time.
 
 Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
 five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
@@ -92,6 +94,21 @@ def _onto(mesh: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.concatenate([moved, mesh[:, 2:] * math.sqrt(abs(float(torch.det(transform[0, :, :2]))))], 1)
 
 
+def _in_frame(crops: list[ImageFaces], regions: list[tuple[int, int, int, int]]) -> ImageFaces:
+    """The faces MTCNN found in crops of a frame, in frame pixels, most probable first; a face found
+    in two overlapping crops counts once."""
+    offsets = [np.float32([x0, y0]) for x0, y0, _, _ in regions]
+    boxes = np.concatenate([faces.boxes + np.tile(offset, 2) for faces, offset in zip(crops, offsets)])
+    probs = np.concatenate([faces.probs for faces in crops])
+    landmarks = np.concatenate([faces.landmarks + offset for faces, offset in zip(crops, offsets)])
+    order = np.argsort(-probs, kind="stable")
+    kept: list[int] = []
+    for index in order.tolist():
+        if not kept or box_iou(boxes[index][None], boxes[kept]).max() < 0.5:
+            kept.append(index)
+    return ImageFaces(boxes[kept].reshape(-1, 4), probs[kept], landmarks[kept].reshape(-1, 5, 2))
+
+
 class FaceFollower:
     """Faces of consecutive video frames, with stable ids and smoothed meshes.
 
@@ -110,7 +127,8 @@ class FaceFollower:
         self.options = options or FollowOptions()
         self.fps = fps
         self.filter_settings = (min_cutoff, beta, d_cutoff)
-        self.detections = 0  # detection passes run, for reports
+        self.detections = 0  # full-frame detection passes run, for reports
+        self.crop_detections = 0  # frames where MTCNN looked only around faces the mesh lost
         self._timer = timer or (lambda stage: nullcontext())
         self._tracks: list[_Track] = []
         self._next_id = 0
@@ -131,10 +149,10 @@ class FaceFollower:
         if self._tracks:
             with self._timer("track"):
                 observed = self._follow(frame, time)
-        unsure = len(observed) < len(self._tracks) or any(track.misses for track in self._tracks)
+        lost = [track for track in self._tracks if track.track_id not in observed]
         due = self._since_detection is None or self._since_detection + 1 >= self.options.detect_every
         detection: dict[int, int] = {}
-        if cut or unsure or due:
+        if cut or due or any(track.misses for track in self._tracks):
             with self._timer("detect"):
                 found = self.detector.detect([frame])[0]
             self.detections += 1
@@ -143,6 +161,8 @@ class FaceFollower:
                 detection = self._reconcile(frame, found, observed)
         else:
             self._since_detection = (self._since_detection or 0) + 1
+            if lost:
+                self._find_lost(frame, lost, observed)
         self._time = time
         faces = []
         for track in self._tracks:
@@ -201,20 +221,59 @@ class FaceFollower:
             kept.append(track)
         for index in range(len(found)):
             if index not in matches:
-                track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
-                self._next_id += 1
+                track = self._new_track()
                 kept.append(track)
                 by_track[track.track_id] = index
         self._tracks = kept
         refit = [track for track in kept if track.track_id not in observed]
-        if refit:
-            indices = [by_track[track.track_id] for track in refit]
-            subset = ImageFaces(found.boxes[indices], found.probs[indices], found.landmarks[indices])
-            meshes, scores = self.fitter.fit([frame], [subset])
-            for track, mesh, score, points in zip(refit, meshes.double().numpy(), scores.tolist(), subset.landmarks):
-                track.score = score
-                observed[track.track_id] = mesh if score >= self.options.min_score else _onto(mesh, points)
+        self._refit(frame, refit, found, [by_track[track.track_id] for track in refit], observed)
         return by_track
+
+    def _find_lost(self, frame: torch.Tensor, lost: list[_Track], observed: dict[int, np.ndarray]) -> None:
+        """Look for faces the mesh lost where they were: MTCNN on a square twice each face's size
+        around its last mesh (a fraction of a full-frame pass). A face found there is refitted from
+        its detection, one found beside it (it moved, or another face stepped in) starts a track, and
+        a lost face not found is dropped, as a full pass would drop it."""
+        height, width = frame.shape[:2]
+        regions = []
+        for track in lost:
+            x0, y0, x1, y1 = mesh_box(track.raw)
+            side, cx, cy = max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+            regions.append((max(0, int(cx - side)), max(0, int(cy - side)),
+                            min(width, math.ceil(cx + side)), min(height, math.ceil(cy + side))))
+        with self._timer("detect"):
+            crops = self.detector.detect([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions])
+        self.crop_detections += 1
+        with self._timer("track"):
+            found = _in_frame(crops, regions)
+            held = np.stack([mesh_box(observed[track.track_id]) for track in self._tracks
+                             if track.track_id in observed] or [np.full(4, -1.0)])
+            matches = match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in lost]), found.boxes),
+                                  self.options.iou_threshold)
+            refit, indices = [lost[t] for t in matches.values()], list(matches)
+            for index in range(len(found)):
+                if index not in matches and box_iou(found.boxes[index][None], held).max() < self.options.iou_threshold:
+                    refit.append(self._new_track())
+                    indices.append(index)
+            self._refit(frame, refit, found, indices, observed)
+            self._tracks = [track for track in self._tracks if track.track_id in observed] + refit[len(matches):]
+
+    def _new_track(self) -> _Track:
+        track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
+        self._next_id += 1
+        return track
+
+    def _refit(self, frame: torch.Tensor, tracks: list[_Track], found: ImageFaces, indices: list[int],
+               observed: dict[int, np.ndarray]) -> None:
+        """Mesh each of ``tracks`` afresh from its detection ``found[indices[i]]``; a face the mesh
+        cannot fit keeps its last mesh moved onto the detection's five points."""
+        if not tracks:
+            return
+        subset = ImageFaces(found.boxes[indices], found.probs[indices], found.landmarks[indices])
+        meshes, scores = self.fitter.fit([frame], [subset])
+        for track, mesh, score, points in zip(tracks, meshes.double().numpy(), scores.tolist(), subset.landmarks):
+            track.score = score
+            observed[track.track_id] = mesh if score >= self.options.min_score else _onto(mesh, points)
 
     def _drifted(self, mesh: np.ndarray, points: np.ndarray) -> bool:
         tracked = five_points(torch.from_numpy(mesh[None, :, :2]))[0].numpy()

@@ -58,7 +58,8 @@ class VideoSummary:
     frames: int = 0
     faces_edited: int = 0
     faces_per_frame: list[int] = field(default_factory=list)
-    detections: int = 0  # frames MTCNN ran on
+    detections: int = 0  # frames MTCNN ran on whole
+    crop_detections: int = 0  # frames it ran on only around faces the mesh lost
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reference: dict | None = None  # the --like photo (path, sha256, face box), also in the video's tags
@@ -125,6 +126,6 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                 tracked[index] = faces
             render(chunk, frames, weights, tracked)
     summary.seconds = time.perf_counter() - started
-    summary.detections = follower.detections
+    summary.detections, summary.crop_detections = follower.detections, follower.crop_detections
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
     return summary
