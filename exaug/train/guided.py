@@ -54,7 +54,7 @@ class GuidedTrainConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
 
 
-LOSS_WEIGHTS = {"reconstruction": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.2, "adversarial": 0.5}
+LOSS_WEIGHTS = {"reconstruction": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.05, "adversarial": 0.5}
 
 
 def fit_geometry(pairs: PairedFaces, neutral_meshes: torch.Tensor) -> ExpressionGeometry:
