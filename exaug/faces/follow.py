@@ -246,13 +246,13 @@ class FaceFollower:
         self.crop_detections += 1
         with self._timer("track"):
             found = _in_frame(crops, regions)
-            held = np.stack([mesh_box(observed[track.track_id]) for track in self._tracks
-                             if track.track_id in observed] or [np.full(4, -1.0)])
+            held = [mesh_box(observed[track.track_id]) for track in self._tracks if track.track_id in observed]
+            held = np.stack(held) if held else np.zeros((0, 4))
             matches = match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in lost]), found.boxes),
                                   self.options.iou_threshold)
             refit, indices = [lost[t] for t in matches.values()], list(matches)
             for index in range(len(found)):
-                if index not in matches and box_iou(found.boxes[index][None], held).max() < self.options.iou_threshold:
+                if index not in matches and box_iou(found.boxes[index][None], held).max(initial=0.0) < self.options.iou_threshold:
                     refit.append(self._new_track())
                     indices.append(index)
             self._refit(frame, refit, found, indices, observed)
