@@ -233,6 +233,41 @@ def test_a_mouth_closed_before_and_after_is_moved_never_painted(ck_pairs, shippe
     assert torch.equal(output, warped) and (keep == 1).all()
 
 
+def test_teeth_a_closing_smile_squeezes_between_the_lips_take_the_lips_colour(shipped):
+    """Asked for neutral, a smile that shows its teeth closes, but the smooth warp leaves the teeth a
+    band between the lips; in a colour photo that band is the lips' colour, not the teeth's grey-blue."""
+    import torch.nn.functional as F
+
+    from exaug.faces.align import FaceAligner, get_template
+    from exaug.faces.detect import FaceDetector
+    from exaug.io.images import load_image
+    from exaug.model.color import encode
+    from exaug.model.guided import lip_colour, squeezed_teeth
+
+    photo = load_image(Path(__file__).parents[1] / "examples" / "astronaut.png")
+    face = FaceAligner(get_template(shipped.template, 256), device="cpu").align(
+        [photo], FaceDetector("cpu").detect([photo])).images[:1]
+    small = resize_faces(face, 128)
+    mesh = shipped.meshes(face)
+    target = shipped.targets(mesh, ["neutral"], 1.0)
+    assert mouth_opening(mesh) > 0.1 > mouth_opening(target), "a toothy smile, closed"
+    rows, columns = shipped._model.config.window_slices()
+    field = shipped._model.field(mesh, target).float()  # resolution-free: warps the 256-px face too
+    band = torch.zeros(1, 1, 128, 128)
+    band[..., rows, columns] = squeezed_teeth(mesh, target, field, 128, rows, columns)
+    assert band.sum() > 15, "the warp leaves a band of teeth"
+    # Where the renderer's softened band is mostly band (its edges blend the two colours).
+    soft = F.avg_pool2d(band, 3, 1, 1, count_include_pad=False)
+    band = F.interpolate(soft, size=(256, 256), mode="bilinear", align_corners=False)[0, 0] > 0.6
+    assert band.sum() > 30
+    lips = lip_colour(encode(small, 1)[1], mesh, rows, columns)[0]
+    assert lips.norm() > 30, "the lips have a colour to give"
+    # Unfixed, the band had the teeth's colour (8 from the lips' here), and where the painter partly
+    # paints, less of it (painted pixels get no chroma): grey-blue. Now it is the lips' own.
+    rendered = encode(shipped.generate(face, "neutral"), 1)[1][0][:, band].mean(1)
+    assert (rendered - lips).norm() < 0.15 * lips.norm(), (rendered, lips)
+
+
 def test_shading_scales_the_faces_own_pixels_and_fades_to_nothing_at_the_window_edges(ck_pairs, shipped):
     """The shading gain multiplies the warped face's light (no new texture) and is exactly one on the
     window's edges, so it leaves no seam; pushed to its limit it brightens the window's middle by 1.65x."""

@@ -170,6 +170,17 @@ def mouth_opening(landmarks: Tensor) -> Tensor:
     return (gap / width).to(landmarks.dtype)
 
 
+def inside_polygon(points: Tensor, landmarks: Tensor, contour: Sequence[int]) -> Tensor:
+    """``(N, P)`` whether each of the ``(N or 1, P, 2)`` points lies inside the polygon ``contour``
+    (mesh indices, in order) of each face's ``(N, 468, 2+)`` landmarks (even-odd rule)."""
+    polygon = landmarks[:, list(contour), :2].to(points.dtype)
+    x, y = points[..., None, 0], points[..., None, 1]
+    x0, y0 = polygon[:, None, :, 0], polygon[:, None, :, 1]
+    x1, y1 = polygon.roll(-1, 1)[:, None, :, 0], polygon.roll(-1, 1)[:, None, :, 1]
+    crosses = ((y0 > y) != (y1 > y)) & (x < (x1 - x0) * (y - y0) / (y1 - y0 + 1e-9) + x0)
+    return crosses.sum(-1) % 2 == 1
+
+
 def load_triangles(weights: Path | str = WEIGHTS) -> Tensor:
     """The mesh's ``(T, 3)`` triangles (MediaPipe's tessellation), for drawing and piecewise warps."""
     return torch.load(Path(weights), map_location="cpu", weights_only=True)["triangles"].long()

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 
 from exaug.errors import ExaugError
 from exaug.faces.align import apply_affine, estimate_similarity, get_template, resize_faces, warp_faces
-from exaug.faces.mesh import INPUT_SIZE, FaceMesh, crop_template, mouth_opening, to_source
+from exaug.faces.mesh import (INPUT_SIZE, LIPS_INNER, LIPS_OUTER, FaceMesh, crop_template, inside_polygon, mouth_opening,
+                              to_source)
+from exaug.model.color import decode, encode
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import Painter, PainterConfig, PaintLayers
 from exaug.model.warp import identity_field, mesh_field, warp
@@ -131,6 +133,46 @@ def paint_region(mesh: Tensor, size: int) -> Tensor:
     return ((1.25 - distance).clamp(0, 0.25) * 4)[:, None]
 
 
+def squeezed_teeth(source_mesh: Tensor, target_mesh: Tensor, field: Tensor, size: int, rows: slice,
+                   columns: slice) -> Tensor:
+    """(N, 1, h, w) over ``rows`` and ``columns`` of a ``size``-pixel face (the meshes' pixels): 1
+    where the warp fetches pixels from inside the source's lips but puts them outside the target's
+    (its lips' opening). Closing a mouth that shows its teeth, the spline, evaluated on a 32 x 32
+    grid, cannot squeeze them into the closed lips' gap: they stay a band a few pixels high between
+    the lips, where the painter paints only partly."""
+    grid = F.interpolate(field.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False)
+    grid = grid[..., rows, columns].permute(0, 2, 3, 1)
+    n, height, width = grid.shape[:3]
+    fetched = inside_polygon(grid.reshape(n, -1, 2) * size - 0.5, source_mesh, LIPS_INNER)
+    opening = inside_polygon(_pixel_centres(rows, columns, grid.device), target_mesh, LIPS_INNER)
+    return (fetched & ~opening).reshape(n, 1, height, width).float()
+
+
+def lip_colour(faces: Tensor, meshes: Tensor, rows: slice, columns: slice) -> Tensor:
+    """(N, C) mean of ``faces`` (N, C, S, S) over each face's lips (between the outer and inner lip
+    contours of ``meshes``, in the faces' pixels), looked for within ``rows`` and ``columns``."""
+    centres = _pixel_centres(rows, columns, faces.device)
+    lips = (inside_polygon(centres, meshes, LIPS_OUTER) & ~inside_polygon(centres, meshes, LIPS_INNER)).float()
+    values = faces[..., rows, columns].flatten(2)
+    return (values * lips[:, None]).sum(-1) / lips.sum(-1, keepdim=True).clamp_min(1)
+
+
+def lips_box(meshes: Tensor, size: int, margin: int = 2) -> tuple[slice, slice]:
+    """Rows and columns of a ``size``-pixel face holding every face's outer lips, ``margin`` pixels
+    to spare: where the lip tests need to look (a twentieth of the face; polygon tests cost per pixel)."""
+    points = meshes[:, list(LIPS_OUTER), :2]
+    low = (points.amin((0, 1)).floor().long() - margin).clamp(0, size - 1).tolist()
+    high = (points.amax((0, 1)).ceil().long() + margin + 1).clamp(1, size).tolist()
+    return slice(low[1], high[1]), slice(low[0], high[0])
+
+
+def _pixel_centres(rows: slice, columns: slice, device: torch.device) -> Tensor:
+    """(1, h * w, 2) x, y of the pixels in ``rows`` and ``columns``, row by row."""
+    ys, xs = torch.meshgrid(torch.arange(rows.start, rows.stop, device=device, dtype=torch.float32),
+                            torch.arange(columns.start, columns.stop, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([xs, ys], -1).reshape(1, -1, 2)
+
+
 class CropMesher:
     """Meshes of faces already aligned on exaug's template: each crop is re-cut into the 192-pixel
     mesh crop (a similarity, zero outside), meshed, and mapped back into the crop's pixels."""
@@ -209,8 +251,6 @@ class GuidedExpressionGenerator:
     def render(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
         """Faces moved from their meshes to ``target_mesh`` (the model's crop pixels), uint8 (N, 3, S, S)
         at the faces' own size S: the warp is applied at that size, the painter runs at the model's."""
-        from exaug.model.color import decode, encode
-
         out = torch.empty_like(faces, device=self.device)
         for start in range(0, len(faces), self.max_batch):
             part = slice(start, start + self.max_batch)
@@ -224,17 +264,40 @@ class GuidedExpressionGenerator:
             gate = paint_gate(source, target)
             if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved, never painted
                 at_model_size = full.shape[-1] == self.image_size
-                small = encode(full[painted] if at_model_size else resize_faces(full[painted], self.image_size),
-                               self.channels)[0]
-                paint, _ = self._model.layers(small, field[painted], self._model.codes(source[painted], target[painted]),
+                small = full[painted] if at_model_size else resize_faces(full[painted], self.image_size)
+                paint, _ = self._model.layers(encode(small, self.channels)[0], field[painted], self._model.codes(source[painted], target[painted]),
                                               paint_region(target[painted], self.image_size), gate[painted],
                                               edited[painted] if at_model_size else None)
                 edited[painted], keep[painted] = self._model.compose(edited[painted], paint)
             # Mostly painted pixels are new texture (teeth, the mouth's inside): no colour is moved onto
             # them; lightly retouched ones (keep > 0.75) keep the skin's and lips' own colour.
             weight = ((keep - 0.25) / 0.5).clamp(0, 1)
-            out[part] = decode(edited, None if chroma is None else chroma * weight)
+            chroma = None if chroma is None else chroma * weight
+            closes = mouth_opening(target[painted]) < mouth_opening(source[painted])
+            if chroma is not None and closes.any():  # teeth squeezed between closing lips: the lips' colour
+                closing = painted[closes]
+                chroma[closing] = self._colour_lips(small[closes], chroma[closing], field[closing], source[closing],
+                                                    target[closing])
+            out[part] = decode(edited, chroma)
         return out
+
+    def _colour_lips(self, small: Tensor, chroma: Tensor, field: Tensor, source: Tensor, target: Tensor) -> Tensor:
+        """``chroma`` (N, 3, S, S) of edited faces with the teeth a closing mouth squeezes between its
+        lips (:func:`squeezed_teeth`) given the colour of the face's own lips, read from the faces at
+        the model's size (``small``, uint8). Unfixed, that band kept the teeth's colour, and less of
+        it where the painter partly paints (painted pixels get no chroma): a grey-blue line between
+        pink lips. Its brightness stays the warp's and the painter's: on held-out CK+ smiles closed
+        to neutral it was already the real closed lips' (a dark line where they meet; the lips' mean
+        is brighter)."""
+        size = self.image_size
+        band = torch.zeros(len(small), 1, size, size, device=small.device)
+        rows, columns = lips_box(target, size)
+        band[..., rows, columns] = F.avg_pool2d(squeezed_teeth(source, target, field, size, rows, columns), 3, 1, 1,
+                                                count_include_pad=False)
+        if chroma.shape[-1] != size:
+            band = F.interpolate(band, size=chroma.shape[-2:], mode="bilinear", align_corners=False)
+        lips = lip_colour(encode(small, 1)[1], source, *lips_box(source, size))
+        return chroma * (1 - band) + lips[..., None, None] * band
 
     def targets(self, meshes: Tensor, expressions: list[str] | None, intensity: float | Tensor,
                 like: Tensor | None = None) -> Tensor:

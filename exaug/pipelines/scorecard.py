@@ -25,7 +25,7 @@ from torch import Tensor
 
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.identity import FaceEmbedder, cosine
-from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE
+from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE, inside_polygon
 from exaug.io.store import read_faces
 from exaug.model.color import encode
 from exaug.model.judge import Judge
@@ -40,14 +40,11 @@ Mesher = Callable[[Tensor], Tensor]
 
 
 def face_mask(meshes: Tensor, size: int) -> Tensor:
-    """(N, 1, S, S) inside the face outline (polygon test on the mesh's FACE_OVAL)."""
-    polygon = meshes[:, list(FACE_OVAL), :2].float()
-    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
-    x, y = xs.reshape(1, -1, 1), ys.reshape(1, -1, 1)
-    x0, y0 = polygon[:, None, :, 0], polygon[:, None, :, 1]
-    x1, y1 = polygon.roll(-1, 1)[:, None, :, 0], polygon.roll(-1, 1)[:, None, :, 1]
-    crosses = ((y0 > y) != (y1 > y)) & (x < (x1 - x0) * (y - y0) / (y1 - y0 + 1e-9) + x0)
-    return (crosses.sum(-1) % 2 == 1).reshape(-1, 1, size, size).float()
+    """(N, 1, S, S) inside the face outline (pixel centres in the mesh's FACE_OVAL)."""
+    centres = torch.arange(size).float()
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    inside = inside_polygon(torch.stack([xs, ys], -1).reshape(1, -1, 2), meshes, FACE_OVAL)
+    return inside.reshape(-1, 1, size, size).float()
 
 
 def grey(faces: Tensor) -> Tensor:
