@@ -181,6 +181,14 @@ def inside_polygon(points: Tensor, landmarks: Tensor, contour: Sequence[int]) ->
     return crosses.sum(-1) % 2 == 1
 
 
+def pixel_centres(rows: slice, columns: slice, device: torch.device | str = "cpu") -> Tensor:
+    """``(1, h * w, 2)`` x, y of the pixels in ``rows`` and ``columns`` of a crop, row by row: the
+    points :func:`inside_polygon` tests to rasterise a contour."""
+    ys, xs = torch.meshgrid(torch.arange(rows.start, rows.stop, device=device).float(),
+                            torch.arange(columns.start, columns.stop, device=device).float(), indexing="ij")
+    return torch.stack([xs, ys], -1).reshape(1, -1, 2)
+
+
 def load_triangles(weights: Path | str = WEIGHTS) -> Tensor:
     """The mesh's ``(T, 3)`` triangles (MediaPipe's tessellation), for drawing and piecewise warps."""
     return torch.load(Path(weights), map_location="cpu", weights_only=True)["triangles"].long()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from exaug.errors import ExaugError
 from exaug.faces.align import apply_affine, estimate_similarity, get_template, resize_faces, warp_faces
 from exaug.faces.mesh import (INPUT_SIZE, LIPS_INNER, LIPS_OUTER, FaceMesh, crop_template, inside_polygon, mouth_opening,
-                              to_source)
+                              pixel_centres, to_source)
 from exaug.model.color import decode, encode
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import Painter, PainterConfig, PaintLayers
@@ -144,14 +144,14 @@ def squeezed_teeth(source_mesh: Tensor, target_mesh: Tensor, field: Tensor, size
     grid = grid[..., rows, columns].permute(0, 2, 3, 1)
     n, height, width = grid.shape[:3]
     fetched = inside_polygon(grid.reshape(n, -1, 2) * size - 0.5, source_mesh, LIPS_INNER)
-    opening = inside_polygon(_pixel_centres(rows, columns, grid.device), target_mesh, LIPS_INNER)
+    opening = inside_polygon(pixel_centres(rows, columns, grid.device), target_mesh, LIPS_INNER)
     return (fetched & ~opening).reshape(n, 1, height, width).float()
 
 
 def lip_colour(faces: Tensor, meshes: Tensor, rows: slice, columns: slice) -> Tensor:
     """(N, C) mean of ``faces`` (N, C, S, S) over each face's lips (between the outer and inner lip
     contours of ``meshes``, in the faces' pixels), looked for within ``rows`` and ``columns``."""
-    centres = _pixel_centres(rows, columns, faces.device)
+    centres = pixel_centres(rows, columns, faces.device)
     lips = (inside_polygon(centres, meshes, LIPS_OUTER) & ~inside_polygon(centres, meshes, LIPS_INNER)).float()
     values = faces[..., rows, columns].flatten(2)
     return (values * lips[:, None]).sum(-1) / lips.sum(-1, keepdim=True).clamp_min(1)
@@ -164,13 +164,6 @@ def lips_box(meshes: Tensor, size: int, margin: int = 2) -> tuple[slice, slice]:
     low = (points.amin((0, 1)).floor().long() - margin).clamp(0, size - 1).tolist()
     high = (points.amax((0, 1)).ceil().long() + margin + 1).clamp(1, size).tolist()
     return slice(low[1], high[1]), slice(low[0], high[0])
-
-
-def _pixel_centres(rows: slice, columns: slice, device: torch.device) -> Tensor:
-    """(1, h * w, 2) x, y of the pixels in ``rows`` and ``columns``, row by row."""
-    ys, xs = torch.meshgrid(torch.arange(rows.start, rows.stop, device=device, dtype=torch.float32),
-                            torch.arange(columns.start, columns.stop, device=device, dtype=torch.float32), indexing="ij")
-    return torch.stack([xs, ys], -1).reshape(1, -1, 2)
 
 
 class CropMesher:
@@ -265,7 +258,8 @@ class GuidedExpressionGenerator:
             if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved, never painted
                 at_model_size = full.shape[-1] == self.image_size
                 small = full[painted] if at_model_size else resize_faces(full[painted], self.image_size)
-                paint, _ = self._model.layers(encode(small, self.channels)[0], field[painted], self._model.codes(source[painted], target[painted]),
+                paint, _ = self._model.layers(encode(small, self.channels)[0], field[painted],
+                                              self._model.codes(source[painted], target[painted]),
                                               paint_region(target[painted], self.image_size), gate[painted],
                                               edited[painted] if at_model_size else None)
                 edited[painted], keep[painted] = self._model.compose(edited[painted], paint)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.identity import FaceEmbedder, cosine
-from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE, inside_polygon
+from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE, inside_polygon, pixel_centres
 from exaug.io.store import read_faces
 from exaug.model.color import encode
 from exaug.model.judge import Judge
@@ -41,9 +41,8 @@ Mesher = Callable[[Tensor], Tensor]
 
 def face_mask(meshes: Tensor, size: int) -> Tensor:
     """(N, 1, S, S) inside the face outline (pixel centres in the mesh's FACE_OVAL)."""
-    centres = torch.arange(size).float()
-    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
-    inside = inside_polygon(torch.stack([xs, ys], -1).reshape(1, -1, 2), meshes, FACE_OVAL)
+    whole = slice(0, size)
+    inside = inside_polygon(pixel_centres(whole, whole, meshes.device), meshes, FACE_OVAL)
     return inside.reshape(-1, 1, size, size).float()
 
 
