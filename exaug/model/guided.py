@@ -257,8 +257,9 @@ class GuidedExpressionGenerator:
             gate = paint_gate(source, target)
             if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved, never painted
                 at_model_size = full.shape[-1] == self.image_size
-                small = full[painted] if at_model_size else resize_faces(full[painted], self.image_size)
-                paint, _ = self._model.layers(encode(small, self.channels)[0], field[painted],
+                small, small_chroma = encode(full[painted] if at_model_size else
+                                             resize_faces(full[painted], self.image_size), self.channels)
+                paint, _ = self._model.layers(small, field[painted],
                                               self._model.codes(source[painted], target[painted]),
                                               paint_region(target[painted], self.image_size), gate[painted],
                                               edited[painted] if at_model_size else None)
@@ -270,27 +271,28 @@ class GuidedExpressionGenerator:
             closes = mouth_opening(target[painted]) < mouth_opening(source[painted])
             if chroma is not None and closes.any():  # teeth squeezed between closing lips: the lips' colour
                 closing = painted[closes]
-                chroma[closing] = self._colour_lips(small[closes], chroma[closing], field[closing], source[closing],
-                                                    target[closing])
+                chroma[closing] = self._colour_lips(small_chroma[closes], chroma[closing], field[closing],
+                                                    source[closing], target[closing])
             out[part] = decode(edited, chroma)
         return out
 
-    def _colour_lips(self, small: Tensor, chroma: Tensor, field: Tensor, source: Tensor, target: Tensor) -> Tensor:
+    def _colour_lips(self, small_chroma: Tensor, chroma: Tensor, field: Tensor, source: Tensor,
+                     target: Tensor) -> Tensor:
         """``chroma`` (N, 3, S, S) of edited faces with the teeth a closing mouth squeezes between its
-        lips (:func:`squeezed_teeth`) given the colour of the face's own lips, read from the faces at
-        the model's size (``small``, uint8). Unfixed, that band kept the teeth's colour, and less of
+        lips (:func:`squeezed_teeth`) given the colour of the face's own lips, read from the source
+        faces' chroma at the model's size (``small_chroma``). Unfixed, that band kept the teeth's colour, and less of
         it where the painter partly paints (painted pixels get no chroma): a grey-blue line between
         pink lips. Its brightness stays the warp's and the painter's: on held-out CK+ smiles closed
         to neutral it was already the real closed lips' (a dark line where they meet; the lips' mean
         is brighter)."""
         size = self.image_size
-        band = torch.zeros(len(small), 1, size, size, device=small.device)
+        band = torch.zeros(len(chroma), 1, size, size, device=chroma.device)
         rows, columns = lips_box(target, size)
         band[..., rows, columns] = F.avg_pool2d(squeezed_teeth(source, target, field, size, rows, columns), 3, 1, 1,
                                                 count_include_pad=False)
         if chroma.shape[-1] != size:
             band = F.interpolate(band, size=chroma.shape[-2:], mode="bilinear", align_corners=False)
-        lips = lip_colour(encode(small, 1)[1], source, *lips_box(source, size))
+        lips = lip_colour(small_chroma, source, *lips_box(source, size))
         return chroma * (1 - band) + lips[..., None, None] * band
 
     def targets(self, meshes: Tensor, expressions: list[str] | None, intensity: float | Tensor,
