@@ -6,7 +6,8 @@ and each device, this reports:
 * exaug's frames/s and its per-stage split (decode, detect, track, generate, blend, encode);
 * a plain PyAV decode + libx264 encode of the clip at the same crf and preset, and the ratio;
 * the faces edited and the frames MTCNN ran on, against the faces a per-frame MTCNN pass over the
-  input finds (the reference);
+  input finds (the reference), and against those of them it also finds in a neighbouring frame
+  (per-frame MTCNN itself flickers on small or half-hidden faces: found in one frame, not the next);
 * face-region sharpness: the Laplacian energy of the output inside the reference face boxes over
   the input's (1.0 keeps all detail);
 * flicker: the mean frame-to-frame absolute change inside the face boxes, in grey levels, for the
@@ -31,6 +32,7 @@ from PIL import Image
 
 from benchlib import DATA, devices, load_model, machine
 from exaug.faces.detect import DetectionOptions, ImageFaces
+from exaug.faces.track import box_iou
 from exaug.io.images import LUMA
 from exaug.io.video import probe, read_frames
 from exaug.pipelines.scorecard import laplacian_energy
@@ -79,6 +81,17 @@ def reference_faces(clip: Path, detection: DetectionOptions, device: str) -> lis
     """MTCNN on every frame of the input: the faces a per-frame detector finds."""
     detector = detection.detector(device, 16)
     return [faces for chunk in read_frames(clip, 16) for faces in detector.detect(list(chunk.frames))]
+
+
+def steady_faces(reference: list[ImageFaces], overlap: float = 0.3) -> int:
+    """Faces of a per-frame detection that it also finds in the previous or the next frame (a box
+    overlapping by ``overlap``): the faces a tracker should hold, without the detector's flicker."""
+    count = 0
+    for index, found in enumerate(reference):
+        neighbours = [reference[j].boxes for j in (index - 1, index + 1)
+                      if 0 <= j < len(reference) and len(reference[j])]
+        count += sum(any(box_iou(box[None], boxes).max() > overlap for boxes in neighbours) for box in found.boxes)
+    return count
 
 
 def _luma(frame: np.ndarray) -> np.ndarray:
@@ -137,6 +150,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
                        "frames": info.frames, "fps": float(info.fps)},
               "plain_transcode": plain,
               "per_frame_detection": {"faces": sum(map(len, reference)),
+                                      "faces_also_in_a_neighbouring_frame": steady_faces(reference),
                                       "frames_with_faces": sum(len(found) > 0 for found in reference)},
               "results": {}}
     for device in devices():
