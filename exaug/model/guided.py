@@ -253,7 +253,6 @@ class GuidedExpressionGenerator:
             # The warp is linear: the luma of the warped colours is the warped luma, so the colours are
             # warped once (three channels, not luma and three chroma offsets).
             edited, chroma = encode(warp(full, field), self.channels)
-            keep = torch.ones_like(edited[:, :1])
             gate = paint_gate(source, target)
             if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved, never painted
                 at_model_size = full.shape[-1] == self.image_size
@@ -263,18 +262,25 @@ class GuidedExpressionGenerator:
                                               self._model.codes(source[painted], target[painted]),
                                               paint_region(target[painted], self.image_size), gate[painted],
                                               edited[painted] if at_model_size else None)
-                edited[painted], keep[painted] = self._model.compose(edited[painted], paint)
-            # Mostly painted pixels are new texture (teeth, the mouth's inside): no colour is moved onto
-            # them; lightly retouched ones (keep > 0.75) keep the skin's and lips' own colour.
-            weight = ((keep - 0.25) / 0.5).clamp(0, 1)
-            chroma = None if chroma is None else chroma * weight
-            closes = mouth_opening(target[painted]) < mouth_opening(source[painted])
-            if chroma is not None and closes.any():  # teeth squeezed between closing lips: the lips' colour
-                closing = painted[closes]
-                chroma[closing] = self._colour_lips(small_chroma[closes], chroma[closing], field[closing],
-                                                    source[closing], target[closing])
+                edited[painted], keep = self._model.compose(edited[painted], paint)
+                if chroma is not None:  # unpainted faces keep every pixel's moved colour
+                    chroma[painted] = self._paint_chroma(chroma[painted], keep, small_chroma, field[painted],
+                                                         source[painted], target[painted])
             out[part] = decode(edited, chroma)
         return out
+
+    def _paint_chroma(self, chroma: Tensor, keep: Tensor, small_chroma: Tensor, field: Tensor, source: Tensor,
+                      target: Tensor) -> Tensor:
+        """``chroma`` (N, 3, S, S) of painted faces under the painter's ``keep`` (mask A): mostly
+        painted pixels are new texture (teeth, the mouth's inside) and no colour is moved onto them;
+        lightly retouched ones (A > 0.75) keep the skin's and lips' own colour. Mouths that close get
+        their lips' colour on the teeth squeezed between the lips (:meth:`_colour_lips`)."""
+        chroma = chroma * ((keep - 0.25) / 0.5).clamp(0, 1)
+        closes = mouth_opening(target) < mouth_opening(source)
+        if closes.any():
+            chroma[closes] = self._colour_lips(small_chroma[closes], chroma[closes], field[closes], source[closes],
+                                               target[closes])
+        return chroma
 
     def _colour_lips(self, small_chroma: Tensor, chroma: Tensor, field: Tensor, source: Tensor,
                      target: Tensor) -> Tensor:
