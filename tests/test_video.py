@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from exaug.errors import ExaugError
 from exaug.io.video import VideoWriter, probe
 from exaug.model.generator import ExpressionGenerator
+from exaug.pipelines.stages import in_background
 from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 from videotools import Shot, all_frames, audio_packets, photo_clip, psnr
@@ -165,3 +167,24 @@ def test_bad_spans_are_one_line_errors(video_clip, tmp_path, test_checkpoint, ti
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_following_beside_rendering_shares_the_cores_and_gives_them_back():
+    """edit_video follows the next chunk in a thread while it renders this one, each on half of
+    torch's threads; however the consumer stops, the process gets all of them back."""
+    before = torch.get_num_threads()
+    seen: list[tuple[str, int]] = []
+
+    def follow():
+        for chunk in range(3):
+            seen.append(("follower", torch.get_num_threads()))
+            yield chunk
+
+    with pytest.raises(RuntimeError, match="render failed"):
+        for chunk in in_background(follow(), split_cores=True):
+            seen.append(("renderer", torch.get_num_threads()))
+            if chunk == 1:
+                raise RuntimeError("render failed")
+    assert {who for who, _ in seen} == {"follower", "renderer"}
+    assert {threads for _, threads in seen} == {max(1, before // 2)}
+    assert torch.get_num_threads() == before

@@ -3,12 +3,13 @@
 Faces are found by MTCNN on keyframes and followed between them by the face mesh, whose smoothed
 geometry gives each face's alignment (:mod:`exaug.faces.follow`): the transform, and so the edited
 face, moves smoothly with the head instead of jittering with a detector, at a fraction of the cost
-of detecting every frame. Frames are processed in chunks so generation and blending run batched.
-Each face is edited at about its own size in the frame and goes back through the inverse warp
-under a feathered mask (:mod:`exaug.pipelines.video_faces`); frames without faces pass through untouched. With a time span (:mod:`exaug.pipelines.timespan`)
-only its frames are searched and edited; in its ramps both the intensity and the opacity of the
-pasted face follow the ease, so the re-rendered face fades in rather than popping in while the
-expression grows.
+of detecting every frame. Frames are processed in chunks so generation and blending run batched;
+the next chunk is decoded and followed in a thread while this one is rendered. Each face is edited
+at about its own size in the frame and goes back through the inverse warp under a feathered mask
+(:mod:`exaug.pipelines.video_faces`); frames without faces pass through untouched. With a time
+span (:mod:`exaug.pipelines.timespan`) only its frames are searched and edited; in its ramps both
+the intensity and the opacity of the pasted face follow the ease, so the re-rendered face fades in
+rather than popping in while the expression grows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from exaug.io.outputs import check_not_input
 from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import check_intensity, load_reference
-from exaug.pipelines.stages import StageTimer
+from exaug.pipelines.stages import StageTimer, in_background
 from exaug.pipelines.timespan import TimeSpan
 from exaug.pipelines.video_faces import FaceEditor
 from exaug.progress import progress_bar
@@ -115,16 +117,22 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             summary.faces_per_frame += np.bincount(frame_index, minlength=len(chunk)).tolist()
             bar.update(task, advance=len(chunk), info=f"{summary.faces_edited} faces")
 
-        first_time: float | None = None
-        for chunk in timer.timed(read_frames(input_path, options.chunk_size), "decode"):
-            frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
-            first_time = chunk.times[0] if first_time is None else first_time
-            weights = span.weights(chunk.times - first_time)
-            active = np.flatnonzero(weights > 0)  # frames outside the span are not searched
-            tracked: list[list[TrackedFace]] = [[] for _ in range(len(chunk))]
-            for index, faces in zip(active, follower.update_many(frames[active], chunk.times[active])):
-                tracked[index] = faces
-            render(chunk, frames, weights, tracked)
+        def followed() -> Iterator[tuple[FrameChunk, torch.Tensor, np.ndarray, list[list[TrackedFace]]]]:
+            first_time: float | None = None
+            for chunk in timer.timed(read_frames(input_path, options.chunk_size), "decode"):
+                frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
+                first_time = chunk.times[0] if first_time is None else first_time
+                weights = span.weights(chunk.times - first_time)
+                active = np.flatnonzero(weights > 0)  # frames outside the span are not searched
+                tracked: list[list[TrackedFace]] = [[] for _ in range(len(chunk))]
+                for index, faces in zip(active, follower.update_many(frames[active], chunk.times[active])):
+                    tracked[index] = faces
+                yield chunk, frames, weights, tracked
+
+        # Following is sequential (each frame's crops come from the last); rendering a chunk is not:
+        # the next chunk is followed while this one is rendered, each on half the cores.
+        for item in in_background(followed(), split_cores=device.type == "cpu"):
+            render(*item)
     summary.seconds = time.perf_counter() - started
     summary.detections, summary.crop_detections = follower.detections, follower.crop_detections
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
