@@ -34,7 +34,9 @@ def video_command(
                             help="Edit up to this time (seconds or [HH:]MM:SS.s; default: the end)."),
     ramp: float = typer.Option(0.0, "--ramp", min=0.0,
                                help="Seconds over which the edit eases in after --start and out before --end."),
-    chunk_size: int = typer.Option(16, "--chunk-size", help="Frames generated and blended together."),
+    chunk_size: int = typer.Option(VideoOptions.chunk_size, "--chunk-size", min=1,
+                                   help="Frames generated and blended together (the next chunk is followed "
+                                        "meanwhile)."),
     detect_every: int = typer.Option(10, "--detect-every", min=1,
                                      help="Run face detection at least every N frames (new faces); "
                                           "between, faces are followed with the face mesh."),
