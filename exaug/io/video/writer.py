@@ -10,6 +10,7 @@ from types import TracebackType
 import av
 import av.error
 import numpy as np
+import torch
 
 from exaug.errors import ExaugError
 from exaug.io.atomic import Replacement
@@ -127,8 +128,13 @@ class VideoWriter:
     def _add_video_stream(self) -> None:
         assert self._output is not None
         self._check_supported(self.codec, "the video")
-        stream = self._output.add_stream(self.codec, rate=self.source.fps or None,
-                                         options={"crf": str(self.crf), "preset": self.preset})
+        options = {"crf": str(self.crf), "preset": self.preset}
+        if self.codec == "libx264" and torch.backends.cpu.get_cpu_capability() == "AVX512":
+            # x264's AVX-512 code (the mb-tree rate control's, by its own switches) let leftover heap
+            # bytes steer its choices at widths that are not a multiple of 128: the same frames
+            # encoded to different files run to run. Its AVX2 code does not, at the same speed.
+            options["x264-params"] = "asm=AVX2"
+        stream = self._output.add_stream(self.codec, rate=self.source.fps or None, options=options)
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
         stream.time_base = self.source.time_base
         stream.codec_context.time_base = self.source.time_base
