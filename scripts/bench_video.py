@@ -3,7 +3,9 @@
 For each clip (the shared 1080p clip; with ``--mjpeg`` also a 720x480 MJPEG/AVI clip made from it)
 and each device, this reports:
 
-* exaug's frames/s and its per-stage split (decode, detect, track, generate, blend, encode);
+* exaug's frames/s and its per-stage split (decode, detect, track, generate, blend, encode; the
+  first three run in one thread beside the last three, so on a CPU the stages' seconds add up to
+  more than the run's);
 * a plain PyAV decode + libx264 encode of the clip at the same crf and preset, and the ratio;
 * the faces edited and the frames MTCNN ran on, against the faces a per-frame MTCNN pass over the
   input finds (the reference), and against those of them it also finds in a neighbouring frame
@@ -185,7 +187,7 @@ def main() -> None:
     parser.add_argument("--mjpeg", action="store_true", help="also bench a 720x480 MJPEG/AVI clip made from --clip")
     parser.add_argument("--crf", type=int, default=18)
     parser.add_argument("--preset", default="medium")
-    parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--chunk-size", type=int, default=VideoOptions.chunk_size)
     parser.add_argument("--max-side", type=int, default=DetectionOptions.max_side, help="detection resolution")
     parser.add_argument("--detect-every", type=int, default=VideoOptions.detect_every)
     args = parser.parse_args()
