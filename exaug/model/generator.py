@@ -53,7 +53,8 @@ class ExpressionGenerator:
              max_batch: int | None = None) -> ExpressionGenerator:
         """From an inference file or a training run directory (its newest checkpoint).
 
-        ``max_batch`` bounds the faces per forward pass (default 128 on CUDA, 16 on CPU).
+        ``max_batch`` bounds the faces per forward pass (default 128 on CUDA, on CPU 16 for StarGAN, 8 for the
+        geometry-guided model).
         """
         if generator_format(Path(path)) == GUIDED_FORMAT:  # the geometry-guided generator, same interface
             from exaug.model.guided import GuidedExpressionGenerator

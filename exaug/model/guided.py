@@ -207,7 +207,10 @@ class GuidedExpressionGenerator:
         self._meta = meta
         self._mesher = CropMesher(model.config.image_size)
         self._mesher.mesh.to(self.device)
-        self.max_batch = max_batch or (128 if self.device.type == "cuda" else 16)
+        # On a CPU, 8 faces at a time: the painter's activations and the spline's kernel matrices of
+        # 16 faces no longer fit the cache (the MJPEG clip's 398 faces: 4.5-4.8 s at 8, 5.2-5.3 s at
+        # 16, 5.0-5.2 s at 4, one thread; 2.9-3.1 s vs 3.2-3.4 s at 8 vs 16 on two).
+        self.max_batch = max_batch or (128 if self.device.type == "cuda" else 8)
 
     @classmethod
     def load(cls, path, device: str | torch.device = "auto", *, max_batch: int | None = None) -> GuidedExpressionGenerator:
