@@ -120,8 +120,8 @@ def in_background(items: Iterable[T], depth: int = 2, *, split_cores: bool = Fal
 
     With ``split_cores`` (work on the CPU), the thread and the consumer each run torch on half the
     CPU's threads until the consumer stops. Both at full width ask for twice the cores there are,
-    and torch's threads then wait on each other; one half each also wastes less than one op at a
-    time on all cores does (small convolutions and Python between ops leave cores idle). On the
+    and torch's threads then wait on each other; and even alone, one stage's small convolutions and
+    the Python between its operations leave a second core idle much of the time. On the
     2-core machine, a 720x480 clip's video edit took 8.4-8.8 s instead of 9.5-9.9 s this way, and
     11.5-12.1 s with both at full width. Only where both sides are busy: with photos, detection
     dwarfs generation, and the split slowed align from 4.2-4.5 s to 6.0 s.
