@@ -289,6 +289,25 @@ def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_batches_of
         assert len(table) == MANY_BATCHES * (2 if command == "augment" else 1)
 
 
+
+def test_ctrl_c_during_video_stops_its_thread_exits_130_and_leaves_nothing(video_clip, test_checkpoint, tmp_path):
+    """Ctrl-C while the video is half written (its following thread busy with the next chunk): exit
+    130 with no traceback and no abort, and neither the video, its temporary nor its lock is left."""
+    output = tmp_path / "out.mp4"
+    args = ["video", video_clip, "-o", output, "--emotion", "happy", "--model", test_checkpoint, "--preset", "veryfast"]
+    process = subprocess.Popen([sys.executable, *EXAUG_AS_IN_A_TERMINAL, *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def writing() -> bool:  # the writer has started: frames are being encoded into the temporary
+        return any(path.name.startswith(".out.mp4.tmp") and path.stat().st_size > 0 for path in tmp_path.iterdir())
+
+    try:
+        printed = interrupt_when(process, writing, 300)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "terminate called" not in printed and "Traceback" not in printed, printed
+    assert list(tmp_path.iterdir()) == []
+
 # ------------------------------------------------------------------------------------------ outputs
 
 
