@@ -28,6 +28,15 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+def bf16_pays_on(device: torch.device) -> bool:
+    """Whether small convolutional networks should run in bf16 on ``device``: on a CPU with AMX tile
+    units, where oneDNN runs bf16 convolutions on them (the guided painter: 2.3 instead of 5.8 ms a
+    face on this project's 2-core Xeon, its output within 0.04 grey levels on average). Without AMX
+    the CPU emulates bf16 and is slower; CUDA keeps fp32 there, as the painter is not its cost."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.9
+    return device.type == "cpu" and get_capabilities is not None and bool(get_capabilities().get("amx_bf16"))
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision in ``dtype`` on CUDA; off (fp32) on the CPU or when ``dtype`` is None."""
     enabled = device.type == "cuda" and dtype is not None

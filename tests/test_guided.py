@@ -120,6 +120,27 @@ def test_shipped_model_moves_unseen_faces_into_the_expression_and_keeps_them_sha
     assert detail(rendered[:, 1]).sum() > 0.8 * detail(faces).sum()
 
 
+def test_the_painter_in_bf16_renders_the_faces_fp32_renders(ck_pairs, shipped, monkeypatch):
+    """AMX CPUs run the painter in bf16 (:func:`exaug.device.bf16_pays_on`): faster, not different."""
+    faces = _held_out(ck_pairs[0], shipped).source[:8]
+    monkeypatch.setattr(shipped, "bf16", False)
+    exact = shipped.generate_all(faces, ["happy", "surprise"]).int()
+    monkeypatch.setattr(shipped, "bf16", True)
+    fast = shipped.generate_all(faces, ["happy", "surprise"]).int()
+    difference = (fast - exact).abs()
+    assert (difference > 0).any(), "bf16 changes the painted pixels a little"
+    assert difference.float().mean() < 0.25 and difference.max() <= 16
+
+
+def test_bf16_is_used_only_where_it_pays(monkeypatch):
+    from exaug.device import bf16_pays_on
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True})
+    assert bf16_pays_on(torch.device("cpu")) and not bf16_pays_on(torch.device("cuda"))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
+    assert not bf16_pays_on(torch.device("cpu")), "emulated bf16 is slower than fp32"
+
+
 def test_like_takes_another_persons_expression(ck_pairs, shipped):
     pairs = _held_out(ck_pairs[0], shipped)
     surprise = [i for i, e in enumerate(pairs.target_expression) if e == "surprise"]
