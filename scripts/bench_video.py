@@ -3,9 +3,9 @@
 For each clip (the shared 1080p clip; with ``--mjpeg`` also a 720x480 MJPEG/AVI clip made from it)
 and each device, this reports:
 
-* exaug's frames/s and its per-stage split (decode, detect, track, generate, blend, encode; the
-  first three run in one thread beside the last three, so on a CPU the stages' seconds add up to
-  more than the run's);
+* exaug's frames/s and its per-stage split (decode, detect, track, generate, blend, encode; decode
+  runs in a thread of its own, detect and track in a second, the last three in a third, so the
+  stages' seconds add up to more than the run's);
 * a plain PyAV decode + libx264 encode of the clip at the same crf and preset, and the ratio;
 * the faces edited and the frames MTCNN ran on, against the faces a per-frame MTCNN pass over the
   input finds (the reference), and against those of them it also finds in a neighbouring frame
