@@ -141,6 +141,52 @@ def test_bf16_is_used_only_where_it_pays(monkeypatch):
     assert not bf16_pays_on(torch.device("cpu")), "emulated bf16 is slower than fp32"
 
 
+def _meshes_3d(shipped: GuidedExpressionGenerator, faces: torch.Tensor) -> torch.Tensor:
+    """(N, 468, 3) meshes of aligned faces in their pixels, depth included (what the mesh network says)."""
+    from exaug.faces.align import warp_faces
+    from exaug.faces.mesh import INPUT_SIZE, to_source
+
+    mesher = shipped._mesher
+    crops = torch.stack([warp_faces(face.float(), mesher.to_mesh, INPUT_SIZE)[0] for face in faces])
+    with torch.no_grad():
+        result = mesher.mesh(crops)
+    return to_source(result.landmarks, mesher.to_mesh.expand(len(faces), -1, -1))
+
+
+def _turned(meshes: torch.Tensor, degrees: float) -> torch.Tensor:
+    """(N, 468, 2): ``meshes`` (N, 468, 3) turned about the vertical through the nose tip, seen from the front."""
+    from exaug.faces.mesh import NOSE_TIP
+
+    angle = math.radians(degrees)
+    centre = meshes[:, NOSE_TIP:NOSE_TIP + 1]
+    moved = meshes - centre
+    x = moved[..., 0] * math.cos(angle) + moved[..., 2] * math.sin(angle) + centre[..., 0]
+    return torch.stack([x, meshes[..., 1]], -1)
+
+
+def test_faces_facing_the_camera_get_all_their_motion_turned_ones_less(ck_pairs, shipped):
+    from exaug.faces.mesh import head_turn
+    from exaug.model.guided import facing
+
+    assert head_turn(ck_pairs[0].source_mesh.float()).max() < 0.15, "CK+ faces the camera"
+    assert (facing(ck_pairs[0].source_mesh.float()) == 1).all()
+    meshes = _meshes_3d(shipped, _held_out(ck_pairs[0], shipped).source[:8])
+    turns = [head_turn(_turned(meshes, degrees)).median() for degrees in (0, 15, 30, 45, 60)]
+    assert turns == sorted(turns) and turns[0] < 0.1 and turns[-1] > 1
+    assert (facing(_turned(meshes, 20)) == 1).all() and (facing(_turned(meshes, 60)) == 0).all()
+
+
+def test_a_face_turned_into_profile_is_left_as_it_is(ck_pairs, shipped):
+    """A turned face's hidden side would fold the warp over the visible one (profiles in the MJPEG
+    clip came out as ghosted mouths): from about 45 degrees the edit fades out to nothing."""
+    faces = _held_out(ck_pairs[0], shipped).source[:8]
+    meshes = _meshes_3d(shipped, faces)
+    profile = shipped.generate(faces, "happy", meshes=_turned(meshes, 70))
+    assert torch.equal(profile, faces)
+    frontal = shipped.generate(faces, "happy", meshes=meshes[..., :2])
+    assert (frontal.float() - faces.float()).abs().mean() > 4
+
+
 def test_like_takes_another_persons_expression(ck_pairs, shipped):
     pairs = _held_out(ck_pairs[0], shipped)
     surprise = [i for i, e in enumerate(pairs.target_expression) if e == "surprise"]

@@ -46,6 +46,7 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 JAW_LINE = FACE_OVAL[9:28]  # ear to ear under the chin (323 ... 93)
 NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 97, 326, 327, 294, 278, 344, 440, 275, 45, 220, 115, 48, 64)
 NOSE_TIP = 1
+CHEEKBONES = (234, 454)  # the face outline's widest points, image left and right
 MOUTH_CORNERS = (61, 291)  # image left, image right
 UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
 # The inner lips' facing points, corner to corner: each upper point above its lower partner.
@@ -166,6 +167,17 @@ def mouth_opening(landmarks: Tensor) -> Tensor:
     down = torch.stack([-axis[:, 1], axis[:, 0]], -1) / width[:, None]  # image down for an upright face
     gap = ((xy[:, list(_LOWER_INNER_ROW)] - xy[:, list(_UPPER_INNER_ROW)]) * down[:, None]).sum(-1).mean(1)
     return (gap / width).to(landmarks.dtype)
+
+
+def head_turn(landmarks: Tensor) -> Tensor:
+    """``(N,)`` how far each face is turned from the camera: the nose tip's offset from the middle of
+    the line between the cheekbones, along it, over its length (MediaPipe's mesh places the hidden
+    side too). On the MJPEG clip's faces: median 0.15, three-quarter views 0.3-0.5, profiles 0.85-1.3."""
+    xy = landmarks[..., :2].double()
+    left, right = xy[:, CHEEKBONES[0]], xy[:, CHEEKBONES[1]]
+    axis = right - left
+    offset = ((xy[:, NOSE_TIP] - (left + right) / 2) * axis).sum(-1) / (axis * axis).sum(-1).clamp_min(1e-6)
+    return offset.abs().to(landmarks.dtype)
 
 
 def inside_polygon(points: Tensor, landmarks: Tensor, contour: Sequence[int]) -> Tensor:
