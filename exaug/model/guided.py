@@ -277,7 +277,7 @@ class GuidedExpressionGenerator:
             full = faces[part].to(self.device)
             source, target = source_mesh[part].to(self.device), target_mesh[part].to(self.device)
             weight = facing(source).to(source.dtype)
-            target = source + weight[:, None, None] * (target - source)
+            target = torch.lerp(source, target, weight[:, None, None])  # exactly the target at weight 1
             field = self._model.field(source, target).float()
             # The warp is linear: the luma of the warped colours is the warped luma, so the colours are
             # warped once (three channels, not luma and three chroma offsets).
