@@ -25,8 +25,8 @@ def video_command(
     intensity: float = INTENSITY,
     faces: FacesChoice = FACES,
     model: Path = typer.Option(None, "--model", help="Generator file or training run folder (default: the bundled model)."),
-    crf: int = typer.Option(18, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
-    preset: str = typer.Option("medium", "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
+    crf: int = typer.Option(VideoOptions.crf, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
+    preset: str = typer.Option(VideoOptions.preset, "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
     start: str = typer.Option(None, "--start", metavar="TIME",
                               help="Edit from this time on (seconds or [HH:]MM:SS.s; default: the start)."),
@@ -37,7 +37,7 @@ def video_command(
     chunk_size: int = typer.Option(VideoOptions.chunk_size, "--chunk-size", min=1,
                                    help="Frames generated and blended together (the next chunk is followed "
                                         "meanwhile)."),
-    detect_every: int = typer.Option(10, "--detect-every", min=1,
+    detect_every: int = typer.Option(VideoOptions.detect_every, "--detect-every", min=1,
                                      help="Run face detection at least every N frames (new faces); "
                                           "between, faces are followed with the face mesh."),
     min_face_size: int = MIN_FACE_SIZE,
