@@ -289,7 +289,6 @@ def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_batches_of
         assert len(table) == MANY_BATCHES * (2 if command == "augment" else 1)
 
 
-
 def test_ctrl_c_during_video_stops_its_thread_exits_130_and_leaves_nothing(video_clip, test_checkpoint, tmp_path):
     """Ctrl-C while the video is half written (its following thread busy with the next chunk): exit
     130 with no traceback and no abort, and neither the video, its temporary nor its lock is left."""
@@ -307,6 +306,7 @@ def test_ctrl_c_during_video_stops_its_thread_exits_130_and_leaves_nothing(video
         process.kill()
     assert process.returncode == 130 and "terminate called" not in printed and "Traceback" not in printed, printed
     assert list(tmp_path.iterdir()) == []
+
 
 # ------------------------------------------------------------------------------------------ outputs
 
