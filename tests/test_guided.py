@@ -15,7 +15,7 @@ from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER, mo
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import MOUTH_CLOSED, GuidedExpressionGenerator, paint_gate
+from exaug.model.guided import MOUTH_CLOSED, GuidedExpressionGenerator, paint_gate, with_gain
 from exaug.model.warp import backward_field, control_points, identity_field, warp
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
@@ -256,22 +256,38 @@ def test_tracked_meshes_in_the_faces_own_pixels_give_the_same_faces(shipped, peo
     assert torch.equal(shipped.generate(faces, "surprise", meshes=meshes), shipped.generate(faces, "surprise"))
 
 
-def test_only_the_mouth_window_is_painted_the_rest_is_the_warp(ck_pairs, shipped):
+def _shaded_warp(shipped: GuidedExpressionGenerator, faces: torch.Tensor, meshes: torch.Tensor,
+                 target: torch.Tensor) -> torch.Tensor:
+    """uint8 faces moved to ``target`` and shaded, with nothing painted."""
+    from exaug.model.color import decode, encode
+
+    model = shipped._model
+    field = model.field(meshes, target).float()
+    luma, chroma = encode(warp(faces, field), 1)
+    with torch.no_grad():
+        log_gain = model.shade(encode(faces, 1)[0], luma, field, model.codes(meshes, target), target)
+    return decode(with_gain(luma, log_gain), chroma)
+
+
+def test_only_the_mouth_window_is_painted_the_rest_is_the_shaded_warp(ck_pairs, shipped):
     from exaug.model.color import encode
 
     pairs = _held_out(ck_pairs[0], shipped)
-    model, faces = shipped._model, encode(pairs.source[:6], 1)[0]
-    target = shipped.targets(pairs.source_mesh[:6], ["surprise"] * 6, 1.0)
+    model, faces, meshes = shipped._model, encode(pairs.source[:6], 1)[0], pairs.source_mesh[:6].float()
+    target = shipped.targets(meshes, ["surprise"] * 6, 1.0)
     with torch.no_grad():
-        output, keep, warped = model(faces, pairs.source_mesh[:6].float(), target)
+        output, keep, warped = model(faces, meshes, target)
+        field = model.field(meshes, target)
+        log_gain = model.shade(faces, warped, field, model.codes(meshes, target), target)
     rows, columns = model.config.window_slices()
     outside = torch.ones_like(keep, dtype=torch.bool)
     outside[..., rows, columns] = False
-    assert torch.equal(output[outside], warped[outside])
+    assert torch.equal(output[outside], with_gain(warped, log_gain)[outside])
     assert (keep[~outside] < 0.9).any(), "surprise paints inside the opened mouth"
+    assert log_gain.abs().amax((1, 2, 3)).min() > 0.02, "surprise shades every face (its forehead, its brows)"
 
 
-def test_a_mouth_closed_before_and_after_is_moved_never_painted(ck_pairs, shipped):
+def test_a_mouth_closed_before_and_after_is_moved_and_shaded_never_painted(ck_pairs, shipped):
     """Painting a closed mouth only softened its lip line; the painter acts once a mouth opens."""
     from exaug.model.color import decode, encode
 
@@ -285,19 +301,21 @@ def test_a_mouth_closed_before_and_after_is_moved_never_painted(ck_pairs, shippe
         assert (gate > 0).all() if painted else (gate == 0).all(), (name, gate)
         rendered = shipped.render(faces, meshes, target)
         field = shipped._model.field(meshes, target).float()
-        moved = decode(*encode(warp(faces, field), 1))
         # The colours are warped once: the same as warping luma and chroma apart, to rounding.
         luma, chroma = encode(faces, 1)
+        moved = decode(*encode(warp(faces, field), 1))
         assert (decode(warp(luma, field), warp(chroma, field)).int() - moved.int()).abs().max() <= 1
+        shaded = _shaded_warp(shipped, faces, meshes, target)  # to rounding: the renderer averages RGB, then takes luma
         if painted:
-            assert (rendered.float() - moved.float()).abs().mean((1, 2, 3)).min() > 0.5, "surprise paints"
+            assert (rendered.float() - shaded.float()).abs().mean((1, 2, 3)).min() > 0.5, "surprise paints"
         else:
-            assert torch.equal(rendered, moved)
-    # The model's own forward (tensors at its size) gates alike: a closed mouth's warp is left as it is.
+            assert (rendered.int() - shaded.int()).abs().max() <= 1
+            assert (rendered.float() - moved.float()).abs().mean() > 0.05, "sad shades the face"
+    # The model's own forward (tensors at its size) gates alike: a closed mouth is not painted.
     target = shipped.targets(meshes, ["sad"] * 8, 1.0)
     with torch.no_grad():
         output, keep, warped = shipped._model(encode(faces, 1)[0], meshes, target)
-    assert torch.equal(output, warped) and (keep == 1).all()
+    assert (keep == 1).all()
 
 
 def test_teeth_a_closing_smile_squeezes_between_the_lips_take_the_lips_colour(shipped):
@@ -335,9 +353,37 @@ def test_teeth_a_closing_smile_squeezes_between_the_lips_take_the_lips_colour(sh
     assert (rendered - lips).norm() < 0.15 * lips.norm(), (rendered, lips)
 
 
-def test_shading_scales_the_faces_own_pixels_and_fades_to_nothing_at_the_window_edges(ck_pairs, shipped):
-    """The shading gain multiplies the warped face's light (no new texture) and is exactly one on the
-    window's edges, so it leaves no seam; pushed to its limit it brightens the window's middle by 1.65x."""
+def test_shading_scales_the_faces_own_light_inside_its_outline_and_leaves_the_rest(ck_pairs, shipped):
+    """The face-wide gain multiplies the warped face's light (no new texture), up to 1.65x, inside
+    the target face's outline; hair and background keep every pixel of the warp."""
+    import copy
+
+    from exaug.model.color import encode
+
+    pairs = _held_out(ck_pairs[0], shipped)
+    model = copy.deepcopy(shipped._model)
+    assert model.painter.face_shade is not None, "the shipped model shades the whole face"
+    torch.nn.init.constant_(model.painter.face_shade.shade.bias, 20.0)  # tanh -> 1: log-gain 0.5 inside the face
+    model.painter.shade = None  # the painter's own gain over its window: its own test below
+    faces, meshes = encode(pairs.source[:4], 1)[0], pairs.source_mesh[:4].float()
+    target = shipped.targets(meshes, ["happy"] * 4, 1.0)
+    with torch.no_grad():
+        output, keep, warped = model(faces, meshes, target)
+        log_gain = model.shade(faces, warped, model.field(meshes, target), model.codes(meshes, target), target)
+    gain = torch.nn.functional.interpolate(log_gain, size=128, mode="bilinear", align_corners=False)
+    outside, inside = gain == 0, (gain - 0.5).abs() < 1e-6
+    assert outside[..., :8, :].all() and outside[..., :, :8].all(), "the crop's border is hair or background"
+    assert 0.2 < inside.float().mean() < 0.8, "fully inside: the face but its feathered edge"
+    assert torch.equal(output[outside], warped[outside])
+    unpainted = inside & (keep == 1)
+    expected = (warped + 1) * math.exp(0.5) - 1
+    assert unpainted.sum() > 4000 and torch.allclose(output[unpainted], expected[unpainted], atol=1e-5)
+
+
+def test_the_painters_gain_scales_the_faces_own_pixels_and_fades_to_nothing_at_the_window_edges(ck_pairs, shipped):
+    """The painter's gain multiplies the (shaded) warped face's light (no new texture) and is exactly
+    one on the window's edges, so it leaves no seam; pushed to its limit it brightens the window's
+    middle by 1.65x."""
     import copy
 
     from exaug.model.color import encode
@@ -346,6 +392,7 @@ def test_shading_scales_the_faces_own_pixels_and_fades_to_nothing_at_the_window_
     model = copy.deepcopy(shipped._model)
     assert model.painter.shade is not None, "the shipped painter shades"
     torch.nn.init.constant_(model.painter.shade.bias, 20.0)  # tanh -> 1: log-gain 0.5 wherever not tapered
+    model.painter.face_shade = None  # the face-wide gain: its own test above
     faces = encode(pairs.source[:4], 1)[0]
     target = shipped.targets(pairs.source_mesh[:4], ["happy"] * 4, 1.0)
     with torch.no_grad():

@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from exaug.device import bf16_pays_on
 from exaug.errors import ExaugError
 from exaug.faces.align import apply_affine, estimate_similarity, get_template, resize_faces, warp_faces
-from exaug.faces.mesh import (INPUT_SIZE, LIPS_INNER, LIPS_OUTER, FaceMesh, crop_template, head_turn, inside_polygon,
-                              mouth_opening, pixel_centres, to_source)
+from exaug.faces.mesh import (FACE_OVAL, INPUT_SIZE, LIPS_INNER, LIPS_OUTER, FaceMesh, crop_template, head_turn,
+                              inside_polygon, mouth_opening, pixel_centres, to_source)
 from exaug.model.color import decode, encode
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
-from exaug.model.painter import Painter, PainterConfig, PaintLayers
+from exaug.model.painter import SHADE_SIZE, Painter, PainterConfig, PaintLayers
 from exaug.model.warp import identity_field, mesh_field, warp
 
 TEMPLATE = "exaug"
@@ -49,29 +49,42 @@ class GuidedGenerator(nn.Module):
         """Backward sampling field (N, FIELD_SIZE, FIELD_SIZE, 2) in fractions of the crop side."""
         return mesh_field(source_mesh, target_mesh, self.config.image_size)
 
-    def layers(self, faces: Tensor, field: Tensor, codes: Tensor, region: Tensor, gate: Tensor | None = None,
-               warped: Tensor | None = None, bf16: bool = False) -> tuple[PaintLayers, Tensor]:
-        """Warp ``faces`` (N, C, S, S at the model's size, in [-1, 1]) through ``field`` (unless the
-        caller has ``warped`` already) and run the painter on its window: (its layers over the
-        window, the warped faces). ``region`` (N, 1, S, S) is where painting may happen
-        (:func:`paint_region`); ``gate`` (N,) scales painting and shading alike (:func:`paint_gate`).
+    def shade(self, faces: Tensor, warped: Tensor, field: Tensor, codes: Tensor, target_mesh: Tensor) -> Tensor | None:
+        """The face-wide log-gain (N, 1, 32, 32) for ``faces`` and their ``warped`` faces (model channels,
+        in [-1, 1], any size: both are averaged down to 32 px), or None for models without it."""
+        if self.painter.face_shade is None:
+            return None
+        motion = (field - identity_field(len(field), SHADE_SIZE, field.device)).permute(0, 3, 1, 2)
+        small = lambda x: F.adaptive_avg_pool2d(x, SHADE_SIZE)  # noqa: E731
+        return self.painter.face_shade(small(faces), small(warped), motion, codes, self.shade_outline(target_mesh))
+
+    def shade_outline(self, target_mesh: Tensor) -> Tensor:
+        """(N, 1, 32, 32): where the face-wide gain may act, the target face's outline (:func:`face_outline`)."""
+        scale = SHADE_SIZE / self.config.image_size  # pixel i's centre sits at i in both crops
+        return face_outline((target_mesh[..., :2].float() + 0.5) * scale - 0.5, SHADE_SIZE)
+
+    def layers(self, faces: Tensor, shaded: Tensor, field: Tensor, codes: Tensor, region: Tensor,
+               gate: Tensor | None = None, bf16: bool = False) -> PaintLayers:
+        """The painter's layers over its window for ``faces`` (N, C, S, S at the model's size, in
+        [-1, 1]), given the same faces warped through ``field`` and shaded (``shaded``). ``region``
+        (N, 1, S, S) is where painting may happen (:func:`paint_region`); ``gate`` (N,) scales the
+        paint and the painter's gain alike (:func:`paint_gate`).
         Training leaves it out: the painter learns from every pair, closed mouths included (trained
         behind the gate, the recipe of the time, shading loss 0.2, came out worse on held-out CK+:
         happy judged 85% instead of 92%, sharpness 0.864 instead of 0.889). ``bf16`` runs the painter
         under bf16 autocast (:func:`~exaug.device.bf16_pays_on`); its layers come back in fp32."""
-        warped = warp(faces, field) if warped is None else warped
         rows, columns = self.config.window_slices(faces.shape[-1])
         grid = F.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear", align_corners=False)
         motion = (grid - identity_field(len(faces), faces.shape[-1], faces.device).permute(0, 3, 1, 2))[..., rows, columns]
         gate = 1.0 if gate is None else gate.to(faces.device, faces.dtype)[:, None, None, None]
         with torch.autocast(faces.device.type, dtype=torch.bfloat16, enabled=bf16):
-            paint = self.painter(faces[..., rows, columns], warped[..., rows, columns], motion, codes,
+            paint = self.painter(faces[..., rows, columns], shaded[..., rows, columns], motion, codes,
                                  region[..., rows, columns] * gate)
         if bf16:
             paint = PaintLayers(*(None if layer is None else layer.float() for layer in paint))
         if paint.shade is not None:
             paint = paint._replace(shade=paint.shade * gate)
-        return paint, warped
+        return paint
 
     def compose(self, warped: Tensor, paint: PaintLayers) -> tuple[Tensor, Tensor]:
         """Blend the window's layers into ``warped`` faces of any size: (output, mask A over the whole
@@ -94,14 +107,35 @@ class GuidedGenerator(nn.Module):
 
     def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
                 field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``faces`` (N, C, S, S) in [-1, 1] at the model's size, painted only near the target mouth
-        and only when a mouth is open. Returns (output, mask A, warped)."""
+        """``faces`` (N, C, S, S) in [-1, 1] at the model's size, shaded, and painted only near the
+        target mouth and only when a mouth is open. Returns (output, mask A, warped)."""
         field = self.field(source_mesh, target_mesh) if field is None else field
+        codes = self.codes(source_mesh, target_mesh).to(faces.device)
+        warped = warp(faces, field)
+        shaded = with_gain(warped, self.shade(faces, warped, field, codes, target_mesh.to(faces.device)))
         region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
-        paint, warped = self.layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device), region,
-                                    paint_gate(source_mesh, target_mesh))
-        output, keep = self.compose(warped, paint)
+        paint = self.layers(faces, shaded, field, codes, region, paint_gate(source_mesh, target_mesh))
+        output, keep = self.compose(shaded, paint)
         return output, keep, warped
+
+
+def with_gain(faces: Tensor, log_gain: Tensor | None) -> Tensor:
+    """``faces`` (N, C, S, S in [-1, 1]) with their light scaled by exp(``log_gain``) (N, 1, s, s, upsampled
+    to S): the gain acts on light (0 at -1), not on [-1, 1] values."""
+    if log_gain is None:
+        return faces
+    if log_gain.shape[-1] != faces.shape[-1]:
+        log_gain = F.interpolate(log_gain, size=faces.shape[-2:], mode="bilinear", align_corners=False)
+    return faces + (faces + 1) * log_gain.expm1()
+
+
+def face_outline(mesh: Tensor, size: int) -> Tensor:
+    """(N, 1, size, size) in [0, 1]: inside each face's outline (FACE_OVAL of ``mesh``, given in a
+    ``size``-pixel crop's pixels), feathered by a pixel, so shading stops at the face and leaves hair
+    and background as they are."""
+    whole = slice(0, size)
+    inside = inside_polygon(pixel_centres(whole, whole, mesh.device), mesh, FACE_OVAL).float()
+    return F.avg_pool2d(inside.reshape(-1, 1, size, size), 3, 1, 1, count_include_pad=False)
 
 
 # Mouth openings (:func:`~exaug.faces.mesh.mouth_opening`) between which the painter fades in: under
@@ -245,7 +279,7 @@ class GuidedExpressionGenerator:
 
         painter, geometry, meta = load_guided(path)
         known = {field.name for field in fields(PainterConfig)}
-        settings = {"shading": False, **{k: v for k, v in meta["painter"].items() if k in known}}
+        settings = {"shading": False, "face_shading": False, **{k: v for k, v in meta["painter"].items() if k in known}}
         if "window" not in settings:
             raise ExaugError(f"{path}: a guided generator from before the painter's mouth window; retrain it "
                              "with this exaug (exaug train --arch guided)")
@@ -281,16 +315,21 @@ class GuidedExpressionGenerator:
             field = self._model.field(source, target).float()
             # The warp is linear: the luma of the warped colours is the warped luma, so the colours are
             # warped once (three channels, not luma and three chroma offsets).
-            edited, chroma = encode(warp(full, field), self.channels)
+            warped, chroma = encode(warp(full, field), self.channels)
+            codes = self._model.codes(source, target).to(self.device)
+            log_gain = self._model.shade(encode(F.adaptive_avg_pool2d(full.float(), SHADE_SIZE), self.channels)[0],
+                                         warped, field, codes, target)
+            log_gain = None if log_gain is None else log_gain * weight[:, None, None, None].float()
+            edited = with_gain(warped, log_gain)
             gate = paint_gate(source, target) * weight
-            if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved, never painted
+            if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved and shaded, never painted
                 at_model_size = full.shape[-1] == self.image_size
                 small, small_chroma = encode(full[painted] if at_model_size else
                                              resize_faces(full[painted], self.image_size), self.channels)
-                paint, _ = self._model.layers(small, field[painted],
-                                              self._model.codes(source[painted], target[painted]),
-                                              paint_region(target[painted], self.image_size), gate[painted],
-                                              edited[painted] if at_model_size else None, self.bf16)
+                shaded = edited[painted] if at_model_size else with_gain(
+                    warp(small, field[painted]), None if log_gain is None else log_gain[painted])
+                paint = self._model.layers(small, shaded, field[painted], codes[painted],
+                                           paint_region(target[painted], self.image_size), gate[painted], self.bf16)
                 edited[painted], keep = self._model.compose(edited[painted], paint)
                 if chroma is not None:  # unpainted faces keep every pixel's moved colour
                     chroma[painted] = self._paint_chroma(chroma[painted], keep, small_chroma, field[painted],

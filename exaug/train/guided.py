@@ -1,18 +1,22 @@
 """Training the geometry-guided generator on paired faces, on a CPU.
 
-The geometry model is fitted in closed form (seconds); only the painter learns. Its losses, named
-after what they ask:
+The geometry model is fitted in closed form (seconds); only the painter and the shader learn. Their
+losses, named after what they ask:
 
-* ``reconstruction``: L1 to the real target face of the same person (the pairs make this possible);
+* ``reconstruction``: L1 to the real target face of the same person over the painter's window (the
+  pairs make this possible);
+* ``shading_fit``: the shader's face-wide gain against the real target's light over the warped
+  face's, at 32 px (:func:`light_ratio_error`); the shader learns from this alone, and the painter
+  works on top of its gain;
 * ``mask``: the painted area (1 - A) stays small, so the warp, not the painter, carries the face;
 * ``smoothness``: total variation of A, so paint fades in instead of cutting patches;
-* ``shading``: the shading gain stays near one (mean absolute log-gain), so it darkens folds and
+* ``shading``: the painter's gain stays near one (mean absolute log-gain), so it darkens folds and
   lifts cheeks where the real faces do, not wherever it can trim a little L1;
-* ``adversarial``: a PatchGAN hinge loss (pix2pix) so painted regions are not the soft average L1
-  alone gives.
+* ``adversarial``: a PatchGAN hinge loss (pix2pix) over the window, so painted regions are not the
+  soft average L1 alone gives.
 
-All of them are taken over the painter's window (the rest of the face is the warp alone), with the
-paint region the generator uses at inference, under random relighting (:func:`relight`).
+Painting happens in the paint region the generator uses at inference, under random relighting
+(:func:`relight`).
 
 The warp fields of the training pairs are solved once up front: the spline is the slow part and
 does not change during training.
@@ -36,8 +40,9 @@ from exaug.io.sheets import labelled_grid
 from exaug.model.checkpoint import save_guided
 from exaug.model.color import encode
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import TEMPLATE, GuidedGenerator, paint_region
+from exaug.model.guided import TEMPLATE, GuidedGenerator, paint_region, with_gain
 from exaug.model.painter import PainterConfig, PatchCritic
+from exaug.model.warp import warp
 from exaug.progress import progress_bar
 from exaug.train.pairs import PairedFaces
 
@@ -54,7 +59,7 @@ class GuidedTrainConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
 
 
-LOSS_WEIGHTS = {"reconstruction": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.05, "adversarial": 0.5}
+LOSS_WEIGHTS = {"reconstruction": 10.0, "shading_fit": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.05, "adversarial": 0.5}
 
 
 def fit_geometry(pairs: PairedFaces, neutral_meshes: torch.Tensor) -> ExpressionGeometry:
@@ -79,6 +84,19 @@ def relight(source: torch.Tensor, target: torch.Tensor, generator: torch.Generat
     gain, gamma, offset = draw(0.6, 1.3), draw(-0.5, 0.5).exp(), draw(-0.15, 0.15)
     change = lambda x: (gain * ((x + 1) / 2).clamp(0, 1) ** gamma + offset).clamp(0, 1) * 2 - 1  # noqa: E731
     return change(source), change(target)
+
+
+def light_ratio_error(log_gain: torch.Tensor, warped: torch.Tensor, target: torch.Tensor, outline: torch.Tensor,
+                      epsilon: float = 8 / 127.5) -> torch.Tensor:
+    """Mean squared error, inside ``outline``, between the predicted ``log_gain`` (N, 1, 32, 32) and the
+    log ratio of the real target's light to the warped face's, both averaged down to 32 px: what the
+    motion does not explain. Squared, so the shader learns the ratio's mean for faces like this one; an
+    L1 (its median) keeps only the folds and lines everyone has in the same place (trained by L1 on the
+    face's pixels, held-out smiles and surprise were judged 87% and 75%, MODEL_CARD.md). ``epsilon``
+    (8 grey levels) keeps dark pixels from exploding it."""
+    light = lambda x: F.adaptive_avg_pool2d((x[:, :1] + 1).clamp_min(0), log_gain.shape[-1]) + epsilon  # noqa: E731
+    ratio = (light(target) / light(warped)).log().clamp(-0.5, 0.5)
+    return ((log_gain - ratio) ** 2 * outline).sum() / outline.sum().clamp_min(1)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +124,15 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
         for step in range(1, config.steps + 1):
             rows = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)
             source, target = relight(sources[rows], targets[rows], generator)
-            region = paint_region(pairs.target_mesh[rows].float().to(device), source.shape[-1])
-            paint, warped = model.layers(source, fields[rows], codes[rows], region)
-            output = model.compose(warped, paint)[0][..., rows_window, columns_window]
+            target_mesh = pairs.target_mesh[rows].float().to(device)
+            warped = warp(source, fields[rows])
+            log_gain = model.shade(source, warped, fields[rows], codes[rows], target_mesh)
+            # The painter works on top of the shading, which learns only from its own fit.
+            shaded = with_gain(warped, None if log_gain is None else log_gain.detach())
+            paint = model.layers(source, shaded, fields[rows], codes[rows], paint_region(target_mesh, source.shape[-1]))
+            output = model.compose(shaded, paint)[0][..., rows_window, columns_window]
+            shading_fit = output.new_zeros(()) if log_gain is None else light_ratio_error(
+                log_gain, warped, target, model.shade_outline(target_mesh))
             target, warped = target[..., rows_window, columns_window], warped[..., rows_window, columns_window]
             if config.weights["adversarial"]:
                 critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
@@ -117,6 +141,7 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
                 critic_optimiser.step()
             losses = {
                 "reconstruction": (output - target).abs().mean(),
+                "shading_fit": shading_fit,
                 "mask": (1 - paint.keep).mean(),
                 "smoothness": total_variation(paint.keep),
                 "shading": paint.shade.abs().mean() if paint.shade is not None else output.new_zeros(()),
