@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces exaug/weights/default.pt (the geometry-guided generator) from ../shared/data with exaug's
 # own commands: CK+ aligned at 128 px with face meshes (cached), 654 sequence pairs, 20 subjects held
-# out (every sixth by name), the geometry model fitted, the painter trained for STEPS steps.
+# out (every sixth by name), the geometry model fitted, the shader and the painter trained for STEPS steps.
 #   bash scripts/train_default.sh            # WORK=runs/guided STEPS=5000 DEVICE=auto
 set -euo pipefail
 cd "$(dirname "$0")/.."
