@@ -311,11 +311,13 @@ def test_a_mouth_closed_before_and_after_is_moved_and_shaded_never_painted(ck_pa
         else:
             assert (rendered.int() - shaded.int()).abs().max() <= 1
             assert (rendered.float() - moved.float()).abs().mean() > 0.05, "sad shades the face"
-    # The model's own forward (tensors at its size) gates alike: a closed mouth is not painted.
-    target = shipped.targets(meshes, ["sad"] * 8, 1.0)
+    # The model's own forward (tensors at its size) gates alike: a closed mouth is shaded, not painted.
+    model, target = shipped._model, shipped.targets(meshes, ["sad"] * 8, 1.0)
     with torch.no_grad():
-        output, keep, warped = shipped._model(encode(faces, 1)[0], meshes, target)
-    assert (keep == 1).all()
+        output, keep, warped = model(encode(faces, 1)[0], meshes, target)
+        log_gain = model.shade(encode(faces, 1)[0], warped, model.field(meshes, target), model.codes(meshes, target),
+                               target)
+    assert torch.equal(output, with_gain(warped, log_gain)) and (keep == 1).all()
 
 
 def test_teeth_a_closing_smile_squeezes_between_the_lips_take_the_lips_colour(shipped):

@@ -152,8 +152,8 @@ class Shader(nn.Module):
     """The face's shading for the target expression, as a log-gain at :data:`SHADE_SIZE` over the whole
     face: the forehead's lines and the lifted brows' shadows of surprise, the folds and raised cheeks
     of a smile, the furrows of anger. The warp moves the face's own pixels; this darkens and lifts
-    them. It never paints texture, so at a quarter of the resolution it cannot blur or dot a face,
-    and its two halvings at 32 px cost a sixth of the painter's convolutions.
+    them. It never paints texture, so at a quarter of the resolution it cannot blur or dot a face;
+    at 32 px it costs about 30 MFLOP a face, an eighth of the painter's arithmetic.
 
     Why the whole face: CK+'s mean ratio image (peak / warped neutral), blurred to 16 px and laid on
     the previous model's faces, raised the FER2013 judge's held-out surprise from 72% to 81% and its
