@@ -15,7 +15,8 @@ from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER, mo
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import MOUTH_CLOSED, GuidedExpressionGenerator, paint_gate, with_gain
+from exaug.model.guided import GuidedExpressionGenerator, with_gain
+from exaug.model.regions import MOUTH_CLOSED, paint_gate
 from exaug.model.warp import backward_field, control_points, identity_field, warp
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
@@ -166,7 +167,7 @@ def _turned(meshes: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def test_faces_facing_the_camera_get_all_their_motion_turned_ones_less(ck_pairs, shipped):
     from exaug.faces.mesh import head_turn
-    from exaug.model.guided import facing
+    from exaug.model.regions import facing
 
     assert head_turn(ck_pairs[0].source_mesh.float()).max() < 0.15, "CK+ faces the camera"
     assert (facing(ck_pairs[0].source_mesh.float()) == 1).all()
@@ -329,7 +330,7 @@ def test_teeth_a_closing_smile_squeezes_between_the_lips_take_the_lips_colour(sh
     from exaug.faces.detect import FaceDetector
     from exaug.io.images import load_image
     from exaug.model.color import encode
-    from exaug.model.guided import lip_colour, squeezed_teeth
+    from exaug.model.regions import lip_colour, squeezed_teeth
 
     photo = load_image(Path(__file__).parents[1] / "examples" / "astronaut.png")
     face = FaceAligner(get_template(shipped.template, 256), device="cpu").align(

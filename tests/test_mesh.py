@@ -106,7 +106,7 @@ def _meshes(fitter: MeshFitter, paths: list[Path]) -> torch.Tensor:
 def test_mouth_opening_tells_closed_mouths_from_open_ones_at_any_tilt(fitter, ckplus_dir):
     """The painter's gate reads it: CK+'s neutral first frames are closed, surprise peaks open wide,
     and smiles part the lips; turning the face in the image changes nothing."""
-    from exaug.model.guided import MOUTH_CLOSED, MOUTH_OPEN
+    from exaug.model.regions import MOUTH_CLOSED, MOUTH_OPEN
 
     surprise, neutral = _pairs(ckplus_dir, "surprise", 12)
     happy, _ = _pairs(ckplus_dir, "happy", 12)

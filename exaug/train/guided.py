@@ -40,7 +40,8 @@ from exaug.io.sheets import labelled_grid
 from exaug.model.checkpoint import save_guided
 from exaug.model.color import encode
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import TEMPLATE, GuidedGenerator, paint_region, with_gain
+from exaug.model.guided import TEMPLATE, GuidedGenerator, with_gain
+from exaug.model.regions import paint_region
 from exaug.model.painter import PainterConfig, PatchCritic
 from exaug.model.warp import warp
 from exaug.progress import progress_bar
