@@ -26,10 +26,9 @@ from exaug.expressions import EXPRESSIONS
 from exaug.model.color import decode, encode
 from exaug.model.geometry import ExpressionGeometry
 from exaug.model.warp import mesh_field, warp
-from exaug.train.guided import fit_geometry
+from exaug.train.guided import RATIO_EPSILON, fit_geometry
 from exaug.train.pairs import PairedFaces
 
-RATIO_EPSILON = 8.0  # grey levels added to both sides: dark pixels (pupils, the mouth) must not explode the ratio
 RATIO_LIMITS = (0.5, 2.0)
 _CHUNK = 32
 

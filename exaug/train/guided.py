@@ -87,14 +87,19 @@ def relight(source: torch.Tensor, target: torch.Tensor, generator: torch.Generat
     return change(source), change(target)
 
 
+# Grey levels added to both sides of a light ratio (the floor's ratio image, the shader's target):
+# dark pixels (pupils, the mouth) must not explode it.
+RATIO_EPSILON = 8.0
+
+
 def light_ratio_error(log_gain: torch.Tensor, warped: torch.Tensor, target: torch.Tensor, outline: torch.Tensor,
-                      epsilon: float = 8 / 127.5) -> torch.Tensor:
+                      epsilon: float = RATIO_EPSILON / 127.5) -> torch.Tensor:
     """Mean squared error, inside ``outline``, between the predicted ``log_gain`` (N, 1, 32, 32) and the
     log ratio of the real target's light to the warped face's, both averaged down to 32 px: what the
     motion does not explain. Squared, so the shader learns the ratio's mean for faces like this one; an
     L1 (its median) keeps only the folds and lines everyone has in the same place (trained by L1 on the
-    face's pixels, held-out smiles and surprise were judged 87% and 75%, MODEL_CARD.md). ``epsilon``
-    (8 grey levels) keeps dark pixels from exploding it."""
+    face's pixels, held-out smiles and surprise were judged 87% and 75%, MODEL_CARD.md). ``epsilon``:
+    :data:`RATIO_EPSILON` in the faces' [-1, 1] scale."""
     light = lambda x: F.adaptive_avg_pool2d((x[:, :1] + 1).clamp_min(0), log_gain.shape[-1]) + epsilon  # noqa: E731
     ratio = (light(target) / light(warped)).log().clamp(-0.5, 0.5)
     return ((log_gain - ratio) ** 2 * outline).sum() / outline.sum().clamp_min(1)
