@@ -31,12 +31,13 @@ import torch
 
 from benchlib import DATA
 from exaug.faces.align import resize_faces
+from exaug.faces.mesh import FACE_OVAL, polygon_mask
 from exaug.model.color import decode, encode
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.guided import GuidedExpressionGenerator
 from exaug.model.warp import warp
-from exaug.pipelines.scorecard import face_mask, geometry_error, grey, laplacian_energy
+from exaug.pipelines.scorecard import geometry_error, grey, laplacian_energy
 from exaug.pipelines.training import training_data
 from exaug.train.floor import fit_floor
 from exaug.train.pairs import load_pairs
@@ -67,7 +68,7 @@ def main() -> None:
                                            for s, e in zip(all_pairs.subject, all_pairs.source_expression)]))
     floor = fit_floor(all_pairs.select(torch.tensor([s not in held_out for s in all_pairs.subject])),
                       neutral_meshes[torch.tensor([s not in held_out for s in neutral_subjects])], use_ratio=False)
-    inside = face_mask(pairs.source_mesh, pairs.source.shape[-1])
+    inside = polygon_mask(pairs.source_mesh, FACE_OVAL, pairs.source.shape[-1])
     model = generator._model
     rows = [score("input", pairs.source, pairs, generator, inside)]
     meshes = pairs.source_mesh.float()

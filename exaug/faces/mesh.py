@@ -199,6 +199,14 @@ def pixel_centres(rows: slice, columns: slice, device: torch.device | str = "cpu
     return torch.stack([xs, ys], -1).reshape(1, -1, 2)
 
 
+def polygon_mask(landmarks: Tensor, contour: Sequence[int], size: int) -> Tensor:
+    """``(N, 1, size, size)``: 1.0 where a pixel's centre lies inside the polygon ``contour`` of each
+    face's ``(N, 468, 2+)`` landmarks, given in that ``size``-pixel crop's pixels."""
+    whole = slice(0, size)
+    inside = inside_polygon(pixel_centres(whole, whole, landmarks.device), landmarks, contour)
+    return inside.reshape(-1, 1, size, size).float()
+
+
 def load_triangles(weights: Path | str = WEIGHTS) -> Tensor:
     """The mesh's ``(T, 3)`` triangles (MediaPipe's tessellation), for drawing and piecewise warps."""
     return torch.load(Path(weights), map_location="cpu", weights_only=True)["triangles"].long()

@@ -12,16 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from exaug.faces.mesh import FACE_OVAL, LIPS_INNER, LIPS_OUTER, head_turn, inside_polygon, mouth_opening, pixel_centres
+from exaug.faces.mesh import (FACE_OVAL, LIPS_INNER, LIPS_OUTER, head_turn, inside_polygon, mouth_opening, pixel_centres,
+                              polygon_mask)
 
 
 def face_outline(mesh: Tensor, size: int) -> Tensor:
     """(N, 1, size, size) in [0, 1]: inside each face's outline (FACE_OVAL of ``mesh``, given in a
     ``size``-pixel crop's pixels), feathered by a pixel, so shading stops at the face and leaves hair
     and background as they are."""
-    whole = slice(0, size)
-    inside = inside_polygon(pixel_centres(whole, whole, mesh.device), mesh, FACE_OVAL).float()
-    return F.avg_pool2d(inside.reshape(-1, 1, size, size), 3, 1, 1, count_include_pad=False)
+    return F.avg_pool2d(polygon_mask(mesh, FACE_OVAL, size), 3, 1, 1, count_include_pad=False)
 
 
 # Mouth openings (:func:`~exaug.faces.mesh.mouth_opening`) between which the painter fades in: under

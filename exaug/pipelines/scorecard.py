@@ -25,7 +25,7 @@ from torch import Tensor
 
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.identity import FaceEmbedder, cosine
-from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE, inside_polygon, pixel_centres
+from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE, polygon_mask
 from exaug.io.store import read_faces
 from exaug.model.color import encode
 from exaug.model.judge import Judge
@@ -37,13 +37,6 @@ LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[N
 # faces (n, 3, S, S) uint8, their meshes (n, 468, 2) crop pixels, one target name each -> uint8 faces
 Renderer = Callable[[Tensor, Tensor, Sequence[str]], Tensor]
 Mesher = Callable[[Tensor], Tensor]
-
-
-def face_mask(meshes: Tensor, size: int) -> Tensor:
-    """(N, 1, S, S) inside the face outline (pixel centres in the mesh's FACE_OVAL)."""
-    whole = slice(0, size)
-    inside = inside_polygon(pixel_centres(whole, whole, meshes.device), meshes, FACE_OVAL)
-    return inside.reshape(-1, 1, size, size).float()
 
 
 def grey(faces: Tensor) -> Tensor:
@@ -128,7 +121,7 @@ def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge, emb
     """One row of the table for ``render`` (see the module docstring)."""
     faces, meshes, targets = held.sources()
     generated = render(faces, meshes, targets)
-    inside = face_mask(meshes, faces.shape[-1])
+    inside = polygon_mask(meshes, FACE_OVAL, faces.shape[-1])
     row: dict = {"model": name, "judged": judged_rates(judge, generated, targets)}
     if embedder is not None:
         # Both chips placed by the source's mesh: eye corners and the nose base barely move with an
