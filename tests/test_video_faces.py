@@ -92,3 +92,28 @@ def test_tracked_meshes_are_where_the_generator_finds_them(large_face, guided, t
     own = guided.meshes(crops).double() * (size / guided.image_size)
     error = (handed - own).norm(dim=-1).mean(-1) / size
     assert (error < 2 / guided.image_size).all(), error
+
+
+def test_faces_the_model_would_leave_are_not_cut_out_and_pasted_back(large_face, guided, tracked):
+    """A face in profile comes back from the guided model exactly as it is; cut out and pasted back it
+    would still be resampled twice (softened), so the editor leaves it in the frame untouched."""
+    from dataclasses import replace
+
+    from exaug.faces.mesh import NOSE_TIP
+
+    _, frames, _ = large_face
+
+    def in_profile(face):
+        mesh = face.mesh.astype(np.float64)
+        moved = mesh - mesh[NOSE_TIP]
+        turned = mesh.copy()
+        turned[:, 0] = moved[:, 0] * np.cos(1.2) + moved[:, 2] * np.sin(1.2) + mesh[NOSE_TIP, 0]
+        return replace(face, mesh=turned.astype(face.mesh.dtype))
+
+    profiles = [[in_profile(face) for face in found] for found in tracked]
+    editor = FaceEditor(guided, "happy")
+    assert not guided.moves(torch.from_numpy(np.stack([found[0].mesh for found in profiles]))).any()
+    assert guided.moves(torch.from_numpy(np.stack([found[0].mesh for found in tracked]))).all()
+    assert editor.edit(torch.from_numpy(frames.copy()), profiles, np.ones(FRAMES)) == []
+    assert np.array_equal(_edited(editor, frames, profiles), frames)
+    assert not np.array_equal(_edited(editor, frames, tracked), frames)

@@ -61,7 +61,8 @@ def video_command(
                            detect_every=detect_every)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
-    console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited, "
+    console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited "
+                  f"({summary.faces_left} more in profile or tilted steeply, left as they are), "
                   f"detection on {summary.detections} frames (and around lost faces on {summary.crop_detections}), "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
     if summary.reference:

@@ -140,13 +140,15 @@ class CropMesher:
         self.to_mesh = estimate_similarity(source[None], torch.from_numpy(crop_template().points))
 
     @torch.no_grad()
-    def __call__(self, faces: Tensor) -> tuple[Tensor, Tensor]:
-        """(landmarks (N, 468, 2) in crop pixels, face scores (N,)) for uint8 (N, 3, S, S) faces."""
+    def __call__(self, faces: Tensor, depth: bool = False) -> tuple[Tensor, Tensor]:
+        """(landmarks (N, 468, 2) in crop pixels, face scores (N,)) for uint8 (N, 3, S, S) faces;
+        ``depth``: (N, 468, 3), the mesh's relative depth kept (on the same scale)."""
         device = next(self.mesh.parameters()).device
         transform = self.to_mesh.to(device)
         crops = torch.stack([warp_faces(face.to(device).float(), transform, INPUT_SIZE)[0] for face in faces])
         result = self.mesh(crops)
-        return to_source(result.landmarks, transform.expand(len(faces), -1, -1))[..., :2], result.scores.cpu()
+        landmarks = to_source(result.landmarks, transform.expand(len(faces), -1, -1))
+        return landmarks if depth else landmarks[..., :2], result.scores.cpu()
 
 
 class GuidedExpressionGenerator:
@@ -210,41 +212,53 @@ class GuidedExpressionGenerator:
         return torch.cat([self._mesher(resize_faces(faces[i:i + self.max_batch], self.image_size))[0]
                           for i in range(0, len(faces), self.max_batch)])
 
+    def moves(self, meshes: Tensor) -> Tensor:
+        """(N,) bool: whether faces with these meshes (any pixels: the measures are ratios) would change
+        at all; those in profile or tilted steeply (:func:`facing` 0) come back exactly as they are,
+        so a video need not cut them out and paste them back."""
+        return facing(meshes[..., :2].float()) > 0
+
     @torch.inference_mode()
     def render(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
         """Faces moved from their meshes to ``target_mesh`` (the model's crop pixels), uint8 (N, 3, S, S)
-        at the faces' own size S: the warp is applied at that size, the painter runs at the model's."""
-        out = torch.empty_like(faces, device=self.device)
+        at the faces' own size S: the warp is applied at that size, the painter runs at the model's.
+        Faces in profile or tilted steeply (:func:`facing` 0) come back exactly as they are."""
+        out = faces.to(self.device, copy=True)
         for start in range(0, len(faces), self.max_batch):
             part = slice(start, start + self.max_batch)
-            full = faces[part].to(self.device)
-            source, target = source_mesh[part].to(self.device), target_mesh[part].to(self.device)
+            source = source_mesh[part].to(self.device)
             weight = facing(source).to(source.dtype)
-            target = torch.lerp(source, target, weight[:, None, None])  # exactly the target at weight 1
-            field = self._model.field(source, target).float()
-            # The warp is linear: the luma of the warped colours is the warped luma, so the colours are
-            # warped once (three channels, not luma and three chroma offsets).
-            warped, chroma = encode(warp(full, field), self.channels)
-            codes = self._model.codes(source, target).to(self.device)
-            log_gain = self._model.shade(encode(F.adaptive_avg_pool2d(full.float(), SHADE_SIZE), self.channels)[0],
-                                         warped, field, codes, target)
-            log_gain = None if log_gain is None else log_gain * weight[:, None, None, None].float()
-            edited = with_gain(warped, log_gain)
-            gate = paint_gate(source, target) * weight
-            if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved and shaded, never painted
-                at_model_size = full.shape[-1] == self.image_size
-                small, small_chroma = encode(full[painted] if at_model_size else
-                                             resize_faces(full[painted], self.image_size), self.channels)
-                shaded = edited[painted] if at_model_size else with_gain(
-                    warp(small, field[painted]), None if log_gain is None else log_gain[painted])
-                paint = self._model.layers(small, shaded, field[painted], codes[painted],
-                                           paint_region(target[painted], self.image_size), gate[painted], self.bf16)
-                edited[painted], keep = self._model.compose(edited[painted], paint)
-                if chroma is not None:  # unpainted faces keep every pixel's moved colour
-                    chroma[painted] = self._paint_chroma(chroma[painted], keep, small_chroma, field[painted],
-                                                         source[painted], target[painted])
-            out[part] = decode(edited, chroma)
+            if (moving := (weight > 0).nonzero()[:, 0]).numel():
+                # exactly the target at weight 1
+                target = torch.lerp(source, target_mesh[part].to(self.device), weight[:, None, None])
+                out[part][moving] = self._render_moving(out[part][moving], source[moving], target[moving], weight[moving])
         return out
+
+    def _render_moving(self, full: Tensor, source: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        """:meth:`render` for faces that move (``weight``: how much, from :func:`facing`)."""
+        field = self._model.field(source, target).float()
+        # The warp is linear: the luma of the warped colours is the warped luma, so the colours are
+        # warped once (three channels, not luma and three chroma offsets).
+        warped, chroma = encode(warp(full, field), self.channels)
+        codes = self._model.codes(source, target).to(self.device)
+        log_gain = self._model.shade(encode(F.adaptive_avg_pool2d(full.float(), SHADE_SIZE), self.channels)[0],
+                                     warped, field, codes, target)
+        log_gain = None if log_gain is None else log_gain * weight[:, None, None, None].float()
+        edited = with_gain(warped, log_gain)
+        gate = paint_gate(source, target) * weight
+        if (painted := (gate > 0).nonzero()[:, 0]).numel():  # closed mouths: moved and shaded, never painted
+            at_model_size = full.shape[-1] == self.image_size
+            small, small_chroma = encode(full[painted] if at_model_size else
+                                         resize_faces(full[painted], self.image_size), self.channels)
+            shaded = edited[painted] if at_model_size else with_gain(
+                warp(small, field[painted]), None if log_gain is None else log_gain[painted])
+            paint = self._model.layers(small, shaded, field[painted], codes[painted],
+                                       paint_region(target[painted], self.image_size), gate[painted], self.bf16)
+            edited[painted], keep = self._model.compose(edited[painted], paint)
+            if chroma is not None:  # unpainted faces keep every pixel's moved colour
+                chroma[painted] = self._paint_chroma(chroma[painted], keep, small_chroma, field[painted],
+                                                     source[painted], target[painted])
+        return decode(edited, chroma)
 
     def _paint_chroma(self, chroma: Tensor, keep: Tensor, small_chroma: Tensor, field: Tensor, source: Tensor,
                       target: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 All of it is read from the face mesh (:mod:`exaug.faces.mesh`), in the crop's pixels: the face's
 outline (the shader's extent), the soft ellipse around the mouth (the painter's), the gate that
-keeps closed mouths unpainted, the fade for turned faces, and the lips' band and colour for a
+keeps closed mouths unpainted, the fade for turned and tilted faces, and the lips' band and colour for a
 closing smile. :mod:`exaug.model.guided` composes the layers with them.
 """
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from exaug.faces.mesh import (FACE_OVAL, LIPS_INNER, LIPS_OUTER, head_turn, inside_polygon, mouth_opening, pixel_centres,
-                              polygon_mask)
+from exaug.faces.mesh import (FACE_OVAL, LIPS_INNER, LIPS_OUTER, head_pitch, head_turn, inside_polygon, mouth_opening,
+                              pixel_centres, polygon_mask)
 
 
 def face_outline(mesh: Tensor, size: int) -> Tensor:
@@ -36,8 +36,7 @@ def paint_gate(source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
     (held-out CK+ sharpness 0.84 -> 0.89 without it, judged rates unchanged), and a face the gate
     closes skips the painter altogether."""
     openness = torch.maximum(mouth_opening(source_mesh), mouth_opening(target_mesh)).float()
-    t = ((openness - MOUTH_CLOSED) / (MOUTH_OPEN - MOUTH_CLOSED)).clamp(0, 1)
-    return t * t * (3 - 2 * t)
+    return _smoothstep((openness - MOUTH_CLOSED) / (MOUTH_OPEN - MOUTH_CLOSED))
 
 
 # Head turns (:func:`~exaug.faces.mesh.head_turn`) over which an edit fades out: up to the first a face
@@ -45,15 +44,27 @@ def paint_gate(source_mesh: Tensor, target_mesh: Tensor) -> Tensor:
 # about 0.5 smiled cleanly; from about 0.6 the far cheek and the mouth smeared, and profiles (0.85
 # and more) came out as ghosted mouths: the spline folded the face over itself.
 TURNED, PROFILE = 0.45, 0.75
+# Head pitches (:func:`~exaug.faces.mesh.head_pitch`): CK+'s median, and how far from it an edit
+# starts and ends fading out (about 10 and 18 degrees). CK+ faces lie within 0.12 of it (99%); on
+# the shared clip's faces, tilts down to 0.24 smiled cleanly, while a boy looking down steeply
+# (0.34-0.44) got a dark smudge between nose and mouth from the shader and a smeared mouth.
+LEVEL, TILTED, STEEP = 0.13, 0.12, 0.22
 
 
 def facing(source_mesh: Tensor) -> Tensor:
     """How much of its motion each face gets, (N,) in [0, 1]: 1 facing the camera, falling smoothly
-    to 0 in profile, where the face is left as it is. The geometry model, the spline and the painter
-    know frontal CK+ faces; on a face turned away the motion of its hidden side folds the warp over
-    the visible one (on the MJPEG clip, 56 of 398 faces, 53 of them turned 0.45 or more)."""
-    t = ((head_turn(source_mesh) - TURNED) / (PROFILE - TURNED)).clamp(0, 1)
-    return 1 - t * t * (3 - 2 * t)
+    to 0 in profile or tilted steeply up or down, where the face is left as it is. The geometry
+    model, the spline, the shader and the painter know frontal CK+ faces; on a face turned away the
+    motion of its hidden side folds the warp over the visible one (on the MJPEG clip, 56 of 398
+    faces, 53 of them turned 0.45 or more)."""
+    turned = _smoothstep((head_turn(source_mesh) - TURNED) / (PROFILE - TURNED))
+    tilted = _smoothstep(((head_pitch(source_mesh) - LEVEL).abs() - TILTED) / (STEEP - TILTED))
+    return (1 - turned) * (1 - tilted)
+
+
+def _smoothstep(t: Tensor) -> Tensor:
+    t = t.clamp(0, 1)
+    return t * t * (3 - 2 * t)
 
 
 def paint_region(mesh: Tensor, size: int) -> Tensor:

@@ -62,13 +62,18 @@ class VideoOptions:
 class VideoSummary:
     output: Path
     frames: int = 0
-    faces_edited: int = 0
-    faces_per_frame: list[int] = field(default_factory=list)
+    faces_edited: int = 0  # faces found and changed
+    faces_per_frame: list[int] = field(default_factory=list)  # faces found, edited or left as they are
     detections: int = 0  # frames MTCNN ran on whole
     crop_detections: int = 0  # frames it ran on only around faces the mesh lost
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reference: dict | None = None  # the --like photo (path, sha256, face box), also in the video's tags
+
+    @property
+    def faces_left(self) -> int:
+        """Faces found but left as they are: in profile or tilted steeply (the guided model's :meth:`moves`)."""
+        return sum(self.faces_per_frame) - self.faces_edited
 
     @property
     def frames_per_second(self) -> float:
@@ -115,10 +120,9 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                     result = np.concatenate([chunk.frames, result], axis=2)
             with timer("encode"):
                 writer.write(result, chunk.pts)
-            frame_index = np.concatenate([group.frame_index for group in edited]) if edited else np.zeros(0, int)
             summary.frames += len(chunk)
-            summary.faces_edited += len(frame_index)
-            summary.faces_per_frame += np.bincount(frame_index, minlength=len(chunk)).tolist()
+            summary.faces_edited += sum(len(group.frame_index) for group in edited)
+            summary.faces_per_frame += [len(found) for found in tracked]
             bar.update(task, advance=len(chunk), info=f"{summary.faces_edited} faces")
 
         def followed() -> Iterator[tuple[FrameChunk, torch.Tensor, np.ndarray, list[list[TrackedFace]]]]:

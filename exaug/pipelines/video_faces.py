@@ -7,6 +7,8 @@ frame pixels, rounded up to a multiple of :data:`SIZE_STEP`, at least the model'
 ``max_size``. Faces of one size are one batch. The tracker already has each face's mesh; mapped into
 the aligned square it is handed on, so the generator does not mesh every face a second time. A
 StarGAN generator only takes its own size: its faces are aligned at that size and meshed by nobody.
+Faces the guided generator would leave as they are (in profile, tilted steeply) are not cut out at
+all: pasted back, they would only be resampled twice.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class FaceEditor:
     def edit(self, frames: torch.Tensor, tracked: list[list[TrackedFace]], strength: np.ndarray) -> list[EditedFaces]:
         """The faces of ``(n, H, W, 3)`` uint8 frames, edited; ``strength`` (n,) scales each frame's intensity."""
         faces = [(index, face) for index, found in enumerate(tracked) for face in found]
+        if faces and self.full_resolution:
+            moves = self.generator.moves(torch.from_numpy(np.stack([face.mesh for _, face in faces])))
+            faces = [pair for pair, move in zip(faces, moves.tolist()) if move]
         if not faces:
             return []
         device = self.generator.device
