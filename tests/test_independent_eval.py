@@ -18,7 +18,8 @@ from exaug.faces.align import get_template
 from exaug.faces.identity import FaceEmbedder, cosine, missing_reason
 from exaug.faces.mesh import LOWER_LIP_INNER, UPPER_LIP_INNER
 from exaug.model.guided import CropMesher
-from exaug.model.judge import FER_EXPRESSIONS, FER_SIZE, Judge, gaussian_blur, judge_input, judge_network, load_judge
+from exaug.model.judge import (FER_EXPRESSIONS, FER_SIZE, Judge, JudgePanel, gaussian_blur, judge_input, judge_network,
+                               load_judge, load_judges)
 from exaug.train.fer2013 import FerSplit, load_fer2013, matching_blur, train_fer_judge
 from exaug.train.floor import fit_floor
 from exaug.train.pairs import load_pairs
@@ -49,6 +50,24 @@ def test_fer_judge_trains_on_the_training_split_and_loads_back_with_the_same_pre
     loaded = load_judge(judge.save(tmp_path / "fer.pt"), "cpu")
     assert loaded.expressions == judge.expressions and "contempt" not in loaded.expressions
     assert torch.equal(loaded.predict(test.faces(), framed=False), predicted)
+
+
+def test_a_panel_of_judges_votes_with_their_mean_probability(fer_dir, tmp_path):
+    """Two token judges from different seeds: the panel's probabilities are their mean (contempt, which
+    FER lacks, 0), its verdict that mean's most probable expression, and one file loads as a plain judge."""
+    training = load_fer2013(fer_dir, "Training", limit_per_class=20)
+    paths = [train_fer_judge(training, epochs=1, batch_size=32, seed=seed).save(tmp_path / f"fer{seed}.pt")
+             for seed in (0, 1)]
+    single, panel = load_judges(paths[:1], "cpu"), load_judges(paths, "cpu")
+    assert isinstance(single, Judge) and isinstance(panel, JudgePanel) and len(panel.judges) == 2
+    faces = load_fer2013(fer_dir, "PrivateTest", limit_per_class=10).faces()
+    members = [judge.probabilities(faces, framed=False) for judge in panel.judges]
+    assert not torch.allclose(members[0], members[1]), "the seeds make different judges"
+    together = panel.probabilities(faces, framed=False)
+    assert torch.allclose(together, (members[0] + members[1]) / 2)
+    assert torch.allclose(together.sum(1), torch.ones(len(faces))) and (together[:, EXPRESSIONS.index("contempt")] == 0).all()
+    assert torch.equal(panel.predict(faces, framed=False), together.argmax(1))
+    assert torch.equal(single.predict(faces, framed=False), members[0].argmax(1))
 
 
 def test_matching_blur_finds_how_much_blurrier_the_training_split_is(fer_dir):

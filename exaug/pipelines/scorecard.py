@@ -28,7 +28,7 @@ from exaug.faces.identity import FaceEmbedder, cosine
 from exaug.faces.mesh import FACE_OVAL, LEFT_EYE, RIGHT_EYE, polygon_mask
 from exaug.io.store import read_faces
 from exaug.model.color import encode
-from exaug.model.judge import Judge
+from exaug.model.judge import Judge, JudgePanel
 from exaug.train.pairs import PairedFaces
 
 TARGETS = ("happy", "sad", "surprise", "fear", "disgust", "anger")  # FER2013's, less neutral (no contempt)
@@ -81,7 +81,7 @@ def held_out_set(table: str, pairs: PairedFaces, subjects: set[str]) -> HeldOut:
     return HeldOut(pairs.select(forward), images, labels)
 
 
-def judged_rates(judge: Judge, faces: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
+def judged_rates(judge: Judge | JudgePanel, faces: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
     """Fraction of ``faces`` the judge calls their target, per target in :data:`TARGETS` (None when
     none), their mean (``mean``: each expression counts once) and the headline expressions' mean."""
     hits = judge.predict(faces) == torch.tensor([EXPRESSIONS.index(name) for name in targets])
@@ -96,7 +96,7 @@ def judged_rates(judge: Judge, faces: Tensor, targets: Sequence[str]) -> dict[st
     return rates
 
 
-def real_reference(held: HeldOut, judge: Judge, embedder: FaceEmbedder | None) -> dict:
+def real_reference(held: HeldOut, judge: Judge | JudgePanel, embedder: FaceEmbedder | None) -> dict:
     """What real faces score: the judge on real held-out faces, identity between the same person's real
     neutral and peak frames, and between different held-out people's neutral frames."""
     pairs = held.pairs
@@ -116,8 +116,8 @@ def real_reference(held: HeldOut, judge: Judge, embedder: FaceEmbedder | None) -
     return row
 
 
-def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge, embedder: FaceEmbedder | None,
-                   mesher: Mesher) -> dict:
+def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge | JudgePanel,
+                   embedder: FaceEmbedder | None, mesher: Mesher) -> dict:
     """One row of the table for ``render`` (see the module docstring)."""
     faces, meshes, targets = held.sources()
     generated = render(faces, meshes, targets)

@@ -35,7 +35,8 @@ from PIL import Image
 from exaug import __version__
 from exaug.errors import ExaugError, InputError
 from exaug.expressions import EXPRESSIONS
-from exaug.model.judge import FER_EXPRESSIONS, FER_SIZE, Judge, augment, gaussian_blur, judge_input, judge_network
+from exaug.model.judge import (FER_EXPRESSIONS, FER_SIZE, Judge, JudgePanel, augment, gaussian_blur, judge_input,
+                               judge_network)
 from exaug.progress import progress_bar
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
@@ -168,7 +169,7 @@ def train_fer_judge(training: FerSplit, *, epochs: int = 15, batch_size: int = 6
     return Judge(network.eval(), meta)
 
 
-def accuracy(judge: Judge, split: FerSplit) -> dict[str, float]:
+def accuracy(judge: Judge | JudgePanel, split: FerSplit) -> dict[str, float]:
     """Overall and per-class accuracy (recall) of ``judge`` on a FER split, its own 48 px crops as they are
     (seen through the judge's view, blur included: meant for the sharp test splits)."""
     predicted = judge.predict(split.faces(), framed=False)
