@@ -1,7 +1,9 @@
 """Train the FER2013 judge and save it where ``exaug eval --classifier`` and ``scripts/eval_table.py``
 read it; prints its PrivateTest accuracy (overall and per class) as JSON.
 
-    python scripts/train_fer_judge.py -o runs/fer_judge.pt [--epochs 15] [--data ../shared/data/expressions/fer2013]
+    python scripts/train_fer_judge.py -o runs/fer_judge_0.pt [--seed 0] [--epochs 15] [--data ../shared/data/expressions/fer2013]
+
+scripts/eval_table.py takes several (seeds 0, 1, 2) and lets them vote.
 
 Trained on the 28,709 ``Training_*`` images only; ``PrivateTest_*`` is never seen in training. The
 unlabelled ``PublicTest_*`` images say how much blurrier the training faces are (``matching_blur``).
