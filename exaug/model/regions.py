@@ -2,8 +2,8 @@
 
 All of it is read from the face mesh (:mod:`exaug.faces.mesh`), in the crop's pixels: the face's
 outline (the shader's extent), the soft ellipse around the mouth (the painter's), the gate that
-keeps closed mouths unpainted, the fade for turned and tilted faces, and the lips' band and colour for a
-closing smile. :mod:`exaug.model.guided` composes the layers with them.
+keeps closed mouths unpainted, the fade for turned and tilted faces, and the lips' band and colour
+for a closing smile. :mod:`exaug.model.guided` composes the layers with them.
 """
 
 from __future__ import annotations
