@@ -153,6 +153,26 @@ def test_identity_generator_changes_nothing(generator, evaluated, ckplus_dir):
     assert unchanged.classifier.startswith(f"loaded from {saved}")
 
 
+def test_several_saved_classifiers_vote_as_a_panel(generator, evaluated, ckplus_dir, test_checkpoint, tmp_path):
+    """--classifier repeated: the judges vote with their mean probability (the same judge twice votes
+    exactly as it does alone), the report says so, and a panel cannot be saved as one classifier."""
+    report, saved = evaluated
+    identity = IdentityGenerator(generator, data={"validation": {"held_out_subjects": report.held_out_subjects}})
+    alone = evaluate(identity, ckplus_dir, EvalOptions(classifier=saved, **QUICK))
+    twice = evaluate(identity, ckplus_dir, EvalOptions(classifier=[saved, saved], **QUICK))
+    assert twice.real_accuracy == alone.real_accuracy and twice.generated_accuracy == alone.generated_accuracy
+    assert twice.classifier.startswith("a panel of 2 voting with their mean probability")
+    with pytest.raises(ExaugError, match="saves one classifier, not a panel of 2"):
+        evaluate(identity, ckplus_dir, EvalOptions(classifier=[saved, saved], save_classifier=tmp_path / "p.pt", **QUICK))
+    app = typer.Typer()
+    app.command()(eval_command)
+    result = CliRunner().invoke(app, [str(ckplus_dir), "--model", str(test_checkpoint), "--classifier", str(saved),
+                                      "--classifier", str(saved), "--val-subjects", "2", "--no-align",
+                                      "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "a panel of 2" in " ".join(result.output.split())
+
+
 def test_report_json_round_trip_and_table(evaluated, tmp_path):
     report, _ = evaluated
     assert EvalReport.from_json(report.to_json()) == report

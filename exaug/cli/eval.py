@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -27,8 +27,10 @@ def eval_command(
              "sub-folder per expression."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", show_default=False,
                                          help="Generator file or training run folder (default: the bundled model)."),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", show_default=False,
-                                              help="Use this saved classifier instead of training one."),
+    classifier: Optional[List[Path]] = typer.Option(
+        None, "--classifier", show_default=False,
+        help="Use this saved classifier instead of training one; repeat it for a panel that votes with its mean "
+             "probability (FER judges trained with other seeds)."),
     save_classifier: Optional[Path] = typer.Option(None, "--save-classifier", show_default=False,
                                                    help="Save the classifier, to score other models alike."),
     epochs: int = typer.Option(DEFAULT["epochs"], help="Epochs of classifier training."),
@@ -49,8 +51,9 @@ def eval_command(
 ) -> None:
     """Score a generator: an expression classifier's accuracy on real and generated held-out faces."""
     options = EvalOptions(val_subjects=val_subjects, seed=seed, epochs=epochs, batch_size=batch_size,
-                          device=device.value, classifier=classifier, save_classifier=save_classifier, align=align,
-                          cache_dir=None if cache_dir is None else str(cache_dir), show_progress=not quiet)
+                          device=device.value, classifier=classifier or None, save_classifier=save_classifier,
+                          align=align, cache_dir=None if cache_dir is None else str(cache_dir),
+                          show_progress=not quiet)
     generator = ExpressionGenerator.load(model_path(model), device.value)
     report = evaluate(generator, data, options)
     console.print(report_table(report))

@@ -189,7 +189,7 @@ def load_judge(path: Path | str, device: str | torch.device = "auto") -> Judge:
 def load_judges(paths: list[Path], device: str | torch.device = "auto") -> Judge | JudgePanel:
     """One judge file as it is; several as a :class:`JudgePanel`."""
     judges = [load_judge(path, device) for path in paths]
-    return judges[0] if len(judges) == 1 else JudgePanel(judges)
+    return JudgePanel(judges) if len(judges) != 1 else judges[0]
 
 
 def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) -> Path:

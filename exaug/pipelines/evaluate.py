@@ -33,7 +33,7 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
 from exaug.model.generator import ExpressionGenerator
-from exaug.model.judge import Judge, load_judge
+from exaug.model.judge import Judge, JudgePanel, load_judge
 from exaug.pipelines.training import training_data
 from exaug.progress import progress_bar
 from exaug.train.faceset import FaceSet, load_faces, split_validation
@@ -54,7 +54,7 @@ class EvalOptions:
     batch_size: int = 32
     lr: float = 1e-3
     device: str = "auto"
-    classifier: Path | None = None  # load this instead of training one
+    classifier: Path | list[Path] | None = None  # load this (several: a panel) instead of training one
     save_classifier: Path | None = None
     align: bool = True
     cache_dir: str | None = None
@@ -190,23 +190,22 @@ def _at_most(positions: np.ndarray, count: int | None, rng: np.random.Generator)
     return np.sort(rng.choice(positions, count, replace=False))
 
 
-def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: EvalOptions) -> tuple[Judge, str]:
-    """The classifier ``options`` names (checked against this evaluation) or one trained here. A judge
-    with its own framing (FER2013's) takes faces of any size; exaug's CK+ judge only its own."""
+def _classifier(training: FaceSet, held: FaceSet, image_size: int,
+                options: EvalOptions) -> tuple[Judge | JudgePanel, str]:
+    """The classifier ``options`` names (checked against this evaluation; several vote as a
+    :class:`JudgePanel`) or one trained here. A judge with its own framing (FER2013's) takes faces of
+    any size; exaug's CK+ judge only its own."""
     if options.classifier is not None:
-        judge = load_judge(options.classifier, options.device)
-        meta = judge.meta
-        if not meta.get("frame") and meta.get("image_size") != image_size:
-            raise ExaugError(f"{options.classifier}: a classifier for {meta.get('image_size')}px faces; this "
-                             f"generator makes {image_size}px faces")
-        if not set(judge.expressions) <= set(EXPRESSIONS):
-            raise ExaugError(f"{options.classifier}: its expressions {meta.get('expressions')} are not exaug's")
-        overlap = set(meta.get("training_subjects", ())) & set(held.known_subjects())
-        if overlap:
-            raise ExaugError(f"{options.classifier}: trained on held-out subjects ({', '.join(sorted(overlap)[:8])}), "
-                             "which would overstate its accuracy; use the split it was saved with, or train a new one")
-        provenance = (f"loaded from {options.classifier} (trained for {meta.get('epochs')} epochs on "
-                      f"{meta.get('faces')} faces of {meta.get('data')})")
+        paths = [options.classifier] if isinstance(options.classifier, (str, Path)) else list(options.classifier)
+        if len(paths) > 1 and options.save_classifier is not None:
+            raise ExaugError(f"--save-classifier saves one classifier, not a panel of {len(paths)}")
+        judges = [_loaded_judge(Path(path), held, image_size, options.device) for path in paths]
+        judge = judges[0] if len(judges) == 1 else JudgePanel(judges)
+        provenance = "; ".join(
+            f"loaded from {path} (trained for {one.meta.get('epochs')} epochs on {one.meta.get('faces')} faces of "
+            f"{one.meta.get('data')})" for path, one in zip(paths, judges))
+        if len(judges) > 1:
+            provenance = f"a panel of {len(judges)} voting with their mean probability: {provenance}"
         unjudged = [name for name in EXPRESSIONS if name not in judge.expressions]
         if unjudged:
             provenance += f"; not judged (no such class): {', '.join(unjudged)}"
@@ -225,6 +224,22 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int, options: Eval
     return judge, provenance
 
 
+def _loaded_judge(path: Path, held: FaceSet, image_size: int, device: str) -> Judge:
+    """A saved classifier, refused when it cannot judge this evaluation fairly or at all."""
+    judge = load_judge(path, device)
+    meta = judge.meta
+    if not meta.get("frame") and meta.get("image_size") != image_size:
+        raise ExaugError(f"{path}: a classifier for {meta.get('image_size')}px faces; this "
+                         f"generator makes {image_size}px faces")
+    if not set(judge.expressions) <= set(EXPRESSIONS):
+        raise ExaugError(f"{path}: its expressions {meta.get('expressions')} are not exaug's")
+    overlap = set(meta.get("training_subjects", ())) & set(held.known_subjects())
+    if overlap:
+        raise ExaugError(f"{path}: trained on held-out subjects ({', '.join(sorted(overlap)[:8])}), "
+                         "which would overstate its accuracy; use the split it was saved with, or train a new one")
+    return judge
+
+
 @dataclass
 class _Scores:
     real_correct: np.ndarray  # (E,) held-out real faces the classifier got right, per expression
@@ -233,7 +248,7 @@ class _Scores:
     cycle_error: float
 
 
-def _score(generator: ExpressionGenerator, judge: Judge, held: FaceSet, options: EvalOptions) -> _Scores:
+def _score(generator: ExpressionGenerator, judge: Judge | JudgePanel, held: FaceSet, options: EvalOptions) -> _Scores:
     """Classify the held-out faces and every rendering of them; measure what changed where it should not.
 
     Faces go through a batch at a time: each becomes ``len(EXPRESSIONS)`` generated faces and as
