@@ -61,10 +61,15 @@ def video_command(
                            detect_every=detect_every)
     summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
-    console.print(f"{output}: {summary.frames} frames, {summary.faces_edited} faces edited "
+    console.print(f"{output}: {_frames(summary.frames)}, {summary.faces_edited} faces edited "
                   f"({summary.faces_left} more in profile or tilted steeply, left as they are), "
-                  f"detection on {summary.detections} frames (and around lost faces on {summary.crop_detections}), "
+                  f"detection on {_frames(summary.detections)} "
+                  f"(and around lost faces on {_frames(summary.crop_detections)}), "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
     if summary.reference:
         console.print(f"expression like {summary.reference['path']} (sha256 {summary.reference['sha256'][:16]}..., "
                       f"face at {summary.reference['box']})", highlight=False)
+
+
+def _frames(count: int) -> str:
+    return f"{count} frame" if count == 1 else f"{count} frames"
