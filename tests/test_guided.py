@@ -197,6 +197,8 @@ def test_heads_tilted_steeply_up_or_down_are_left_as_they_are_level_ones_move(ck
     assert (facing(_pitched(meshes, 25)) == 0).all() and (facing(_pitched(meshes, -25)) == 0).all()
     assert torch.equal(shipped.generate(faces, "happy", meshes=_pitched(meshes, 30)), faces)
     assert torch.equal(shipped.generate(faces, "surprise", meshes=_pitched(meshes, -30)), faces)
+    level = shipped.generate(faces, "happy", meshes=_pitched(meshes, 0))
+    assert ((level.float() - faces.float()).abs().mean((1, 2, 3)) > 2).all(), "every level face moves"
 
 
 def test_a_face_turned_into_profile_is_left_as_it_is(ck_pairs, shipped):
