@@ -270,3 +270,34 @@ def test_guided_model_renders_a_larger_size_from_the_photo_not_from_its_own_128_
     generated, originals = detail(big[synthetic]), detail(big[~synthetic])
     assert (generated > 0.65 * originals).all()
     assert (generated > 1.5 * detail(upscaled.permute(0, 2, 3, 1).numpy()[synthetic])).all()
+
+
+def test_copies_of_faces_the_model_leaves_keep_their_own_label(tmp_path, ckplus_dir, monkeypatch):
+    """The guided model leaves faces in profile or tilted steeply as they are: their 'happy' and
+    'sad' copies would be mislabelled training data, so they keep the original's label. Every face
+    is made to count as in profile here by moving the turn fade below any real turn."""
+    import shutil
+
+    from exaug.model import regions
+    from exaug.model.default import DEFAULT_MODEL
+
+    for name in sorted((ckplus_dir / "surprise").glob("*.png"))[:2]:
+        (tmp_path / "in" / "surprise").mkdir(parents=True, exist_ok=True)
+        shutil.copy(name, tmp_path / "in" / "surprise" / name.name)
+    guided = ExpressionGenerator.load(DEFAULT_MODEL, "cpu")
+    options = AugmentOptions(expressions=["happy", "sad"])
+    surprise, happy, sad = (EXPRESSIONS.index(name) for name in ("surprise", "happy", "sad"))
+
+    def rows(output: Path) -> tuple[np.ndarray, np.ndarray]:
+        augment_dataset(tmp_path / "in", output, guided, "default", options, show_progress=False)
+        with read_faces(output) as table:
+            return table.images[0:len(table)], table.expression[0:len(table)]
+
+    images, labels = rows(tmp_path / "moved.h5")
+    assert labels.tolist() == [surprise, happy, sad] * 2
+    assert all(not np.array_equal(images[i], images[i + k]) for i in (0, 3) for k in (1, 2))
+    monkeypatch.setattr(regions, "TURNED", -2.0)
+    monkeypatch.setattr(regions, "PROFILE", -1.0)
+    images, labels = rows(tmp_path / "left.h5")
+    assert labels.tolist() == [surprise] * 6
+    assert all(np.array_equal(images[i], images[i + k]) for i in (0, 3) for k in (1, 2))

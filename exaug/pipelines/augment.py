@@ -156,27 +156,42 @@ def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets
     n = len(aligned)
     if n == 0:
         return FaceRows.empty(size, size)
+    meshes, moves = _meshes_and_moves(generator, aligned.images)
     if reference is None:
         names = [generator.expressions[i] for i in targets]
-        generated = generator.generate_all(aligned.images, names, intensity=intensity)
+        generated = generator.generate_all(aligned.images, names, intensity=intensity, **meshes)
         labels = targets
     else:
-        generated = generator.generate(aligned.images, like=reference.face, intensity=intensity)[:, None]
+        generated = generator.generate(aligned.images, like=reference.face, intensity=intensity, **meshes)[:, None]
         labels = [-1]  # the reference's expression has no name
     per_face = 1 + len(labels)
     faces = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
     faces = resize_faces(faces, size)
     sources = [batch.sources[i] for i in aligned.image_index]
     known = [label_index(s.expression) for s in sources]
+    # A face the model leaves as it is keeps its own label on its copies, and follows no reference.
+    expression = [[k, *(labels if move else [k] * len(labels))] for k, move in zip(known, moves)]
     return FaceRows(
         images=faces.permute(0, 2, 3, 1).cpu().numpy(),
         identity=[s.identity for s in sources for _ in range(per_face)],
-        expression=np.array([[k, *labels] for k in known], np.int8).reshape(-1),
+        expression=np.array(expression, np.int8).reshape(-1),
         source=[s.relpath for s in sources for _ in range(per_face)],
         face=np.repeat(aligned.face_index, per_face).astype(np.int16),
         synthetic=np.tile([False] + [True] * len(labels), n),
-        extra={} if reference is None else {REFERENCE_COLUMN: np.tile(np.array([-1, 0], np.int16), n)},
+        extra={} if reference is None else {
+            REFERENCE_COLUMN: np.array([[-1, 0 if move else -1] for move in moves], np.int16).reshape(-1)},
     )
+
+
+def _meshes_and_moves(generator: ExpressionGenerator, faces: torch.Tensor) -> tuple[dict, list[bool]]:
+    """For the guided model, the faces' meshes (handed on, so they are found once) and whether it
+    changes each face at all: faces in profile or tilted steeply come back as they are, and their
+    copies must not be labelled as the expressions they do not show. A StarGAN model changes every face."""
+    if not generator.resolution_free:
+        return {}, [True] * len(faces)
+    meshes = generator.meshes(faces)
+    own = meshes * (faces.shape[-1] / generator.image_size)  # generate() takes meshes in the faces' pixels
+    return {"meshes": own}, generator.moves(meshes).tolist()
 
 
 def preview_sheet(output: Path, max_faces: int):
