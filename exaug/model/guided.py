@@ -2,12 +2,15 @@
 
 For each aligned face: its mesh (:mod:`exaug.faces.mesh`) -> where the points go for the target
 expression (:mod:`exaug.model.geometry`, a label or another face's expression) -> a dense warp
-(:mod:`exaug.model.warp`) -> the painter (:mod:`exaug.model.painter`) fills in what the warp cannot
-(teeth, the inside of the mouth, folds) under a mask. Identity and resolution come from the warp, so
+(:mod:`exaug.model.warp`) -> the shader's gain on the face's light, and the painter
+(:mod:`exaug.model.painter`) filling in what the warp cannot (teeth, the inside of the mouth) under
+a mask. Identity and resolution come from the warp, so
 on a CPU-sized network the face stays the same person at full sharpness.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,16 @@ from exaug.model.regions import (face_outline, facing, lip_colour, lips_box, pai
 from exaug.model.warp import identity_field, mesh_field, warp
 
 TEMPLATE = "exaug"
+
+
+class Rendered(NamedTuple):
+    """What :meth:`GuidedGenerator.render_layers` made, every layer kept for training's losses."""
+
+    output: Tensor  # (N, C, S, S) in [-1, 1]
+    keep: Tensor  # mask A over the whole face
+    warped: Tensor  # the faces moved, before any gain
+    log_gain: Tensor | None  # the shader's (N, 1, 32, 32); None for models without it
+    paint: PaintLayers  # the painter's layers over its window
 
 
 class GuidedGenerator(nn.Module):
@@ -106,18 +119,28 @@ class GuidedGenerator(nn.Module):
             warped = with_gain(warped, canvas(paint.shade, 0.0))
         return keep * warped + (1 - keep) * colour, keep
 
+    def render_layers(self, faces: Tensor, field: Tensor, codes: Tensor, target_mesh: Tensor,
+                      gate: Tensor | None = None, *, detach_gain: bool = False) -> Rendered:
+        """``faces`` (N, C, S, S) in [-1, 1] at the model's size warped through ``field``, shaded, and
+        painted near ``target_mesh``'s mouth (``gate``: as :meth:`layers`), with every layer kept.
+        ``detach_gain``: the painter sees the shader's gain as a constant (training: the shader learns
+        only from its own fit)."""
+        warped = warp(faces, field)
+        log_gain = self.shade(faces, warped, field, codes, target_mesh)
+        shaded = with_gain(warped, log_gain.detach() if detach_gain and log_gain is not None else log_gain)
+        paint = self.layers(faces, shaded, field, codes, paint_region(target_mesh, faces.shape[-1]), gate)
+        output, keep = self.compose(shaded, paint)
+        return Rendered(output, keep, warped, log_gain, paint)
+
     def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
                 field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``faces`` (N, C, S, S) in [-1, 1] at the model's size, shaded, and painted only near the
         target mouth and only when a mouth is open. Returns (output, mask A, warped)."""
         field = self.field(source_mesh, target_mesh) if field is None else field
-        codes = self.codes(source_mesh, target_mesh).to(faces.device)
-        warped = warp(faces, field)
-        shaded = with_gain(warped, self.shade(faces, warped, field, codes, target_mesh.to(faces.device)))
-        region = paint_region(target_mesh.to(faces.device), faces.shape[-1])
-        paint = self.layers(faces, shaded, field, codes, region, paint_gate(source_mesh, target_mesh))
-        output, keep = self.compose(shaded, paint)
-        return output, keep, warped
+        rendered = self.render_layers(faces, field, self.codes(source_mesh, target_mesh).to(faces.device),
+                                      target_mesh.to(faces.device), paint_gate(source_mesh, target_mesh))
+        return rendered.output, rendered.keep, rendered.warped
+
 
 
 def with_gain(faces: Tensor, log_gain: Tensor | None) -> Tensor:

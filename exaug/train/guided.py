@@ -40,10 +40,8 @@ from exaug.io.sheets import labelled_grid
 from exaug.model.checkpoint import save_guided
 from exaug.model.color import encode
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import TEMPLATE, GuidedGenerator, with_gain
-from exaug.model.regions import paint_region
+from exaug.model.guided import TEMPLATE, GuidedGenerator
 from exaug.model.painter import PainterConfig, PatchCritic
-from exaug.model.warp import warp
 from exaug.progress import progress_bar
 from exaug.train.pairs import PairedFaces
 
@@ -60,7 +58,8 @@ class GuidedTrainConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
 
 
-LOSS_WEIGHTS = {"reconstruction": 10.0, "shading_fit": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.05, "adversarial": 0.5}
+LOSS_WEIGHTS = {"reconstruction": 10.0, "shading_fit": 10.0, "mask": 0.5, "smoothness": 0.5, "shading": 0.05,
+                "adversarial": 0.5}
 
 
 def fit_geometry(pairs: PairedFaces, neutral_meshes: torch.Tensor) -> ExpressionGeometry:
@@ -131,15 +130,12 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
             rows = torch.randint(len(pairs), (config.batch_size,), generator=generator).to(device)
             source, target = relight(sources[rows], targets[rows], generator)
             target_mesh = pairs.target_mesh[rows].float().to(device)
-            warped = warp(source, fields[rows])
-            log_gain = model.shade(source, warped, fields[rows], codes[rows], target_mesh)
             # The painter works on top of the shading, which learns only from its own fit.
-            shaded = with_gain(warped, None if log_gain is None else log_gain.detach())
-            paint = model.layers(source, shaded, fields[rows], codes[rows], paint_region(target_mesh, source.shape[-1]))
-            output = model.compose(shaded, paint)[0][..., rows_window, columns_window]
-            shading_fit = output.new_zeros(()) if log_gain is None else light_ratio_error(
-                log_gain, warped, target, model.shade_outline(target_mesh))
-            target, warped = target[..., rows_window, columns_window], warped[..., rows_window, columns_window]
+            rendered = model.render_layers(source, fields[rows], codes[rows], target_mesh, detach_gain=True)
+            paint, output = rendered.paint, rendered.output[..., rows_window, columns_window]
+            shading_fit = output.new_zeros(()) if rendered.log_gain is None else light_ratio_error(
+                rendered.log_gain, rendered.warped, target, model.shade_outline(target_mesh))
+            target, warped = target[..., rows_window, columns_window], rendered.warped[..., rows_window, columns_window]
             if config.weights["adversarial"]:
                 critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
                 critic_optimiser.zero_grad()
