@@ -44,9 +44,9 @@ def end_to_end(generator, copies: int, pairs: int = 3) -> dict:
                                        show_progress=False)
     augment = lambda name: augment_dataset(work / "in", work / name, generator, "bench", AugmentOptions(),  # noqa: E731
                                            show_progress=False)
-    # Each once untimed first (a dataset's first images pay for loading and first calls; its
-    # thousands of others do not), then alternating pairs, so a busy moment of a noisy machine
-    # lands on both sides of a ratio; the median pair is reported, every pair listed.
+    # Each once first, apart (a dataset's first images pay for loading and first calls, its thousands
+    # of others do not; the first augment's time is reported on its own), then alternating pairs, so
+    # a busy moment of a noisy machine lands on both sides of a ratio; the median pair is reported.
     align("warm.h5")
     cold_seconds, _ = timed(lambda: augment("cold.h5"))
     runs = []

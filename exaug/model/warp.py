@@ -40,8 +40,8 @@ def _kernel(a: Tensor, b: Tensor) -> Tensor:
 
     The squared distances come out of one batched product, |a|^2 + |b|^2 - 2 a.b, written as rows
     (|a|^2, 1, -2a) times columns (1, |b|^2, b): ``torch.cdist`` computes the same sum, then a square
-    root this would square again, and the two passes over the (n, p, q) buffer, the field's largest,
-    cost a third of its time."""
+    root this would square again: two passes over the (n, p, q) buffer, the field's largest, that
+    were a third of the kernel's time."""
     left = torch.cat([a.square().sum(-1, keepdim=True), torch.ones_like(a[..., :1]), a * -2], -1)
     right = torch.cat([torch.ones_like(b[..., :1]), b.square().sum(-1, keepdim=True), b], -1)
     squared = torch.bmm(left, right.transpose(1, 2)).clamp_min_(1e-12)  # rounding can dip below zero
