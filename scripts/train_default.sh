@@ -3,6 +3,7 @@
 # own commands: CK+ aligned at 128 px with face meshes (cached), 654 sequence pairs, 20 subjects held
 # out (every sixth by name), the geometry model fitted, the shader and the painter trained for STEPS steps.
 #   bash scripts/train_default.sh            # WORK=runs/guided STEPS=5000 DEVICE=auto
+# Stopped (Ctrl-C, a closed laptop), the same command continues the run from its last saved state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${EXAUG_DATA:-../shared/data}
@@ -10,7 +11,11 @@ WORK=${WORK:-runs/guided}
 STEPS=${STEPS:-5000}
 DEVICE=${DEVICE:-auto}
 
-exaug train "$DATA/expressions/ckplus128" -o "$WORK" --arch guided --iters "$STEPS" --seed 0 --device "$DEVICE"
+if [ -f "$WORK/guided.json" ]; then
+  exaug train --resume "$WORK" --iters "$STEPS" --device "$DEVICE"
+else
+  exaug train "$DATA/expressions/ckplus128" -o "$WORK" --arch guided --iters "$STEPS" --seed 0 --device "$DEVICE"
+fi
 
 # Ship it inside the package with the licence its training data allow.
 python - "$WORK/guided.generator.pt" <<'PY'

@@ -49,12 +49,9 @@ def video_clip() -> Path:
     return data_path("video", "street_1080p_audio.mp4")
 
 
-def align_ck_subjects(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
-    """CK+ neutral and peak frames of the first ``subjects`` people (by name), aligned at 128 px with
-    meshes into ``folder``/ck128.h5: the input of load_pairs, the geometry model and the floor."""
-    from exaug.faces.detect import DetectionOptions
-    from exaug.pipelines.align import AlignOptions, align_dataset
-
+def ck_subject_folder(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
+    """``folder``/faces: CK+'s expression folders holding only the first ``subjects`` people (by
+    name), as links to the shared files."""
     chosen = sorted({path.name[:4] for path in (ckplus_dir / "neutral").glob("S*.png")})[:subjects]
     for expression_folder in ckplus_dir.iterdir():
         if expression_folder.is_dir():
@@ -62,9 +59,19 @@ def align_ck_subjects(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
                 if image.name[:4] in chosen:
                     (folder / "faces" / expression_folder.name).mkdir(parents=True, exist_ok=True)
                     (folder / "faces" / expression_folder.name / image.name).symlink_to(image)
+    return folder / "faces"
+
+
+def align_ck_subjects(ckplus_dir: Path, folder: Path, subjects: int) -> Path:
+    """CK+ neutral and peak frames of the first ``subjects`` people (by name), aligned at 128 px with
+    meshes into ``folder``/ck128.h5: the input of load_pairs, the geometry model and the floor."""
+    from exaug.faces.detect import DetectionOptions
+    from exaug.pipelines.align import AlignOptions, align_dataset
+
+    faces = ck_subject_folder(ckplus_dir, folder, subjects)
     output = folder / "ck128.h5"
     options = AlignOptions(device="cpu", mesh=True, detection=DetectionOptions(faces="largest"))
-    align_dataset(folder / "faces", output, options, show_progress=False)
+    align_dataset(faces, output, options, show_progress=False)
     return output
 
 

@@ -3,15 +3,20 @@ shipped model on people it never saw, a reference face's expression, and its tra
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import resize_faces
 from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER, mouth_opening
+from exaug.model.checkpoint import load_state
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.geometry import ExpressionGeometry
@@ -19,10 +24,11 @@ from exaug.model.guided import GuidedExpressionGenerator, with_gain
 from exaug.model.regions import MOUTH_CLOSED, paint_gate
 from exaug.model.warp import backward_field, control_points, identity_field, warp
 from exaug.pipelines.align import AlignOptions, align_dataset
+from exaug.train import TrainingInterrupted
 from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
 from exaug.train.pairs import load_pairs
 
-from conftest import align_ck_subjects, detail
+from conftest import align_ck_subjects, ck_subject_folder, detail
 
 SUBJECTS = 36  # the first subjects by name: a third of CK+, six of them held out by the shipped model
 
@@ -249,6 +255,60 @@ def test_training_writes_a_loadable_model_and_a_held_out_sheet(tmp_path, ck_pair
     assert (tmp_path / "samples" / "held_out.png").stat().st_size > 0
     generator = ExpressionGenerator.load(path, "cpu")
     assert generator.generate(pairs.source[:2], "happy").shape == (2, 3, 128, 128)
+
+
+def test_an_interrupted_training_resumes_bit_for_bit(tmp_path, ck_pairs):
+    """Ctrl-C at step 3 of 6 saves the training state; started again on it, the run ends with the
+    painter an uninterrupted run ends with, every step logged once with the same losses."""
+    pairs, neutral, _ = ck_pairs
+    subset = pairs.select(torch.arange(len(pairs)) < 40)
+    config = GuidedTrainConfig(steps=6, batch_size=2, log_every=1, save_every=4)
+    whole = train_guided(subset, neutral, config, log=tmp_path / "whole.jsonl")
+
+    def interrupt_at_step_3(step: int) -> None:
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: the step finishes and the state is saved
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_guided(subset, neutral, config, log=tmp_path / "split.jsonl", state=state, on_step=interrupt_at_step_3)
+    assert stopped.value.step == 3 and load_state(state)["step"] == 3
+    with open(tmp_path / "split.jsonl", "a") as handle:  # a row a killed run logged after its last save
+        handle.write('{"step": 4, "reconstruction": 9.0}\n')
+    split = train_guided(subset, neutral, config, log=tmp_path / "split.jsonl", state=state)
+    for name, value in whole.painter.state_dict().items():
+        assert torch.equal(value, split.painter.state_dict()[name]), name
+    rows = {name: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                   for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] for name in ("whole", "split")}
+    assert [row["step"] for row in rows["split"]] == list(range(1, 7)) and rows["split"] == rows["whole"]
+    assert load_state(state)["step"] == 6
+    with pytest.raises(ExaugError, match=r"other options \(lr\)"):
+        train_guided(subset, neutral, replace(config, lr=1e-3), state=state)
+    with pytest.raises(ExaugError, match="6 steps already; 5 would undo them"):
+        train_guided(subset, neutral, replace(config, steps=5), state=state)
+
+
+def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir):
+    """The command line: a guided run of 2 steps, extended to 4 by --resume with its own data and
+    options; a second run into the same folder is refused with the way to continue it."""
+    from typer.testing import CliRunner
+
+    from exaug.cli import app
+
+    faces = ck_subject_folder(ckplus_dir, tmp_path, 4)
+    run = tmp_path / "run"
+    first = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), "--arch", "guided", "--iters", "2",
+                                     "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    assert load_state(run / "checkpoints" / "guided.state.pt")["step"] == 2
+    again = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), "--arch", "guided", "--device", "cpu"])
+    assert isinstance(again.exception, ExaugError) and f"--resume {run}" in str(again.exception)
+    more = CliRunner().invoke(app, ["train", "--resume", str(run), "--iters", "4", "--device", "cpu"])
+    assert more.exit_code == 0, more.output
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]  # logged every 100 steps and at the end of each schedule
+    model = ExpressionGenerator.load(run / "guided.generator.pt", "cpu")
+    assert model.meta["steps"] == 4 and model.meta["data"]["path"] == str(faces.resolve())
 
 
 @pytest.fixture(scope="module")

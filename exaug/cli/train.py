@@ -10,7 +10,7 @@ import typer
 
 from exaug.cli.common import DEVICE, DeviceChoice, TemplateChoice, library_defaults
 from exaug.errors import ExaugError
-from exaug.pipelines.training import train_guided_model, train_model
+from exaug.pipelines.training import is_guided_run, resume_guided_model, train_guided_model, train_model
 from exaug.progress import console
 from exaug.train import TrainConfig
 from exaug.train.guided import GuidedTrainConfig
@@ -80,12 +80,18 @@ def train_command(
     arch: ArchChoice = typer.Option(
         ArchChoice.stargan,
         help="stargan: the label-conditioned GAN (these options); guided: the geometry-guided generator, learnt "
-             "from paired CK+-style sequences (takes DATA, -o, --iters, --val-subjects, --seed, --device)."),
+             "from paired CK+-style sequences (takes DATA, -o, --iters, --val-subjects, --seed, --device; "
+             "--resume RUN_DIR continues one)."),
 ) -> None:
     """Train an expression generator on labelled faces: StarGAN (attention mask) or geometry-guided."""
+    if resume is not None and is_guided_run(resume):
+        if data is not None or output is not None:
+            raise ExaugError("--resume RUN_DIR continues a run with its saved options: give no DATA or --output")
+        console.print(f"model: {resume_guided_model(resume, steps=iters, device=device.value)}", highlight=False)
+        return
     if arch is ArchChoice.guided:
         if resume is not None or data is None or output is None:
-            raise ExaugError("--arch guided takes DATA and --output RUN_DIR (it trains in one go; no --resume)")
+            raise ExaugError("--arch guided takes DATA and --output RUN_DIR (--resume RUN_DIR alone continues a run)")
         config = GuidedTrainConfig(steps=iters or GuidedTrainConfig.steps, seed=seed)
         model = train_guided_model(data, output, config, val_subjects=val_subjects, device=device.value,
                                    cache_dir=None if cache_dir is None else str(cache_dir))

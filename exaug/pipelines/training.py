@@ -7,20 +7,26 @@ later runs (and ``exaug eval`` on the same folder) reuse it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from exaug.errors import ExaugError
 from exaug.faces.detect import DetectionOptions
+from exaug.io.atomic import atomic_write
 from exaug.io.sources import discover_sources
 from exaug.io.store import is_face_table
+from exaug.model.checkpoint import LATEST
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.progress import console
 from exaug.train import TrainConfig
 from exaug.train.guided import GuidedTrainConfig
 from exaug.train.distributed import World
-from exaug.train.loop import StepCallback, train
+from exaug.train.loop import StepCallback, TrainingInterrupted, train
 
 
 def train_model(config: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None) -> Path:
@@ -66,11 +72,45 @@ def _aligned_cache(path: Path, image_size: int, template: str, cache_dir: str | 
     return root / f"{digest.hexdigest()[:24]}.h5"
 
 
+GUIDED_RUN = "guided.json"  # a guided run's data, held-out subjects and options, for --resume
+GUIDED_STATE = Path("checkpoints") / "guided.state.pt"
+
+
+def is_guided_run(run: Path | str) -> bool:
+    return (Path(run) / GUIDED_RUN).is_file()
+
+
 def train_guided_model(data: Path | str, output: Path | str, config: GuidedTrainConfig, *, val_subjects: str = "auto",
-                       device: str = "auto", cache_dir: str | None = None, show_progress: bool = True) -> Path:
+                       device: str = "auto", cache_dir: str | None = None, show_progress: bool = True,
+                       on_step: Callable[[int], None] | None = None) -> Path:
     """``exaug train --arch guided``: align DATA with meshes (cached), pair its CK+ sequences, hold out
     whole subjects, fit the geometry and train the painter; writes RUN/guided.generator.pt, a sample
-    sheet of held-out faces and metrics.jsonl, and returns the inference file."""
+    sheet of held-out faces and metrics.jsonl, and returns the inference file. RUN/guided.json and
+    RUN/checkpoints/guided.state.pt let :func:`resume_guided_model` continue a stopped run."""
+    run = Path(output)
+    if is_guided_run(run) or (run / LATEST).exists():
+        raise ExaugError(f"{run}: already holds a training run; continue it with --resume {run} "
+                         "or choose another --output")
+    cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
+    return _train_guided(run, str(Path(data).resolve()), config, val_subjects, device, cache_dir, show_progress,
+                         on_step)
+
+
+def resume_guided_model(run: Path | str, *, steps: int | None = None, device: str = "auto",
+                        show_progress: bool = True, on_step: Callable[[int], None] | None = None) -> Path:
+    """Continue the guided run in ``run`` from its last saved state with its own data and options
+    (``steps``: a larger step count extends it); returns the inference file."""
+    run = Path(run)
+    settings = json.loads((run / GUIDED_RUN).read_text())
+    config = GuidedTrainConfig.from_dict(settings["config"])
+    if steps is not None:
+        config = replace(config, steps=steps)
+    return _train_guided(run, settings["data"], config, settings["val_subjects"], device, settings["cache_dir"],
+                         show_progress, on_step)
+
+
+def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects: str, device: str,
+                  cache_dir: str | None, show_progress: bool, on_step: Callable[[int], None] | None) -> Path:
     from exaug.device import resolve_device
     from exaug.train.guided import save_guided_run, split_subjects, train_guided
     from exaug.train.pairs import load_pairs
@@ -82,9 +122,14 @@ def train_guided_model(data: Path | str, output: Path | str, config: GuidedTrain
     held_out = split_subjects(sorted(set(pairs.subject)), val_subjects)
     train_pairs = pairs.select(torch.tensor([subject not in held_out for subject in pairs.subject]))
     neutral = neutral_meshes[torch.tensor([subject not in held_out for subject in neutral_subjects])]
-    run = Path(output)
-    run.mkdir(parents=True, exist_ok=True)
-    model = train_guided(train_pairs, neutral, config, log=run / "metrics.jsonl", device=target,
-                         show_progress=show_progress)
+    run.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
+    settings = {"data": data, "val_subjects": val_subjects, "cache_dir": cache_dir, "config": asdict(config)}
+    atomic_write(run / GUIDED_RUN, lambda handle: handle.write(json.dumps(settings, indent=1).encode()))
+    try:
+        model = train_guided(train_pairs, neutral, config, log=run / "metrics.jsonl", device=target,
+                             show_progress=show_progress, state=run / GUIDED_STATE, on_step=on_step)
+    except TrainingInterrupted:
+        console.print(f"continue with --resume {run}", highlight=False)
+        raise
     validation = pairs.select(torch.tensor([subject in held_out for subject in pairs.subject]))
-    return save_guided_run(run, model, config, validation, data=str(data), held_out=sorted(held_out))
+    return save_guided_run(run, model, config, validation, data=data, held_out=sorted(held_out))

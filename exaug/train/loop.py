@@ -145,7 +145,7 @@ class TrainingRun:
         self.val_labels = torch.from_numpy(self.val_set.labels[:VALIDATION_LIMIT])
         self.metrics = self.run_dir / METRICS_FILE
         if world.is_main and resume:
-            self._truncate_metrics()
+            keep_metrics_until(self.metrics, self.start)
 
     def train(self, on_step: StepCallback | None) -> Path:
         config, world, trainer = self.config, self.world, self.trainer
@@ -207,25 +207,6 @@ class TrainingRun:
         except OSError as err:
             raise ExaugError(f"{self.metrics}: cannot write ({err.strerror or err})") from err
 
-    def _truncate_metrics(self) -> None:
-        """Drop rows logged after the checkpoint being resumed, so each step appears once, and a last
-        line torn by a kill mid-write."""
-        if not self.metrics.exists():
-            return
-        lines = [line for line in self.metrics.read_text(errors="replace").splitlines() if line.strip()]
-        rows = []
-        for number, line in enumerate(lines, 1):
-            try:
-                step = json.loads(line)["step"]
-            except (ValueError, KeyError, TypeError) as err:
-                if number == len(lines):
-                    break
-                raise ExaugError(f"{self.metrics}: line {number} is damaged ({err}); delete it to resume") from err
-            if step <= self.start:
-                rows.append(line)
-        text = "".join(line + "\n" for line in rows)
-        atomic_write(self.metrics, lambda handle: handle.write(text.encode()))
-
     def _inference(self, step: int) -> ExpressionGenerator:
         meta = generator_metadata(self.config.model, expressions=EXPRESSIONS, template=self.template,
                                   data=self.data_summary, steps=step,
@@ -259,6 +240,26 @@ class TrainingRun:
                 old.with_name(old.name.replace(".state.pt", ".generator.pt")).unlink(missing_ok=True)
         self.world.barrier()
         return generator_path
+
+
+def keep_metrics_until(metrics: Path, step: int) -> None:
+    """Drop the rows of ``metrics`` (a metrics.jsonl) logged after ``step``, the checkpoint being
+    resumed, so each step appears once, and a last line torn by a kill mid-write."""
+    if not metrics.exists():
+        return
+    lines = [line for line in metrics.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError) as err:
+            if number == len(lines):
+                break
+            raise ExaugError(f"{metrics}: line {number} is damaged ({err}); delete it to resume") from err
+        if logged <= step:
+            rows.append(line)
+    text = "".join(line + "\n" for line in rows)
+    atomic_write(metrics, lambda handle: handle.write(text.encode()))
 
 
 def process_seed(seed: int, rank: int, resumed_at: int = 0) -> int:
