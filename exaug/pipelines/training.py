@@ -101,12 +101,16 @@ def resume_guided_model(run: Path | str, *, steps: int | None = None, device: st
     """Continue the guided run in ``run`` from its last saved state with its own data and options
     (``steps``: a larger step count extends it); returns the inference file."""
     run = Path(run)
-    settings = json.loads((run / GUIDED_RUN).read_text())
-    config = GuidedTrainConfig.from_dict(settings["config"])
+    try:
+        settings = json.loads((run / GUIDED_RUN).read_text())
+        config = GuidedTrainConfig.from_dict(settings["config"])
+        data, val_subjects, cache_dir = (settings[key] for key in ("data", "val_subjects", "cache_dir"))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ExaugError(f"{run / GUIDED_RUN}: damaged run file ({type(err).__name__}: {err}); "
+                         "start the run again elsewhere") from None
     if steps is not None:
         config = replace(config, steps=steps)
-    return _train_guided(run, settings["data"], config, settings["val_subjects"], device, settings["cache_dir"],
-                         show_progress, on_step)
+    return _train_guided(run, data, config, val_subjects, device, cache_dir, show_progress, on_step)
 
 
 def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects: str, device: str,
