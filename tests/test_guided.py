@@ -314,6 +314,23 @@ def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir):
     assert isinstance(damaged.exception, ExaugError) and "guided.json: damaged run file" in str(damaged.exception)
 
 
+def test_exaug_train_guided_refuses_too_little_data_and_leaves_no_run(tmp_path, ckplus_dir):
+    """One CK+ person: held out by default (nothing left to train on), and with --val-subjects 0 too
+    few faces for the geometry model's bases; each is one line, and no run folder is left behind."""
+    from typer.testing import CliRunner
+
+    from exaug.cli import app
+
+    faces = ck_subject_folder(ckplus_dir, tmp_path, 1)
+    run = tmp_path / "run"
+    common = ["--arch", "guided", "--iters", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    held = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), *common])
+    assert isinstance(held.exception, ExaugError) and "every subject with paired sequences is held out" in str(held.exception)
+    few = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), "--val-subjects", "0", *common])
+    assert isinstance(few.exception, ExaugError) and "too few faces for the geometry model" in str(few.exception)
+    assert not run.exists()
+
+
 @pytest.fixture(scope="module")
 def people_at_256(tmp_path_factory, people_dir) -> torch.Tensor:
     """The people photos' faces aligned at 256 px: twice the model's size, real detail to keep."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from exaug.errors import ExaugError
 from exaug.faces.align import apply_affine, estimate_similarity, invert_affine
 # Points an expression barely moves: eye corners, the nose bridge and tip, the top of the head
 # outline. Meshes are put in the canonical frame by a similarity fit on these alone, so a smile's
@@ -65,6 +66,11 @@ class ExpressionGeometry:
         """From paired ``(n, 468, 2)`` meshes (neutral frame and peak of the same sequence) with the peak's
         expression label; ``all_neutral`` (every neutral mesh, default ``neutral``) shapes the identity basis."""
         all_neutral = neutral if all_neutral is None else all_neutral
+        # Each basis needs as many samples as it has directions (the reader's features may have fewer).
+        if len(all_neutral) < identity_components or 2 * len(neutral) < expression_components:
+            raise ExaugError(f"too few faces for the geometry model ({len(all_neutral)} neutral, {len(neutral)} "
+                             f"sequence pairs): it needs at least {identity_components} neutral faces and "
+                             f"{-(-expression_components // 2)} pairs")
         stable = list(STABLE_POINTS)
         reference = all_neutral.double()[:, stable].mean(0)
         for _ in range(3):  # Procrustes mean: refit the frame to the mean of the aligned meshes

@@ -126,7 +126,11 @@ def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects:
     held_out = split_subjects(sorted(set(pairs.subject)), val_subjects)
     train_pairs = pairs.select(torch.tensor([subject not in held_out for subject in pairs.subject]))
     neutral = neutral_meshes[torch.tensor([subject not in held_out for subject in neutral_subjects])]
-    run.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
+    if not len(train_pairs):
+        raise ExaugError(f"{data}: every subject with paired sequences is held out ({len(held_out)}); "
+                         "train on more subjects, or give --val-subjects 0")
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
     settings = {"data": data, "val_subjects": val_subjects, "cache_dir": cache_dir, "config": asdict(config)}
     atomic_write(run / GUIDED_RUN, lambda handle: handle.write(json.dumps(settings, indent=1).encode()))
     try:
@@ -134,6 +138,12 @@ def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects:
                              show_progress=show_progress, state=run / GUIDED_STATE, on_step=on_step)
     except TrainingInterrupted:
         console.print(f"continue with --resume {run}", highlight=False)
+        raise
+    except ExaugError:
+        if not (run / GUIDED_STATE).exists():  # refused before it trained: no run is left behind
+            (run / GUIDED_RUN).unlink(missing_ok=True)
+            if created and not any(run.iterdir()):
+                run.rmdir()
         raise
     validation = pairs.select(torch.tensor([subject in held_out for subject in pairs.subject]))
     return save_guided_run(run, model, config, validation, data=data, held_out=sorted(held_out))
