@@ -316,7 +316,8 @@ def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir):
 
 def test_exaug_train_guided_refuses_too_little_data_and_leaves_no_run(tmp_path, ckplus_dir):
     """One CK+ person: held out by default (nothing left to train on), and with --val-subjects 0 too
-    few faces for the geometry model's bases; each is one line, and no run folder is left behind."""
+    few faces for the geometry model's bases; --iters 0 is refused too (it once meant the default).
+    Each is one line, and no run folder is left behind."""
     from typer.testing import CliRunner
 
     from exaug.cli import app
@@ -328,6 +329,8 @@ def test_exaug_train_guided_refuses_too_little_data_and_leaves_no_run(tmp_path, 
     assert isinstance(held.exception, ExaugError) and "every subject with paired sequences is held out" in str(held.exception)
     few = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), "--val-subjects", "0", *common])
     assert isinstance(few.exception, ExaugError) and "too few faces for the geometry model" in str(few.exception)
+    none = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), *common, "--iters", "0"])
+    assert isinstance(none.exception, ExaugError) and "--iters must be at least 1, not 0" in str(none.exception)
     assert not run.exists()
 
 

@@ -92,7 +92,7 @@ def train_command(
     if arch is ArchChoice.guided:
         if resume is not None or data is None or output is None:
             raise ExaugError("--arch guided takes DATA and --output RUN_DIR (--resume RUN_DIR alone continues a run)")
-        config = GuidedTrainConfig(steps=iters or GuidedTrainConfig.steps, seed=seed)
+        config = GuidedTrainConfig(steps=GuidedTrainConfig.steps if iters is None else iters, seed=seed)
         model = train_guided_model(data, output, config, val_subjects=val_subjects, device=device.value,
                                    cache_dir=None if cache_dir is None else str(cache_dir))
         console.print(f"model: {model}", highlight=False)

@@ -66,6 +66,12 @@ class GuidedTrainConfig:
     # Each loss's weight, by the name it has above and in metrics.jsonl.
     weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
 
+    def __post_init__(self) -> None:
+        for name, option in (("steps", "--iters"), ("batch_size", "batch_size"), ("log_every", "log_every"),
+                             ("save_every", "save_every")):
+            if getattr(self, name) < 1:
+                raise ExaugError(f"{option} must be at least 1, not {getattr(self, name)}")
+
     @classmethod
     def from_dict(cls, saved: dict) -> GuidedTrainConfig:
         """The config :func:`dataclasses.asdict` gave (read back from JSON: lists for tuples)."""
