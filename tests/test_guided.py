@@ -309,6 +309,9 @@ def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir):
     assert steps == [2, 4]  # logged every 100 steps and at the end of each schedule
     model = ExpressionGenerator.load(run / "guided.generator.pt", "cpu")
     assert model.meta["steps"] == 4 and model.meta["data"]["path"] == str(faces.resolve())
+    undo = CliRunner().invoke(app, ["train", "--resume", str(run), "--iters", "3", "--device", "cpu"])
+    assert isinstance(undo.exception, ExaugError) and "4 steps already; 3 would undo them" in str(undo.exception)
+    assert json.loads((run / "guided.json").read_text())["config"]["steps"] == 4  # the refusal changed nothing
     (run / "guided.json").write_text('{"data": ')  # a damaged run file is one line, not a traceback
     damaged = CliRunner().invoke(app, ["train", "--resume", str(run), "--device", "cpu"])
     assert isinstance(damaged.exception, ExaugError) and "guided.json: damaged run file" in str(damaged.exception)

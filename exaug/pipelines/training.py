@@ -116,7 +116,7 @@ def resume_guided_model(run: Path | str, *, steps: int | None = None, device: st
 def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects: str, device: str,
                   cache_dir: str | None, show_progress: bool, on_step: Callable[[int], None] | None) -> Path:
     from exaug.device import resolve_device
-    from exaug.train.guided import save_guided_run, split_subjects, train_guided
+    from exaug.train.guided import checked_state, save_guided_run, split_subjects, train_guided
     from exaug.train.pairs import load_pairs
 
     target = resolve_device(device)
@@ -129,6 +129,8 @@ def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects:
     if not len(train_pairs):
         raise ExaugError(f"{data}: every subject with paired sequences is held out ({len(held_out)}); "
                          "train on more subjects, or give --val-subjects 0")
+    if (run / GUIDED_STATE).exists():
+        checked_state(run / GUIDED_STATE, config)  # a refused --resume changes none of the run's files
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     settings = {"data": data, "val_subjects": val_subjects, "cache_dir": cache_dir, "config": asdict(config)}

@@ -138,7 +138,7 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
     when Ctrl-C or SIGTERM stops the run (then :class:`~exaug.train.loop.TrainingInterrupted` is
     raised); if it exists, training continues from it (``log`` loses the rows after it). ``on_step(step)``
     is called after every step."""
-    saved = _saved_state(state, config) if state is not None and state.exists() else None  # refused before any work
+    saved = checked_state(state, config) if state is not None and state.exists() else None  # refused before any work
     torch.manual_seed(config.seed)
     model = GuidedGenerator(config.painter, fit_geometry(pairs, neutral_meshes))
     fields = solve_fields(model, pairs, device)
@@ -212,9 +212,9 @@ def _save(path: Path, step: int, config: GuidedTrainConfig, parts: dict, generat
                       **{name: part.state_dict() for name, part in parts.items()}})
 
 
-def _saved_state(path: Path, config: GuidedTrainConfig) -> dict:
-    """The training state at ``path``, refused if it is of a run with other options (the step count
-    aside: a larger one extends a run) or has gone past ``config.steps``."""
+def checked_state(path: Path, config: GuidedTrainConfig) -> dict:
+    """The training state at ``path``, refused (one line) if it is of a run with other options (the
+    step count aside: a larger one extends a run) or has gone past ``config.steps``."""
     saved = load_state(path)
     try:
         options = json.loads(saved["config"])
