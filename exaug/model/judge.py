@@ -186,10 +186,14 @@ def load_judge(path: Path | str, device: str | torch.device = "auto") -> Judge:
     return Judge(*load_classifier(path, device))
 
 
+def panel_of(judges: list[Judge]) -> Judge | JudgePanel:
+    """One judge as it is; several as a :class:`JudgePanel`."""
+    return judges[0] if len(judges) == 1 else JudgePanel(judges)
+
+
 def load_judges(paths: list[Path], device: str | torch.device = "auto") -> Judge | JudgePanel:
-    """One judge file as it is; several as a :class:`JudgePanel`."""
-    judges = [load_judge(path, device) for path in paths]
-    return JudgePanel(judges) if len(judges) != 1 else judges[0]
+    """Judge files, as :func:`panel_of` puts them."""
+    return panel_of([load_judge(path, device) for path in paths])
 
 
 def save_classifier(path: Path | str, network: nn.Module, meta: dict[str, Any]) -> Path:

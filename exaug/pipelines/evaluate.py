@@ -33,7 +33,7 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
 from exaug.model.generator import ExpressionGenerator
-from exaug.model.judge import Judge, JudgePanel, load_judge
+from exaug.model.judge import Judge, JudgePanel, load_judge, panel_of
 from exaug.pipelines.training import training_data
 from exaug.progress import progress_bar
 from exaug.train.faceset import FaceSet, load_faces, split_validation
@@ -200,7 +200,7 @@ def _classifier(training: FaceSet, held: FaceSet, image_size: int,
         if len(paths) > 1 and options.save_classifier is not None:
             raise ExaugError(f"--save-classifier saves one classifier, not a panel of {len(paths)}")
         judges = [_loaded_judge(Path(path), held, image_size, options.device) for path in paths]
-        judge = judges[0] if len(judges) == 1 else JudgePanel(judges)
+        judge = panel_of(judges)
         provenance = "; ".join(
             f"loaded from {path} (trained for {one.meta.get('epochs')} epochs on {one.meta.get('faces')} faces of "
             f"{one.meta.get('data')})" for path, one in zip(paths, judges))
