@@ -33,7 +33,7 @@ from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.guided import CropMesher, GuidedExpressionGenerator
 from exaug.model.judge import load_judges
-from exaug.pipelines.scorecard import HEADLINE, TARGETS, held_out_set, real_reference, score_renderer
+from exaug.pipelines.scorecard import BOOTSTRAP_ROUNDS, HEADLINE, TARGETS, held_out_set, real_reference, score_renderer
 from exaug.pipelines.training import training_data
 from exaug.train.fer2013 import accuracy, load_fer2013
 from exaug.train.floor import fit_floor
@@ -123,6 +123,14 @@ def markdown(result: dict) -> str:
                  "-" if identity_cell is None else (identity_cell if isinstance(identity_cell, str) else f"{identity_cell:.3f}"),
                  str(row.get("geometry_error", "-")), str(row.get("sharpness", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Judged rate minus the real faces', in points, with the range holding 95% of "
+              f"{BOOTSTRAP_ROUNDS} resamplings of the held-out people (`minus_real`):", "",
+              "| rendering | " + " | ".join(f"{name} - real" for name in (*HEADLINE, "mean")) + " |",
+              "|" + " --- |" * (len(HEADLINE) + 2)]
+    for row in result["rows"][1:]:
+        cells = [f"{100 * point:+.0f} ({100 * low:+.0f} to {100 * high:+.0f})"
+                 for point, low, high in (row["minus_real"][name] for name in (*HEADLINE, "mean"))]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{name} {count}" for name, count in real["real_counts"].items())
     lines.append("")
     lines.append(f"{len(result['held_out_subjects'])} held-out subjects, {result['sequences']} sequences; real faces "

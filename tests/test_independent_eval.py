@@ -165,3 +165,20 @@ def test_eval_table_bad_input_is_one_line(tmp_path):
     assert len(lines) == 1 and "missing.pt" in lines[0] and "Traceback" not in result.stderr
     with pytest.raises(ExaugError, match="README.md"):
         load_judge(REPO / "README.md", "cpu")
+
+
+def test_the_shortfall_against_real_faces_comes_with_an_interval_over_resampled_people():
+    from exaug.pipelines.scorecard import versus_real
+
+    people = [f"S{n:03d}" for n in range(10)]
+    real_labels, real_hits = ["happy"] * 10 + ["fear"], torch.tensor([True] * 5 + [False] * 5 + [True])
+    real_people = people + ["S000"]  # one real fear face, of one person: most draws have none
+    same = versus_real(real_hits, real_labels, real_people, real_hits, real_labels, real_people)
+    assert all(value in ([0.0, 0.0, 0.0], None) for value in same.values()), "a person's own faces drawn together on both sides"
+    generated = ["happy"] * 10 + ["fear"] * 10
+    better = versus_real(torch.ones(20, dtype=torch.bool), generated, people * 2, real_hits, real_labels, real_people)
+    point, low, high = better["happy"]
+    assert point == 0.5 and 0.15 < low < 0.5 < high < 0.85, "every smile against half: +50 points, give or take the sample"
+    assert better["fear"][0] == 0.0 and better["sad"] is None, "no sad face on either side: no figure"
+    assert better["mean"][0] == 0.25, "the mean of +50 (happy) and 0 (fear)"
+    assert 0 < better["mean"][1] <= 0.25 and better["mean"][2] == high, "draws without the fear face: happy's alone"

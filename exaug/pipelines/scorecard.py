@@ -6,6 +6,8 @@ neutral (contempt is not in FER2013, so it is not judged). Scores:
 
 * ``judged``: how often the FER2013 judge (:mod:`exaug.train.fer2013`) calls a face its target;
   real held-out faces of each expression are judged the same way, the rate to match;
+* ``minus_real``: the judged rate minus the real faces', with a 95% interval from resampling the
+  held-out people (:func:`versus_real`);
 * ``identity``: cosine between dlib descriptors (:mod:`exaug.faces.identity`) of the source and
   each rendering, next to the same person's real neutral vs peak frames and two different people;
 * ``geometry_error``: the rendering in its sequence's own label vs the real peak: mean mesh
@@ -33,6 +35,7 @@ from exaug.train.pairs import PairedFaces
 
 TARGETS = ("happy", "sad", "surprise", "fear", "disgust", "anger")  # FER2013's, less neutral (no contempt)
 HEADLINE = ("happy", "surprise", "sad")
+BOOTSTRAP_ROUNDS = 2000
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
 # faces (n, 3, S, S) uint8, their meshes (n, 468, 2) crop pixels, one target name each -> uint8 faces
 Renderer = Callable[[Tensor, Tensor, Sequence[str]], Tensor]
@@ -61,6 +64,7 @@ class HeldOut:
     pairs: PairedFaces  # neutral first frame -> the sequence's labelled peak, held-out subjects only
     real_faces: Tensor  # (m, 3, S, S) uint8: every held-out face of the table
     real_labels: list[str]
+    real_subjects: list[str]
 
     def sources(self) -> tuple[Tensor, Tensor, list[str]]:
         """Each pair's neutral face and mesh once per target: (n * 6) faces, meshes and target names."""
@@ -78,13 +82,22 @@ def held_out_set(table: str, pairs: PairedFaces, subjects: set[str]) -> HeldOut:
                 if PurePosixPath(source).stem[:4] in subjects and label >= 0]
         images = torch.from_numpy(faces.images[0:len(faces)][rows]).permute(0, 3, 1, 2).contiguous()
         labels = [EXPRESSIONS[int(faces.expression[row])] for row in rows]
-    return HeldOut(pairs.select(forward), images, labels)
+        people = [PurePosixPath(faces.source[row]).stem[:4] for row in rows]
+    return HeldOut(pairs.select(forward), images, labels, people)
 
 
 def judged_rates(judge: Judge | JudgePanel, faces: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
     """Fraction of ``faces`` the judge calls their target, per target in :data:`TARGETS` (None when
     none), their mean (``mean``: each expression counts once) and the headline expressions' mean."""
-    hits = judge.predict(faces) == torch.tensor([EXPRESSIONS.index(name) for name in targets])
+    return rates_of(hits_of(judge, faces, targets), targets)
+
+
+def hits_of(judge: Judge | JudgePanel, faces: Tensor, targets: Sequence[str]) -> Tensor:
+    """(n,) bool: the judge calls each face its target."""
+    return judge.predict(faces) == torch.tensor([EXPRESSIONS.index(name) for name in targets])
+
+
+def rates_of(hits: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
     rates: dict[str, float | None] = {}
     for name in TARGETS:
         mine = torch.tensor([target == name for target in targets])
@@ -94,6 +107,40 @@ def judged_rates(judge: Judge | JudgePanel, faces: Tensor, targets: Sequence[str
     headline = [rates[name] for name in HEADLINE if rates[name] is not None]
     rates["happy_surprise_sad"] = round(sum(headline) / len(headline), 4) if headline else None
     return rates
+
+
+def versus_real(hits: Tensor, targets: Sequence[str], subjects: Sequence[str], real_hits: Tensor,
+                real_labels: Sequence[str], real_subjects: Sequence[str], rounds: int = BOOTSTRAP_ROUNDS,
+                seed: int = 0) -> dict[str, list[float] | None]:
+    """Judged rate of the generated faces minus the real faces', per target in :data:`TARGETS` and for
+    their mean: ``[difference, low, high]`` (None where one side has no face of it), the range
+    holding 95% of ``rounds`` resamplings of the held-out people (drawn with replacement; one draw
+    weights both sides, so a person's real and generated faces stay together). Why: with 1 to 14 real faces an expression, one face moves a real
+    rate by 7 to 100 points, and a shortfall means something only where it is larger than the sample."""
+    people = sorted(set(subjects) | set(real_subjects))
+    draws = torch.randint(len(people), (rounds, len(people)), generator=torch.Generator().manual_seed(seed))
+    weights = torch.cat([torch.ones(1, len(people)),
+                         F.one_hot(draws, len(people)).sum(1).float()])  # row 0: everyone once, the point estimate
+
+    def rates(hits: Tensor, labels: Sequence[str], who: Sequence[str]) -> Tensor:
+        weight = weights[:, [people.index(person) for person in who]]  # (1 + rounds, n)
+        columns = []
+        for name in TARGETS:
+            mine = torch.tensor([label == name for label in labels], dtype=torch.float32)
+            columns.append((weight * mine * hits.float()).sum(1) / (weight * mine).sum(1))  # nan: none drawn
+        return torch.stack(columns, 1)
+
+    by_target = rates(hits, targets, subjects) - rates(real_hits, real_labels, real_subjects)
+    # The mean over the expressions both sides have in a draw (CK+'s one real fear face is in few).
+    difference = torch.cat([by_target, by_target.nanmean(1, keepdim=True)], 1)
+    result: dict[str, list[float] | None] = {}
+    for column, name in enumerate((*TARGETS, "mean")):
+        if difference[0, column].isnan():  # no face of it on one side
+            result[name] = None
+            continue
+        low, high = difference[1:, column].nanquantile(torch.tensor([0.025, 0.975])).tolist()
+        result[name] = [round(difference[0, column].item(), 4), round(low, 4), round(high, 4)]
+    return result
 
 
 def real_reference(held: HeldOut, judge: Judge | JudgePanel, embedder: FaceEmbedder | None) -> dict:
@@ -122,7 +169,11 @@ def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge | Ju
     faces, meshes, targets = held.sources()
     generated = render(faces, meshes, targets)
     inside = polygon_mask(meshes, FACE_OVAL, faces.shape[-1])
-    row: dict = {"model": name, "judged": judged_rates(judge, generated, targets)}
+    hits = hits_of(judge, generated, targets)
+    row: dict = {"model": name, "judged": rates_of(hits, targets),
+                 "minus_real": versus_real(hits, targets, [person for person in held.pairs.subject for _ in TARGETS],
+                                           hits_of(judge, held.real_faces, held.real_labels), held.real_labels,
+                                           held.real_subjects)}
     if embedder is not None:
         # Both chips placed by the source's mesh: eye corners and the nose base barely move with an
         # expression, and the same crop leaves only the face's content to differ.
