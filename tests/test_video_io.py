@@ -224,6 +224,23 @@ def test_other_containers_round_trip(suffix: str, codec: str, small_frames: np.n
     assert len(all_frames(out.path)[0]) == 12
 
 
+def test_h264_with_b_frames_in_avi_reads_in_display_order_at_steady_times(small_frames: np.ndarray,
+                                                                         tmp_path: Path) -> None:
+    """AVI keeps no presentation times: its demuxer numbers packets in decoding order, so PyAV's
+    decoded frames carry B-frame-shuffled "pts" (an encoder fed them refused to finish the file)."""
+    src = make_video(tmp_path / "in.avi", small_frames, "libx264")
+    with av.open(str(src)) as container:
+        shuffled = [frame.pts for frame in container.decode(video=0)]
+    assert shuffled != sorted(shuffled), "the case: PyAV's own timestamps out of order"
+    chunks = list(read_frames(src, chunk_size=5))
+    assert np.concatenate([chunk.pts for chunk in chunks]).tolist() == list(range(12))
+    frames = np.concatenate([chunk.frames for chunk in chunks])
+    assert all(psnr(frames[i], small_frames[i]) > psnr(frames[i], small_frames[j]) + 3
+               for i in range(12) for j in (i - 1, i + 1) if 0 <= j < 12), "each frame in its place"
+    out = round_trip(src, tmp_path / "out.mp4", preset="ultrafast")
+    assert out.frames == 12 and abs(out.duration - 12 / 25) < 1 / 25
+
+
 @pytest.mark.parametrize("suffix", ["mp4", "mov", "mkv"])
 def test_metadata_tags_are_kept(suffix: str, small_frames: np.ndarray, tmp_path: Path) -> None:
     """Free-form tags (how exaug made the video) survive in MP4 and MOV too, which keep only known

@@ -182,8 +182,11 @@ def read_frames(path: Path | str, chunk_size: int = 32) -> Iterator[FrameChunk]:
     """Decode the first video stream into chunks of up to ``chunk_size`` upright RGB frames.
 
     Chunks let the pipeline batch face detection and generation on the GPU while memory stays
-    bounded (a 1080p chunk of 32 frames is 200 MB). A frame without a timestamp (some AVI) gets
-    the previous one plus one nominal frame, so the writer still receives increasing pts.
+    bounded (a 1080p chunk of 32 frames is 200 MB). A frame without a timestamp gets the previous
+    one plus one nominal frame, so the writer still receives increasing pts. AVI stores no
+    presentation times at all (its demuxer numbers packets in decoding order, so with B-frames the
+    decoded frames' "pts" came out 1, 4, 3, 5, 2... and the encoder refused them): there every
+    frame is placed at its index times one nominal frame, which is what an AVI's fixed rate means.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -198,11 +201,15 @@ def read_frames(path: Path | str, chunk_size: int = 32) -> Iterator[FrameChunk]:
         images: list[np.ndarray] = []
         pts: list[int] = []
         start = 0
+        counted = container.format.name == "avi"
         for index, frame in enumerate(_decode(container, stream, path)):
             if rotation is None:
                 rotation = _rotation(frame, stream)
             images.append(_upright(_to_rgb(frame), rotation))
-            pts.append(frame.pts if frame.pts is not None else (pts[-1] + step if pts else 0))
+            if counted:
+                pts.append(index * step)
+            else:
+                pts.append(frame.pts if frame.pts is not None else (pts[-1] + step if pts else 0))
             if len(images) == chunk_size:
                 yield _chunk(images, pts, time_base, start)
                 images, pts, start = [], [], index + 1
