@@ -217,6 +217,26 @@ def test_cli_preview_sheet(tmp_path, test_checkpoint):
         assert image.size == (3 * 64, 16 + 2 * 64)
 
 
+def test_the_short_command_writes_input_augmented_h5_in_the_current_folder(tmp_path, test_checkpoint):
+    """`exaug augment ./faces --all-emotions` with no -o: the input's name + .augmented.h5 where the
+    user is, the input untouched; run again, the same file is found and resumed; shards get parts."""
+    examples = sorted(path.name for path in (REPO / "examples").iterdir())
+    command = [sys.executable, "-m", "exaug", "augment", str(REPO / "examples"), "--emotion", "happy",
+               "--model", str(test_checkpoint), "-q"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["examples.augmented.h5"]
+    with read_faces(tmp_path / "examples.augmented.h5") as table:
+        assert sorted(table.source) == ["astronaut.png", "astronaut.png", "grace_hopper.jpg", "grace_hopper.jpg"]
+    assert sorted(path.name for path in (REPO / "examples").iterdir()) == examples
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already done (resumed)" in again.stderr, again.stderr
+    part = subprocess.run(command + ["--num-shards", "2", "--shard-index", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert part.returncode == 0, part.stderr
+    assert (tmp_path / "examples.augmented.part1of2.h5").exists()
+
+
 def test_cli_detection_options_reach_the_detector(tmp_path, test_checkpoint):
     """The examples' faces are about 200 px: a 1000 px minimum finds none, and says so for each image."""
     output = tmp_path / "o.h5"

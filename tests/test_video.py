@@ -169,6 +169,29 @@ def test_bad_spans_are_one_line_errors(video_clip, tmp_path, test_checkpoint, ti
     assert not (tmp_path / "out.mp4").exists()
 
 
+def test_the_short_command_writes_the_clip_in_the_expression_in_the_current_folder(tmp_path, test_checkpoint):
+    """`exaug video clip.mkv --emotion happy` with no -o writes clip.happy.mkv where the user is (and
+    `--like REF`, clip.like-REF.mkv); containers exaug cannot write become .mp4."""
+    from conftest import REPO
+
+    shots = [Shot(REPO / "examples" / "grace_hopper.jpg", 4, (0.1, 0.05, 0.8))]
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    mkv = photo_clip(clips / "clip.mkv", shots)
+    avi = photo_clip(clips / "clip.avi", shots)
+    here = tmp_path / "here"
+    here.mkdir()
+    tiny = ["--model", str(test_checkpoint)]  # --like needs the bundled, geometry-guided model
+    for clip, options, written in ((mkv, ["--emotion", "happy", *tiny], "clip.happy.mkv"),
+                                   (mkv, ["--like", str(REPO / "examples" / "astronaut.png")], "clip.like-astronaut.mkv"),
+                                   (avi, ["--emotion", "sad", *tiny], "clip.sad.mp4")):
+        result = subprocess.run([sys.executable, "-m", "exaug", "video", str(clip), *options, "-q", "--preset",
+                                 "ultrafast"], cwd=here, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert probe(here / written).frames == 4
+    assert sorted(path.name for path in clips.iterdir()) == ["clip.avi", "clip.mkv"], "the inputs' folder untouched"
+
+
 def test_following_beside_rendering_shares_the_cores_and_gives_them_back():
     """edit_video follows the next chunk in a thread while it renders this one, each on half of
     torch's threads; however the consumer stops, the process gets all of them back."""

@@ -16,13 +16,16 @@ from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.io.store import merge
 from exaug.io.digest import file_hash
+from exaug.io.outputs import default_output
 from exaug.pipelines.augment import AugmentOptions, augment_dataset, shard_from_environment
 from exaug.progress import console
 
 
 def augment_command(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="Identity folders, a flat folder, or an aligned .h5 from exaug align."),
-    output: Path = typer.Option(..., "--output", "-o", help="A .h5/.hdf5 file, or a folder (ImageFolder layout)."),
+    output: Path = typer.Option(None, "--output", "-o",
+                                help="A .h5/.hdf5 file, or a folder (ImageFolder layout); default: INPUT's name "
+                                     "+ .augmented.h5 in the current folder."),
     all_emotions: bool = typer.Option(False, "--all-emotions", help="All eight expressions (the default when --emotion is not given)."),
     emotion: str = typer.Option(None, "--emotion", help=f"Comma list of targets: {', '.join(EXPRESSIONS)}."),
     like: Path = typer.Option(None, "--like", metavar="REF", help=LIKE_HELP),
@@ -53,9 +56,11 @@ def augment_command(
         expressions = parse_expressions(emotion) if emotion else list(EXPRESSIONS)
     except ValueError as err:
         raise ExaugError(f"--emotion: {err}") from err
+    shards, index = shard_from_environment(num_shards, shard_index)
+    if output is None:  # each shard its own part, as exaug merge expects
+        output = default_output(input_path, "augmented" if shards == 1 else f"augmented.part{index}of{shards}", ".h5")
     checkpoint = model_path(model)
     generator = ExpressionGenerator.load(checkpoint, device.value, max_batch=batch_size)
-    shards, index = shard_from_environment(num_shards, shard_index)
     options = AugmentOptions(expressions=expressions, like=like, intensity=intensity, size=size,
                              detection=detection_options(faces, min_face_size, threshold, max_side),
                              workers=workers, max_pixels=max_pixels, num_shards=shards, shard_index=index,

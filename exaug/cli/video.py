@@ -10,16 +10,21 @@ from exaug.cli.common import (DEVICE, FACES, INTENSITY, LIKE_HELP, MAX_SIDE, MIN
                               DeviceChoice, FacesChoice, detection_options)
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
+from exaug.io.outputs import default_output
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 from exaug.progress import console
 
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers a default output keeps from its input
+
 
 def video_command(
     input_path: Path = typer.Argument(..., metavar="IN", help="A video file (MP4, MOV, AVI, WebM, MKV...)."),
-    output: Path = typer.Option(..., "--output", "-o", help="The edited video (H.264 in MP4 for .mp4)."),
+    output: Path = typer.Option(None, "--output", "-o",
+                                help="The edited video (H.264; .mp4, .mov or .mkv; default: IN's name and "
+                                     "the expression, e.g. clip.happy.mp4, in the current folder)."),
     emotion: str = typer.Option(None, "--emotion", help=f"Target expression: {', '.join(EXPRESSIONS)}."),
     like: Path = typer.Option(None, "--like", metavar="REF", help=LIKE_HELP),
     intensity: float = INTENSITY,
@@ -52,6 +57,9 @@ def video_command(
     target = None if emotion is None else canonical_expression(emotion)
     if emotion is not None and target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
+    if output is None:
+        suffix = input_path.suffix.lower() if input_path.suffix.lower() in OUTPUT_SUFFIXES else ".mp4"
+        output = default_output(input_path, target or f"like-{like.stem}", suffix)
     span = TimeSpan(None if start is None else parse_time(start, "--start"),
                     None if end is None else parse_time(end, "--end"), ramp)
     generator = ExpressionGenerator.load(model_path(model), device.value)

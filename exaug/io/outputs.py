@@ -28,6 +28,16 @@ def check_not_input(input_path: Path | str, output: Path | str) -> None:
                          "choose another output")
 
 
+def default_output(input_path: Path | str, tag: str, suffix: str) -> Path:
+    """Where a run writes when it is given no output: ``NAME.TAG`` + ``suffix`` in the current
+    folder, NAME being the input's (a file's without its suffix; for ``.``, the current folder's).
+    So the short command just works, the input is never touched, and running the same command
+    again finds the same file (resumed or replaced as an explicit output would be)."""
+    resolved = Path(input_path).resolve()
+    name = (resolved.name if resolved.is_dir() else resolved.stem) or "exaug"  # "/" has no name
+    return Path(f"{name}.{tag}{suffix}")
+
+
 class OutputLock:
     """An exclusive lock on ``output`` for the life of this object (released by :meth:`release`,
     on garbage collection, or by the kernel when the process dies)."""
