@@ -1,4 +1,4 @@
-"""``exaug augment INPUT -o OUTPUT`` and ``exaug merge PARTS... -o OUT.h5``."""
+"""``exaug augment INPUT [-o OUTPUT]`` and ``exaug merge PARTS... -o OUT.h5``."""
 
 from __future__ import annotations
 

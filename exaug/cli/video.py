@@ -1,4 +1,4 @@
-"""``exaug video IN -o OUT --emotion happy``."""
+"""``exaug video IN [-o OUT] --emotion happy``."""
 
 from __future__ import annotations
 
