@@ -241,6 +241,30 @@ def test_h264_with_b_frames_in_avi_reads_in_display_order_at_steady_times(small_
     assert out.frames == 12 and abs(out.duration - 12 / 25) < 1 / 25
 
 
+def test_frames_all_stamped_the_same_time_get_steady_increasing_times(small_frames: np.ndarray,
+                                                                      tmp_path: Path) -> None:
+    """An MPEG-TS whose every frame carries one timestamp (frames muxed without their own): the MP4
+    encoder refused to finish such a file; each frame after the first now follows by one frame."""
+    src = tmp_path / "same.ts"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = SMALL[1], SMALL[0], "yuv420p"
+        for image in small_frames:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.time_base, frame.pts = Fraction(1, 12800), None  # a time base but no time of its own
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(src)) as container:
+        stamps = [frame.pts for frame in container.decode(video=0)]
+    assert len(set(stamps)) == 1, "the case: one time for every frame"
+    info = probe(src)
+    step = round(1 / (25 * info.time_base))
+    read = np.concatenate([chunk.pts for chunk in read_frames(src, chunk_size=5)])
+    assert read.tolist() == [stamps[0] + i * step for i in range(12)]
+    out = round_trip(src, tmp_path / "out.mp4", preset="ultrafast")
+    assert out.frames == 12 and abs(out.duration - 12 / 25) < 1 / 25
+
+
 @pytest.mark.parametrize("suffix", ["mp4", "mov", "mkv"])
 def test_metadata_tags_are_kept(suffix: str, small_frames: np.ndarray, tmp_path: Path) -> None:
     """Free-form tags (how exaug made the video) survive in MP4 and MOV too, which keep only known

@@ -183,7 +183,9 @@ def read_frames(path: Path | str, chunk_size: int = 32) -> Iterator[FrameChunk]:
 
     Chunks let the pipeline batch face detection and generation on the GPU while memory stays
     bounded (a 1080p chunk of 32 frames is 200 MB). A frame without a timestamp gets the previous
-    one plus one nominal frame, so the writer still receives increasing pts. AVI stores no
+    one plus one nominal frame, and so does one stamped no later than the frame before it (a
+    stream whose every frame says the same time), so the writer always receives increasing pts. AVI
+    stores no
     presentation times at all (its demuxer numbers packets in decoding order, so with B-frames the
     decoded frames' "pts" came out 1, 4, 3, 5, 2... and the encoder refused them): there every
     frame is placed at its index times one nominal frame, which is what an AVI's fixed rate means.
@@ -202,14 +204,18 @@ def read_frames(path: Path | str, chunk_size: int = 32) -> Iterator[FrameChunk]:
         pts: list[int] = []
         start = 0
         counted = container.format.name == "avi"
+        last: int | None = None
         for index, frame in enumerate(_decode(container, stream, path)):
             if rotation is None:
                 rotation = _rotation(frame, stream)
             images.append(_upright(_to_rgb(frame), rotation))
             if counted:
-                pts.append(index * step)
+                last = index * step
+            elif frame.pts is None or (last is not None and frame.pts <= last):
+                last = 0 if last is None else last + step
             else:
-                pts.append(frame.pts if frame.pts is not None else (pts[-1] + step if pts else 0))
+                last = frame.pts
+            pts.append(last)
             if len(images) == chunk_size:
                 yield _chunk(images, pts, time_base, start)
                 images, pts, start = [], [], index + 1
