@@ -25,6 +25,14 @@ def _exaug(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exaug", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def test_align_without_output_writes_input_aligned_h5_in_the_current_folder(tmp_path):
+    result = _exaug("align", str(REPO / "examples"), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["examples.aligned.h5"]
+    with read_faces(tmp_path / "examples.aligned.h5") as table:
+        assert sorted(table.source) == ["astronaut.png", "grace_hopper.jpg"]
+
+
 @pytest.fixture(scope="module")
 def aligned_h5(tmp_path_factory, faces_dir) -> Path:
     output = tmp_path_factory.mktemp("align") / "faces.h5"

@@ -288,16 +288,18 @@ def test_an_interrupted_training_resumes_bit_for_bit(tmp_path, ck_pairs):
         train_guided(subset, neutral, replace(config, steps=5), state=state)
 
 
-def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir):
-    """The command line: a guided run of 2 steps, extended to 4 by --resume with its own data and
-    options; a second run into the same folder is refused with the way to continue it."""
+def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir, monkeypatch):
+    """The command line: a guided run of 2 steps (no -o: DATA's name + .run where the user is),
+    extended to 4 by --resume with its own data and options; a second run into the same folder is
+    refused with the way to continue it."""
     from typer.testing import CliRunner
 
     from exaug.cli import app
 
     faces = ck_subject_folder(ckplus_dir, tmp_path, 4)
-    run = tmp_path / "run"
-    first = CliRunner().invoke(app, ["train", str(faces), "-o", str(run), "--arch", "guided", "--iters", "2",
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "faces.run"
+    first = CliRunner().invoke(app, ["train", str(faces), "--arch", "guided", "--iters", "2",
                                      "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
     assert first.exit_code == 0, first.output
     assert load_state(run / "checkpoints" / "guided.state.pt")["step"] == 2

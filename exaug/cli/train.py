@@ -1,4 +1,4 @@
-"""``exaug train DATA -o RUN_DIR`` and ``exaug train --resume RUN_DIR``; under torchrun too."""
+"""``exaug train DATA [-o RUN_DIR]`` and ``exaug train --resume RUN_DIR``; under torchrun too."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from exaug.cli.common import DEVICE, DeviceChoice, TemplateChoice, library_defaults
 from exaug.errors import ExaugError
+from exaug.io.outputs import default_output
 from exaug.pipelines.training import is_guided_run, resume_guided_model, train_guided_model, train_model
 from exaug.progress import console
 from exaug.train import TrainConfig
@@ -34,7 +35,8 @@ def train_command(
         help="Aligned faces from `exaug align` (.h5 or folder), or a folder with one sub-folder per expression "
              "(aligned first; the result is cached)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="RUN_DIR",
-                                          help="Run folder: config, metrics.jsonl, samples/, checkpoints/, latest."),
+                                          help="Run folder: config, metrics.jsonl, samples/, checkpoints/, latest "
+                                               "(default: DATA's name + .run in the current folder)."),
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="RUN_DIR",
         help="Continue this run from its last checkpoint with its saved options (only --device, --workers and "
@@ -84,6 +86,8 @@ def train_command(
              "--resume RUN_DIR continues one)."),
 ) -> None:
     """Train an expression generator on labelled faces: StarGAN (attention mask) or geometry-guided."""
+    if data is not None and output is None and resume is None:
+        output = default_output(data, "run", "")
     if resume is not None and is_guided_run(resume):
         if data is not None or output is not None:
             raise ExaugError("--resume RUN_DIR continues a run with its saved options: give no DATA or --output")
@@ -91,7 +95,7 @@ def train_command(
         return
     if arch is ArchChoice.guided:
         if resume is not None or data is None or output is None:
-            raise ExaugError("--arch guided takes DATA and --output RUN_DIR (--resume RUN_DIR alone continues a run)")
+            raise ExaugError("--arch guided takes DATA (and --output RUN_DIR; --resume RUN_DIR alone continues a run)")
         config = GuidedTrainConfig(steps=GuidedTrainConfig.steps if iters is None else iters, seed=seed)
         model = train_guided_model(data, output, config, val_subjects=val_subjects, device=device.value,
                                    cache_dir=None if cache_dir is None else str(cache_dir))
@@ -103,7 +107,7 @@ def train_command(
         extend = {} if iters is None else {"iters": iters}
         config = TrainConfig.load(resume, device=device.value, workers=workers, **extend)
     elif data is None or output is None:
-        raise ExaugError("give DATA and --output RUN_DIR (or --resume RUN_DIR)")
+        raise ExaugError("give DATA (and --output RUN_DIR), or --resume RUN_DIR")
     else:
         config = TrainConfig(
             data=str(data), output=str(output), image_size=image_size, channels=channels, conv_dim=conv_dim,
