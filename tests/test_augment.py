@@ -219,7 +219,8 @@ def test_cli_preview_sheet(tmp_path, test_checkpoint):
 
 def test_the_short_command_writes_input_augmented_h5_in_the_current_folder(tmp_path, test_checkpoint):
     """`exaug augment ./faces --all-emotions` with no -o: the input's name + .augmented.h5 where the
-    user is, the input untouched; run again, the same file is found and resumed; shards get parts."""
+    user is, the input untouched; run again, the same file is found and resumed; shards get parts,
+    which `exaug merge` without -o joins into the name a single run gets."""
     examples = sorted(path.name for path in (REPO / "examples").iterdir())
     command = [sys.executable, "-m", "exaug", "augment", str(REPO / "examples"), "--emotion", "happy",
                "--model", str(test_checkpoint), "-q"]
@@ -231,10 +232,20 @@ def test_the_short_command_writes_input_augmented_h5_in_the_current_folder(tmp_p
     assert sorted(path.name for path in (REPO / "examples").iterdir()) == examples
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already done (resumed)" in again.stderr, again.stderr
-    part = subprocess.run(command + ["--num-shards", "2", "--shard-index", "1"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
-    assert part.returncode == 0, part.stderr
-    assert (tmp_path / "examples.augmented.part1of2.h5").exists()
+    (tmp_path / "examples.augmented.h5").rename(tmp_path / "single.h5")
+    for index in (0, 1):
+        part = subprocess.run(command + ["--num-shards", "2", "--shard-index", str(index)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert part.returncode == 0, part.stderr
+    parts = [f"examples.augmented.part{index}of2.h5" for index in (0, 1)]
+    merged = subprocess.run([sys.executable, "-m", "exaug", "merge", *parts], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert merged.returncode == 0, merged.stderr
+    with read_faces(tmp_path / "examples.augmented.h5") as joined, read_faces(tmp_path / "single.h5") as single:
+        assert sorted(joined.source) == sorted(single.source) and len(joined) == len(single)
+    odd = subprocess.run([sys.executable, "-m", "exaug", "merge", parts[0], "single.h5"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert odd.returncode == 2 and "give --output" in odd.stderr and len(odd.stderr.strip().splitlines()) == 1
 
 
 def test_cli_detection_options_reach_the_detector(tmp_path, test_checkpoint):

@@ -1,4 +1,4 @@
-"""``exaug augment INPUT [-o OUTPUT]`` and ``exaug merge PARTS... -o OUT.h5``."""
+"""``exaug augment INPUT [-o OUTPUT]`` and ``exaug merge PARTS... [-o OUT.h5]``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.io.store import merge
 from exaug.io.digest import file_hash
-from exaug.io.outputs import default_output
+from exaug.io.outputs import default_output, merged_output, part_tag
 from exaug.pipelines.augment import AugmentOptions, augment_dataset, shard_from_environment
 from exaug.progress import console
 
@@ -58,7 +58,7 @@ def augment_command(
         raise ExaugError(f"--emotion: {err}") from err
     shards, index = shard_from_environment(num_shards, shard_index)
     if output is None:  # each shard its own part, as exaug merge expects
-        output = default_output(input_path, "augmented" if shards == 1 else f"augmented.part{index}of{shards}", ".h5")
+        output = default_output(input_path, part_tag("augmented", index, shards), ".h5")
     checkpoint = model_path(model)
     generator = ExpressionGenerator.load(checkpoint, device.value, max_batch=batch_size)
     options = AugmentOptions(expressions=expressions, like=like, intensity=intensity, size=size,
@@ -74,8 +74,11 @@ def augment_command(
 
 def merge_command(
     parts: list[Path] = typer.Argument(..., metavar="PARTS...", help="Finished outputs of the shards, in shard order."),
-    output: Path = typer.Option(..., "--output", "-o", help="The joined .h5 file."),
+    output: Path = typer.Option(None, "--output", "-o",
+                                help="The joined .h5 file (default, for parts named NAME.partKofN.h5 as augment "
+                                     "names them without -o: NAME.h5 in the current folder)."),
 ) -> None:
     """Join the outputs of sharded runs into one HDF5 file with the same layout."""
+    output = output or merged_output(parts)
     merge(parts, output)
     console.print(f"merged {len(parts)} parts into {output}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from exaug.errors import ExaugError
@@ -36,6 +38,26 @@ def default_output(input_path: Path | str, tag: str, suffix: str) -> Path:
     resolved = Path(input_path).resolve()
     name = (resolved.name if resolved.is_dir() else resolved.stem) or "exaug"  # "/" has no name
     return Path(f"{name}.{tag}{suffix}")
+
+
+def part_tag(tag: str, index: int, shards: int) -> str:
+    """A shard's tag in :func:`default_output`: ``TAG.partKofN``, each shard its own file."""
+    return tag if shards == 1 else f"{tag}.part{index}of{shards}"
+
+
+_PART = re.compile(r"^(?P<name>.+)\.part\d+of\d+$")
+
+
+def merged_output(parts: Sequence[Path | str]) -> Path:
+    """Where ``exaug merge`` writes when it is given no output: the parts' common name without its
+    ``.partKofN`` (:func:`part_tag`), in the current folder; parts named otherwise need an output."""
+    names = {(match.group("name") if (match := _PART.match(Path(part).stem)) else None, Path(part).suffix)
+             for part in parts}
+    if len(names) != 1 or None in next(iter(names)):
+        raise ExaugError("give --output: the parts are not all named NAME.partKofN.h5 (the names exaug augment "
+                         "gives shards without -o)")
+    name, suffix = next(iter(names))
+    return Path(f"{name}{suffix}")
 
 
 class OutputLock:
