@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from conftest import EXAUG_AS_IN_A_TERMINAL, interrupt_when
+from conftest import EXAUG_AS_IN_A_TERMINAL, REPO, interrupt_when
 from exaug.errors import ImageLoadError, InputError
 from exaug.io import images
 from exaug.io.images import load_image
@@ -452,6 +452,17 @@ def test_a_full_disk_is_one_line_and_leaves_the_output_resumable(many_photos, te
     _one_line_error(result, str(tmp_path / "run"), "cannot write (File too large)")
     assert _exaug("augment", many_photos, "-o", output, "--model", test_checkpoint, "--emotion", "happy",
                   "-q").returncode == 0  # room again: the run resumes and finishes
+
+
+def test_photos_without_expression_folders_are_one_line_naming_them_not_the_cache(tmp_path, test_checkpoint):
+    """exaug train and eval align a photo folder into a cache first; that the photos carry no
+    expression labels is said of the folder the user gave, and no run folder is left."""
+    for command in (("train", REPO / "examples", "-o", tmp_path / "run", "--iters", "1"),
+                    ("eval", REPO / "examples", "--model", test_checkpoint)):
+        line = _one_line_error(_exaug(*command, "--cache-dir", tmp_path / "cache"),
+                               f"{REPO / 'examples'}: no face has an expression label")
+        assert str(tmp_path / "cache") not in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unwritable_output_folder_is_one_line(many_photos, tmp_path):

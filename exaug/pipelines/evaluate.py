@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,8 @@ def _load(generator: ExpressionGenerator, path: Path, options: EvalOptions) -> F
     data = training_data(path, align=options.align, image_size=generator.image_size,
                          template=generator.template or "exaug", cache_dir=options.cache_dir,
                          device=resolve_device(options.device), show_progress=options.show_progress)
-    faces = replace(load_faces(data, image_size=generator.image_size, crops=not options.align,
-                               show_progress=options.show_progress), source=str(path))
+    faces = load_faces(data, image_size=generator.image_size, crops=not options.align,
+                       show_progress=options.show_progress, source=path)
     if faces.template != generator.template:
         def described(template: str | None) -> str:
             return f"the {template} template" if template else "unaligned crops (--no-align)"

@@ -84,13 +84,21 @@ def subject_of(source: str, identity: str) -> str:
     return ""
 
 
-def load_faces(path: Path | str, *, image_size: int, crops: bool = False, show_progress: bool = True) -> FaceSet:
+def load_faces(path: Path | str, *, image_size: int, crops: bool = False, show_progress: bool = True,
+               source: Path | str | None = None) -> FaceSet:
     """The labelled faces at ``path``: a face table (``exaug align``'s output, HDF5 or folder), or with
     ``crops`` a folder with one sub-folder per expression of ready-cropped faces, read as they are
     and resized to ``image_size``. Faces of unknown expression are left out (they cannot train the
     classifier losses). A folder of raw photos is aligned first, by
-    :func:`exaug.pipelines.training.training_data`: training only reads faces."""
+    :func:`exaug.pipelines.training.training_data`: training only reads faces. ``source``: the data
+    as the user gave it (the photos' folder ``path`` is an aligned cache of), named in the result
+    and in errors (a cache file's name means nothing to them)."""
     path = Path(path)
+    faces = _labelled(path, image_size, crops, show_progress, Path(source or path))
+    return replace(faces, source=str(source or path))
+
+
+def _labelled(path: Path, image_size: int, crops: bool, show_progress: bool, shown: Path) -> FaceSet:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file():
@@ -104,7 +112,7 @@ def load_faces(path: Path | str, *, image_size: int, crops: bool = False, show_p
                          "aligns it for you), or read ready-cropped faces as they are (--no-align)")
     known = faces.labels >= 0
     if not known.any():
-        raise ExaugError(f"{path}: no face has an expression label (expected one sub-folder per expression)")
+        raise ExaugError(f"{shown}: no face has an expression label (expected one sub-folder per expression)")
     return faces.subset(np.flatnonzero(known))
 
 

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -113,8 +113,8 @@ class TrainingRun:
                              f"--iters {config.iters} would undo them")
         torch.manual_seed(process_seed(config.seed, world.rank))
 
-        faces = replace(load_faces(data, image_size=config.image_size, crops=not config.align,
-                                   show_progress=world.is_main), source=str(Path(config.data)))
+        faces = load_faces(data, image_size=config.image_size, crops=not config.align,
+                           show_progress=world.is_main, source=config.data)
         if world.is_main:  # only once the data is known to be usable: a refused run leaves no folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
