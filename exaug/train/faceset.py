@@ -94,11 +94,7 @@ def load_faces(path: Path | str, *, image_size: int, crops: bool = False, show_p
     as the user gave it (the photos' folder ``path`` is an aligned cache of), named in the result
     and in errors (a cache file's name means nothing to them)."""
     path = Path(path)
-    faces = _labelled(path, image_size, crops, show_progress, Path(source or path))
-    return replace(faces, source=str(source or path))
-
-
-def _labelled(path: Path, image_size: int, crops: bool, show_progress: bool, shown: Path) -> FaceSet:
+    shown = Path(source or path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file():
@@ -113,7 +109,7 @@ def _labelled(path: Path, image_size: int, crops: bool, show_progress: bool, sho
     known = faces.labels >= 0
     if not known.any():
         raise ExaugError(f"{shown}: no face has an expression label (expected one sub-folder per expression)")
-    return faces.subset(np.flatnonzero(known))
+    return replace(faces.subset(np.flatnonzero(known)), source=str(shown))
 
 
 def _read_table(path: Path) -> FaceSet:
