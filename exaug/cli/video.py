@@ -11,13 +11,12 @@ from exaug.cli.common import (DEVICE, FACES, INTENSITY, LIKE_HELP, MAX_SIDE, MIN
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, canonical_expression
 from exaug.io.outputs import default_output
+from exaug.io.video import CONTAINERS
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 from exaug.progress import console
-
-OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers a default output keeps from its input
 
 
 def video_command(
@@ -58,7 +57,7 @@ def video_command(
     if emotion is not None and target is None:
         raise ExaugError(f"--emotion: unknown expression {emotion!r}; use one of {', '.join(EXPRESSIONS)}")
     if output is None:
-        suffix = input_path.suffix.lower() if input_path.suffix.lower() in OUTPUT_SUFFIXES else ".mp4"
+        suffix = input_path.suffix.lower() if input_path.suffix.lower() in CONTAINERS else CONTAINERS[0]
         output = default_output(input_path, target or f"like-{like.stem}", suffix)
     span = TimeSpan(None if start is None else parse_time(start, "--start"),
                     None if end is None else parse_time(end, "--end"), ramp)

@@ -18,6 +18,9 @@ from exaug.io.outputs import OutputLock
 from exaug.io.video.reading import VideoInfo, ffmpeg_reason
 
 # AVColorSpace values swscale converts with (BT.709, FCC, BT.470BG, SMPTE 170M/240M, BT.2020).
+# The containers exaug suggests: they hold H.264 and the common audio codecs, and keep tags.
+CONTAINERS = (".mp4", ".mov", ".mkv")
+_SUGGESTION = f"use {', '.join(CONTAINERS[:-1])} or {CONTAINERS[-1]}"
 _SWSCALE_COLORSPACES = {1, 4, 5, 6, 7, 9, 10}
 
 
@@ -100,7 +103,7 @@ class VideoWriter:
             try:
                 self._output = av.open(str(self._replacement.temporary), mode="w")
             except ValueError:
-                raise ExaugError(f"{self.path}: not a video file name FFmpeg knows (use .mp4, .mov or .mkv)") from None
+                raise ExaugError(f"{self.path}: not a video file name FFmpeg knows ({_SUGGESTION})") from None
             self._add_metadata()
             self._add_video_stream()
             if self.copy_audio:
@@ -123,7 +126,7 @@ class VideoWriter:
         if codec not in self._output.supported_codecs:
             fmt = self._output.format.name
             raise ExaugError(f"{self.path}: the {fmt} container cannot hold {what} ({codec}); "
-                             f"use .mp4, .mov or .mkv")
+                             f"{_SUGGESTION}")
 
     def _add_video_stream(self) -> None:
         assert self._output is not None
