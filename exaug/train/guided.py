@@ -232,7 +232,7 @@ def checked_state(path: Path, config: GuidedTrainConfig) -> dict:
 
 
 def _restore(path: Path, saved: dict, parts: dict, generator: torch.Generator) -> int:
-    """Load a :func:`_saved_state` into ``parts`` and ``generator``; returns its step."""
+    """Load a state :func:`_save` wrote into ``parts`` and ``generator``; returns its step."""
     try:
         for name, part in parts.items():
             part.load_state_dict(saved[name])

@@ -181,14 +181,13 @@ def probe(path: Path | str) -> VideoInfo:
 def read_frames(path: Path | str, chunk_size: int = 32) -> Iterator[FrameChunk]:
     """Decode the first video stream into chunks of up to ``chunk_size`` upright RGB frames.
 
-    Chunks let the pipeline batch face detection and generation on the GPU while memory stays
-    bounded (a 1080p chunk of 32 frames is 200 MB). A frame without a timestamp gets the previous
-    one plus one nominal frame, and so does one stamped no later than the frame before it (a
-    stream whose every frame says the same time), so the writer always receives increasing pts. AVI
-    stores no
-    presentation times at all (its demuxer numbers packets in decoding order, so with B-frames the
-    decoded frames' "pts" came out 1, 4, 3, 5, 2... and the encoder refused them): there every
-    frame is placed at its index times one nominal frame, which is what an AVI's fixed rate means.
+    Chunks let the pipeline batch face detection and generation on the GPU while memory stays bounded (a
+    1080p chunk of 32 frames is 200 MB). A frame without a timestamp gets the previous one plus one
+    nominal frame, and so does one stamped no later than the frame before it (a stream whose every frame
+    says the same time), so the writer always receives increasing pts. AVI stores no presentation times
+    at all (its demuxer numbers packets in decoding order, so with B-frames the decoded frames' "pts"
+    came out 1, 4, 3, 5, 2... and the encoder refused them): there every frame is placed at its index
+    times one nominal frame, which is what an AVI's fixed rate means.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
