@@ -74,29 +74,48 @@ def test_detection_runs_every_n_frames_and_at_cuts(cuts_clip, mesh, every):
 
 def test_a_face_the_mesh_loses_is_looked_for_only_around_where_it_was(cuts_clip, per_frame, mesh):
     """A mesh that slips (forced here on frame 3 of the portrait shot) costs MTCNN on a crop, not on the
-    frame: the face is found there and keeps its track; where nothing is left (the crop MTCNN sees
-    made flat grey), the face is dropped, still without a full-frame pass."""
+    frame: the face is found there and keeps its track. Where MTCNN misses it (the crop it sees made
+    flat grey: a small face it finds in one frame and not the next), the face is left out of that
+    frame and looked for around the same place on the next frames, still without a full-frame pass:
+    found again it keeps its track; never found, it stays out until the next full pass."""
     frames, times = cuts_clip
-    for emptied, expected in ((False, [1] * 6), (True, [1, 1, 1, 0, 0, 0])):
+    for grey_crops, expected, looks in ((0, [1] * 6, 1), (1, [1, 1, 1, 0, 1, 1], 2), (3, [1, 1, 1, 0, 0, 0], 3)):
         follower = FaceFollower(FaceDetector("cpu"), mesh)
         follow, detect = follower._follow, follower.detector.detect
         follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
-        if emptied:  # the first pass (frame 0) sees the frame; the next, the crop, sees grey
-            calls = []
+        calls = []
 
-            def detect_in_grey(images):
-                calls.append(len(images))
-                return detect(images if len(calls) == 1 else [torch.full_like(image, 128) for image in images])
+        def detect_in_grey(images):  # the first pass (frame 0) sees the frame; the next ones, grey crops
+            calls.append(len(images))
+            grey = 1 < len(calls) <= 1 + grey_crops
+            return detect([torch.full_like(image, 128) for image in images] if grey else images)
 
-            follower.detector.detect = detect_in_grey
+        follower.detector.detect = detect_in_grey
         followed = follower.update_many(frames[:6], times[:6])
         assert [len(faces) for faces in followed] == expected
-        assert follower.detections == 1 and follower.crop_detections == 1
-        if not emptied:
-            assert len({faces[0].track_id for faces in followed}) == 1, "the face keeps its track"
+        assert follower.detections == 1 and follower.crop_detections == looks
+        ids = {face.track_id for faces in followed for face in faces}
+        assert len(ids) == 1, "the face keeps its track"
+        if not grey_crops:
             found = per_frame[3].landmarks[0]
             eyes = np.linalg.norm(found[1] - found[0])
             assert np.linalg.norm(followed[3][0].landmarks - found, axis=-1).mean() / eyes < 0.3
+
+
+def test_a_lost_face_whose_last_place_is_off_the_frame_is_dropped_without_looking(cuts_clip, mesh):
+    """A face that walked out: its square around the last mesh lies beyond the frame's edge (moved
+    there by hand), so there is no crop to look in; it is dropped, MTCNN does not run on an empty
+    crop (that raised a RuntimeError), and no full-frame pass is spent on it either."""
+    frames, times = cuts_clip
+    for shift in (2.0, -2.0):
+        follower = FaceFollower(FaceDetector("cpu"), mesh)
+        follow = follower._follow
+        follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
+        followed = follower.update_many(frames[:3], times[:3])
+        follower._tracks[0].raw[:, 0] += shift * frames.shape[2]
+        followed += follower.update_many(frames[3:6], times[3:6])
+        assert [len(faces) for faces in followed] == [1, 1, 1, 0, 0, 0]
+        assert follower.detections == 1 and follower.crop_detections == 0
 
 
 def test_smoothed_landmarks_are_steadier_than_detections(cuts_clip, per_frame, mesh):

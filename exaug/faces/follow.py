@@ -13,7 +13,10 @@ and on the frame after a detection that missed a face the mesh still holds: a fa
 ``max_misses`` detections in a row is dropped, so a single miss does not switch the edit off for
 ``detect_every`` frames. When a mesh loses its face (score below ``min_score``), MTCNN looks again
 only around where it was: on the shared 720x480 clip one face, half hidden, slipped from its
-mesh every few frames, and a full-frame pass for each slip was most of the detection time.
+mesh every few frames, and a full-frame pass for each slip was most of the detection time. A face
+not found there is looked for there again on every frame until the next full pass: MTCNN itself
+misses small faces in one frame and finds them in the next (on the shared clips, a 20-pixel face
+in 10 frames out of 22, and a 90-pixel one turning away), and each look costs a crop.
 
 Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
 five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
@@ -40,6 +43,7 @@ from exaug.faces.track import OneEuroFilter, TrackedFace, box_iou, match_boxes
 from exaug.io.images import LUMA
 
 EYE_CORNERS = (33, 263)  # outer eye corners (image left, image right): the crop's roll
+MIN_CROP = 12  # pixels: the smallest square MTCNN's first network reads; a lost face's smaller one is off the frame
 Timer = Callable[[str], AbstractContextManager]
 
 
@@ -131,6 +135,7 @@ class FaceFollower:
         self.crop_detections = 0  # frames where MTCNN looked only around faces the mesh lost
         self._timer = timer or (lambda stage: nullcontext())
         self._tracks: list[_Track] = []
+        self._searching: list[_Track] = []  # lost faces not found around where they were yet
         self._next_id = 0
         self._since_detection: int | None = None
         self._thumbnail: torch.Tensor | None = None
@@ -144,7 +149,7 @@ class FaceFollower:
     def update(self, frame: torch.Tensor, time: float) -> list[TrackedFace]:
         cut = self._scene_cut(frame)
         if cut:
-            self._tracks = []
+            self._tracks, self._searching = [], []
         observed: dict[int, np.ndarray] = {}
         if self._tracks:
             with self._timer("track"):
@@ -159,10 +164,11 @@ class FaceFollower:
             self._since_detection = 0
             with self._timer("track"):
                 detection = self._reconcile(frame, found, observed)
+            self._searching = []  # a full pass decides which faces there are
         else:
             self._since_detection = (self._since_detection or 0) + 1
-            if lost:
-                self._find_lost(frame, lost, observed)
+            if lost or self._searching:
+                self._find_lost(frame, lost + self._searching, observed)
         self._time = time
         faces = []
         for track in self._tracks:
@@ -233,14 +239,22 @@ class FaceFollower:
         """Look for faces the mesh lost where they were: MTCNN on a square twice each face's size
         around its last mesh (a fraction of a full-frame pass). A face found there is refitted from
         its detection, one found beside it (it moved, or another face stepped in) starts a track, and
-        a lost face not found is dropped, as a full pass would drop it."""
+        a lost face not found is left out of this frame, as a full pass would leave it, and looked
+        for again in the next (a face whose square lies outside the frame is dropped)."""
         height, width = frame.shape[:2]
-        regions = []
+        regions, inside = [], []
         for track in lost:
             x0, y0, x1, y1 = mesh_box(track.raw)
             side, cx, cy = max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
-            regions.append((max(0, int(cx - side)), max(0, int(cy - side)),
-                            min(width, math.ceil(cx + side)), min(height, math.ceil(cy + side))))
+            region = (max(0, int(cx - side)), max(0, int(cy - side)),
+                      min(width, math.ceil(cx + side)), min(height, math.ceil(cy + side)))
+            if min(region[2] - region[0], region[3] - region[1]) >= MIN_CROP:
+                regions.append(region)
+                inside.append(track)
+        lost = inside
+        if not lost:
+            self._tracks, self._searching = [track for track in self._tracks if track.track_id in observed], []
+            return
         with self._timer("detect"):
             crops = self.detector.detect([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions])
         self.crop_detections += 1
@@ -248,15 +262,21 @@ class FaceFollower:
             found = _in_frame(crops, regions)
             held = [mesh_box(observed[track.track_id]) for track in self._tracks if track.track_id in observed]
             held = np.stack(held) if held else np.zeros((0, 4))
+            free = [index for index in range(len(found))  # faces no followed face stands on
+                    if box_iou(found.boxes[index][None], held).max(initial=0.0) < self.options.iou_threshold]
+            found = ImageFaces(found.boxes[free].reshape(-1, 4), found.probs[free], found.landmarks[free].reshape(-1, 5, 2))
             matches = match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in lost]), found.boxes),
                                   self.options.iou_threshold)
             refit, indices = [lost[t] for t in matches.values()], list(matches)
             for index in range(len(found)):
-                if index not in matches and box_iou(found.boxes[index][None], held).max(initial=0.0) < self.options.iou_threshold:
+                if index not in matches:
                     refit.append(self._new_track())
                     indices.append(index)
             self._refit(frame, refit, found, indices, observed)
-            self._tracks = [track for track in self._tracks if track.track_id in observed] + refit[len(matches):]
+            following = {track.track_id for track in self._tracks if track.track_id in observed}
+            self._tracks = ([track for track in self._tracks if track.track_id in following]
+                            + [track for track in refit if track.track_id not in following])
+            self._searching = [track for track in lost if track.track_id not in observed]
 
     def _new_track(self) -> _Track:
         track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
