@@ -15,8 +15,8 @@ and on the frame after a detection that missed a face the mesh still holds: a fa
 only around where it was: on the shared 720x480 clip one face, half hidden, slipped from its
 mesh every few frames, and a full-frame pass for each slip was most of the detection time. A face
 not found there is looked for there again on every frame until the next full pass: MTCNN itself
-misses small faces in one frame and finds them in the next (on the shared clips, a 20-pixel face
-in 10 frames out of 22, and a 90-pixel one turning away), and each look costs a crop.
+misses small faces in one frame and finds them in the next, and each look costs a crop (on the
+shared clips: 7 and 9 more of the faces per-frame detection finds, for 19 and 20 more looks).
 
 Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
 five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
