@@ -118,6 +118,24 @@ def test_a_lost_face_whose_last_place_is_off_the_frame_is_dropped_without_lookin
         assert follower.detections == 1 and follower.crop_detections == 0
 
 
+def test_a_lost_face_whose_square_shows_a_face_elsewhere_starts_a_track_and_is_not_looked_for_again(cuts_clip, mesh):
+    """The portrait's track moved by hand half a face to the side before its mesh slips: MTCNN finds
+    the face in the square around the old place, too far from it to be the same track, so the face
+    starts a track of its own and the old place is not searched on the frames after (no more crop
+    looks: the new track's mesh follows the face)."""
+    frames, times = cuts_clip
+    follower = FaceFollower(FaceDetector("cpu"), mesh)
+    follow = follower._follow
+    follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
+    followed = follower.update_many(frames[:3], times[:3])
+    box = followed[2][0].box
+    follower._tracks[0].raw[:, 0] += 0.6 * (box[2] - box[0])
+    followed += follower.update_many(frames[3:6], times[3:6])
+    assert [len(faces) for faces in followed] == [1] * 6
+    assert len({faces[0].track_id for faces in followed[:3]} | {faces[0].track_id for faces in followed[3:]}) == 2
+    assert follower.detections == 1 and follower.crop_detections == 1
+
+
 def test_smoothed_landmarks_are_steadier_than_detections(cuts_clip, per_frame, mesh):
     """On the drifting portrait the camera moves smoothly: frame-to-frame acceleration of the
     alignment points is noise. The smoothed mesh's points have less of it than MTCNN's."""

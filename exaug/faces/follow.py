@@ -14,9 +14,9 @@ and on the frame after a detection that missed a face the mesh still holds: a fa
 ``detect_every`` frames. When a mesh loses its face (score below ``min_score``), MTCNN looks again
 only around where it was: on the shared 720x480 clip one face, half hidden, slipped from its
 mesh every few frames, and a full-frame pass for each slip was most of the detection time. A face
-not found there is looked for there again on every frame until the next full pass: MTCNN itself
-misses small faces in one frame and finds them in the next, and each look costs a crop (on the
-shared clips: 7 and 9 more of the faces per-frame detection finds, for 19 and 20 more looks).
+not found there (no face at all in its square) is looked for there again on every frame until the
+next full pass: MTCNN itself misses small faces in one frame and finds them in the next, and each
+look costs a crop.
 
 Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
 five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
@@ -240,7 +240,8 @@ class FaceFollower:
         around its last mesh (a fraction of a full-frame pass). A face found there is refitted from
         its detection, one found beside it (it moved, or another face stepped in) starts a track, and
         a lost face not found is left out of this frame, as a full pass would leave it, and looked
-        for again in the next (a face whose square lies outside the frame is dropped)."""
+        for again in the next if MTCNN found no face at all in its square (a face whose square lies
+        outside the frame is dropped)."""
         height, width = frame.shape[:2]
         regions, inside = [], []
         for track in lost:
@@ -276,7 +277,9 @@ class FaceFollower:
             following = {track.track_id for track in self._tracks if track.track_id in observed}
             self._tracks = ([track for track in self._tracks if track.track_id in following]
                             + [track for track in refit if track.track_id not in following])
-            self._searching = [track for track in lost if track.track_id not in observed]
+            # A face found in the square but not matched moved away or was another face: it started
+            # a track of its own, and its old place is not searched again.
+            self._searching = [track for track, faces in zip(lost, crops) if track.track_id not in observed and not len(faces)]
 
     def _new_track(self) -> _Track:
         track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
