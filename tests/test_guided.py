@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import signal
-from dataclasses import replace
+from dataclasses import asdict as dataclasses_asdict, replace
 from pathlib import Path
 
 import pytest
@@ -17,15 +17,17 @@ from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import resize_faces
 from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER, mouth_opening
 from exaug.model.checkpoint import load_state
+from exaug.model.color import decode, encode
 from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.geometry import ExpressionGeometry
-from exaug.model.guided import GuidedExpressionGenerator, with_gain
+from exaug.model.guided import CropMesher, GuidedExpressionGenerator, GuidedGenerator, with_gain
 from exaug.model.regions import MOUTH_CLOSED, paint_gate
 from exaug.model.warp import backward_field, control_points, identity_field, warp
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.train import TrainingInterrupted
-from exaug.train.guided import GuidedTrainConfig, save_guided_run, split_subjects, train_guided
+from exaug.train.guided import (LOSS_WEIGHTS, GuidedTrainConfig, fit_geometry, mesh_error, save_guided_run,
+                                solve_fields, split_subjects, train_guided)
 from exaug.train.pairs import load_pairs
 
 from conftest import align_ck_subjects, ck_subject_folder, detail
@@ -246,6 +248,45 @@ def test_expressions_by_index_as_exaug_eval_passes_them(ck_pairs, shipped):
     assert torch.equal(by_index, shipped.generate(faces, ["happy", "sad"]))
 
 
+def test_the_mesh_term_reads_outputs_as_the_mesh_does_and_pulls_both_networks_toward_the_target(ck_pairs):
+    """Training's ``mesh`` term: the mesh of float faces through one fixed grid reads CK+ peaks as
+    the uint8 path does, and a few steps on that term alone bring the rendered faces' mesh closer
+    to the real peaks' mesh, through the painter and the face-wide shader both."""
+    pairs, neutral, _ = ck_pairs
+    mesher = CropMesher(128)
+    mesher.mesh.eval().requires_grad_(False)
+    peaks = pairs.target[:8]
+    read = mesher.read(encode(peaks, 1)[0] * 127.5 + 127.5)
+    assert (read - mesher(peaks)[0]).norm(dim=-1).mean() < 0.05
+    torch.manual_seed(0)
+    forward = pairs.select(torch.tensor([e == "neutral" for e in pairs.source_expression]))
+    batch = forward.select(torch.arange(len(forward)) < 4)
+    model = GuidedGenerator(GuidedTrainConfig().painter, fit_geometry(forward, neutral))
+    fields, codes = solve_fields(model, batch), model.codes(batch.source_mesh, batch.target_mesh)
+    source = encode(batch.source, 1)[0]
+    target_mesh = batch.target_mesh.float()
+    optimiser = torch.optim.Adam(model.painter.parameters(), lr=1e-3)
+    errors = []
+    for step in range(6):
+        rendered = model.render_layers(source, fields, codes, target_mesh, detach_gain=True)
+        error = mesh_error(mesher, model, rendered, target_mesh)
+        optimiser.zero_grad()
+        error.backward()
+        if step == 0:
+            for network in (model.painter.face_shade, model.painter.down1):  # the shader, the painter's own
+                assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+        optimiser.step()
+        errors.append(error.item())
+    assert errors[-1] < errors[0]
+
+
+def test_a_run_from_before_the_mesh_term_resumes_without_it():
+    saved = json.loads(json.dumps(dataclasses_asdict(GuidedTrainConfig())))
+    del saved["weights"]["mesh"]
+    config = GuidedTrainConfig.from_dict(saved)
+    assert config.weights["mesh"] == 0.0 and set(config.weights) == set(LOSS_WEIGHTS)
+
+
 def test_training_writes_a_loadable_model_and_a_held_out_sheet(tmp_path, ck_pairs):
     pairs, neutral, _ = ck_pairs
     config = GuidedTrainConfig(steps=2, batch_size=2, log_every=1)
@@ -372,7 +413,6 @@ def test_tracked_meshes_in_the_faces_own_pixels_give_the_same_faces(shipped, peo
 def _shaded_warp(shipped: GuidedExpressionGenerator, faces: torch.Tensor, meshes: torch.Tensor,
                  target: torch.Tensor) -> torch.Tensor:
     """uint8 faces moved to ``target`` and shaded, with nothing painted."""
-    from exaug.model.color import decode, encode
 
     model = shipped._model
     field = model.field(meshes, target).float()
@@ -383,7 +423,6 @@ def _shaded_warp(shipped: GuidedExpressionGenerator, faces: torch.Tensor, meshes
 
 
 def test_only_the_mouth_window_is_painted_the_rest_is_the_shaded_warp(ck_pairs, shipped):
-    from exaug.model.color import encode
 
     pairs = _held_out(ck_pairs[0], shipped)
     model, faces, meshes = shipped._model, encode(pairs.source[:6], 1)[0], pairs.source_mesh[:6].float()
@@ -402,7 +441,6 @@ def test_only_the_mouth_window_is_painted_the_rest_is_the_shaded_warp(ck_pairs, 
 
 def test_a_mouth_closed_before_and_after_is_moved_and_shaded_never_painted(ck_pairs, shipped):
     """Painting a closed mouth only softened its lip line; the painter acts once a mouth opens."""
-    from exaug.model.color import decode, encode
 
     pairs = _held_out(ck_pairs[0], shipped)
     closed = mouth_opening(pairs.source_mesh) < MOUTH_CLOSED  # most neutral frames; not all
@@ -441,7 +479,6 @@ def test_teeth_a_closing_smile_squeezes_between_the_lips_take_the_lips_colour(sh
     from exaug.faces.align import FaceAligner, get_template
     from exaug.faces.detect import FaceDetector
     from exaug.io.images import load_image
-    from exaug.model.color import encode
     from exaug.model.regions import lip_colour, squeezed_teeth
 
     photo = load_image(Path(__file__).parents[1] / "examples" / "astronaut.png")
@@ -473,7 +510,6 @@ def test_shading_scales_the_faces_own_light_inside_its_outline_and_leaves_the_re
     the target face's outline; hair and background keep every pixel of the warp."""
     import copy
 
-    from exaug.model.color import encode
 
     pairs = _held_out(ck_pairs[0], shipped)
     model = copy.deepcopy(shipped._model)
@@ -501,7 +537,6 @@ def test_the_painters_gain_scales_the_faces_own_pixels_and_fades_to_nothing_at_t
     middle by 1.65x."""
     import copy
 
-    from exaug.model.color import encode
 
     pairs = _held_out(ck_pairs[0], shipped)
     model = copy.deepcopy(shipped._model)

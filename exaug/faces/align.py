@@ -107,6 +107,16 @@ def _normalise(coords: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return (coords + 0.5) * scale - 1.0
 
 
+def crop_grid(transform: torch.Tensor, size: int, source_size: int) -> torch.Tensor:
+    """``grid_sample``'s grid ``(1, size, size, 2)`` that cuts a ``size``-pixel crop out of square
+    ``source_size``-pixel images through one ``(1, 2, 3)`` source->crop ``transform``: built once,
+    then one bilinear ``grid_sample`` per batch, differentiable in the images (training reads the
+    mesh of its outputs through it). Upsampling crops only: unlike :func:`warp_faces`, it does not
+    box-filter a larger footprint."""
+    source = apply_affine(invert_affine(transform.double()), _pixel_grid(size, size, transform.device).double())
+    return _normalise(source.float(), source_size, source_size).reshape(1, size, size, 2)
+
+
 def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torch.Tensor:
     """Aligned ``(n, C, size, size)`` float faces from one ``(C, H, W)`` float image.
 
