@@ -89,7 +89,6 @@ LOSS_WEIGHTS = {"reconstruction": 10.0, "shading_fit": 10.0, "mask": 0.5, "smoot
                 "adversarial": 0.5, "mesh": 0.5}
 
 
-
 def fit_geometry(pairs: PairedFaces, neutral_meshes: torch.Tensor) -> ExpressionGeometry:
     forward = [i for i, name in enumerate(pairs.source_expression) if name == "neutral"]
     return ExpressionGeometry.fit(pairs.source_mesh[forward], pairs.target_mesh[forward],
