@@ -44,6 +44,14 @@ def per_frame(cuts_clip):
     return FaceDetector("cpu").detect(list(frames))
 
 
+def _slipping_at(time: float, mesh: FaceMesh, options: FollowOptions | None = None) -> FaceFollower:
+    """A follower whose mesh loses every face on the frame at ``time``, as a slipping mesh would."""
+    follower = FaceFollower(FaceDetector("cpu"), mesh, options)
+    follow = follower._follow
+    follower._follow = lambda frame, now: {} if now == time else follow(frame, now)
+    return follower
+
+
 def test_faces_that_appear_leave_and_come_back_are_what_per_frame_detection_finds(cuts_clip, per_frame, mesh):
     frames, times = cuts_clip
     follower = FaceFollower(FaceDetector("cpu"), mesh)
@@ -80,9 +88,8 @@ def test_a_face_the_mesh_loses_is_looked_for_only_around_where_it_was(cuts_clip,
     found again it keeps its track; never found, it stays out until the next full pass."""
     frames, times = cuts_clip
     for grey_crops, expected, looks in ((0, [1] * 6, 1), (1, [1, 1, 1, 0, 1, 1], 2), (3, [1, 1, 1, 0, 0, 0], 3)):
-        follower = FaceFollower(FaceDetector("cpu"), mesh)
-        follow, detect = follower._follow, follower.detector.detect
-        follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
+        follower = _slipping_at(times[3], mesh)
+        detect = follower.detector.detect
         calls = []
 
         def detect_in_grey(images):  # the first pass (frame 0) sees the frame; the next ones, grey crops
@@ -108,9 +115,7 @@ def test_a_lost_face_whose_last_place_is_off_the_frame_is_dropped_without_lookin
     crop (that raised a RuntimeError), and no full-frame pass is spent on it either."""
     frames, times = cuts_clip
     for shift in (2.0, -2.0):
-        follower = FaceFollower(FaceDetector("cpu"), mesh)
-        follow = follower._follow
-        follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
+        follower = _slipping_at(times[3], mesh)
         followed = follower.update_many(frames[:3], times[:3])
         follower._tracks[0].raw[:, 0] += shift * frames.shape[2]
         followed += follower.update_many(frames[3:6], times[3:6])
@@ -124,9 +129,7 @@ def test_a_lost_face_whose_square_shows_a_face_elsewhere_starts_a_track_and_is_n
     starts a track of its own and the old place is not searched on the frames after (no more crop
     looks: the new track's mesh follows the face)."""
     frames, times = cuts_clip
-    follower = FaceFollower(FaceDetector("cpu"), mesh)
-    follow = follower._follow
-    follower._follow = lambda frame, time: {} if time == times[3] else follow(frame, time)
+    follower = _slipping_at(times[3], mesh)
     followed = follower.update_many(frames[:3], times[:3])
     box = followed[2][0].box
     follower._tracks[0].raw[:, 0] += 0.6 * (box[2] - box[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import signal
-from dataclasses import asdict as dataclasses_asdict, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -281,7 +281,7 @@ def test_the_mesh_term_reads_outputs_as_the_mesh_does_and_pulls_both_networks_to
 
 
 def test_a_run_from_before_the_mesh_term_resumes_without_it():
-    saved = json.loads(json.dumps(dataclasses_asdict(GuidedTrainConfig())))
+    saved = json.loads(json.dumps(asdict(GuidedTrainConfig())))
     del saved["weights"]["mesh"]
     config = GuidedTrainConfig.from_dict(saved)
     assert config.weights["mesh"] == 0.0 and set(config.weights) == set(LOSS_WEIGHTS)

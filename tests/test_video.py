@@ -17,6 +17,7 @@ from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.stages import in_background
 from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
+from conftest import REPO
 from videotools import Shot, all_frames, audio_packets, photo_clip, psnr
 
 
@@ -172,8 +173,6 @@ def test_bad_spans_are_one_line_errors(video_clip, tmp_path, test_checkpoint, ti
 def test_the_short_command_writes_the_clip_in_the_expression_in_the_current_folder(tmp_path, test_checkpoint):
     """`exaug video clip.mkv --emotion happy` with no -o writes clip.happy.mkv where the user is (and
     `--like REF`, clip.like-REF.mkv); containers exaug cannot write become .mp4."""
-    from conftest import REPO
-
     shots = [Shot(REPO / "examples" / "grace_hopper.jpg", 4, (0.1, 0.05, 0.8))]
     clips = tmp_path / "clips"
     clips.mkdir()
