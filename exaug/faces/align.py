@@ -89,22 +89,29 @@ def apply_affine(transforms: torch.Tensor, points: torch.Tensor) -> torch.Tensor
     return points @ transforms[..., :2].transpose(1, 2) + transforms[..., 2][:, None, :]
 
 
-def _pixel_grid(height: int, width: int, device: torch.device, x0: float = 0, y0: float = 0) -> torch.Tensor:
-    ys = torch.arange(height, device=device, dtype=torch.float32) + y0
-    xs = torch.arange(width, device=device, dtype=torch.float32) + x0
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], -1).reshape(1, -1, 2)
-
-
 def _square_corners(size: int, device: torch.device) -> torch.Tensor:
     """The outer pixel edges of an aligned face, ``(1, 4, 2)``: its footprint in the source is their image."""
     return torch.tensor([[[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]]], device=device)
 
 
-def _normalise(coords: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pixel-index coordinates to grid_sample's [-1, 1] (align_corners=False)."""
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=coords.device)
-    return (coords + 0.5) * scale - 1.0
+def sampling_grid(transforms: torch.Tensor, height: int, width: int, source_size: tuple[int, int],
+                  origin: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """``grid_sample``'s grid ``(n, height, width, 2)`` (align_corners=False) for output pixels
+    ``origin + (column, row)`` mapped into a ``source_size`` (width, height) image by ``(n, 2, 3)``
+    ``transforms`` (output pixel -> source pixel).
+
+    The pixel-to-[-1, 1] scaling is folded into the transform, and a grid's rows and columns are
+    separable, so each coordinate is one broadcast sum of a column term and a row term instead of a
+    matrix product over every pixel (which cost more than the bilinear sampling it fed)."""
+    source_width, source_height = source_size
+    scale = transforms.new_tensor([2.0 / source_width, 2.0 / source_height])
+    matrix = transforms * scale[:, None]
+    matrix[..., 2] += scale / 2 - 1  # pixel centres: (x + 0.5) * 2 / W - 1
+    columns = torch.arange(width, device=transforms.device, dtype=transforms.dtype) + origin[0]
+    rows = torch.arange(height, device=transforms.device, dtype=transforms.dtype) + origin[1]
+    along_rows = matrix[..., 1:2] * rows + matrix[..., 2:3]  # (n, 2, height)
+    grid = matrix[..., 0:1, None] * columns + along_rows[..., None]  # (n, 2, height, width)
+    return grid.permute(0, 2, 3, 1).contiguous()
 
 
 def crop_grid(transform: torch.Tensor, size: int, source_size: int) -> torch.Tensor:
@@ -113,8 +120,7 @@ def crop_grid(transform: torch.Tensor, size: int, source_size: int) -> torch.Ten
     then one bilinear ``grid_sample`` per batch, differentiable in the images (training reads the
     mesh of its outputs through it). Upsampling crops only: unlike :func:`warp_faces`, it does not
     box-filter a larger footprint."""
-    source = apply_affine(invert_affine(transform.double()), _pixel_grid(size, size, transform.device).double())
-    return _normalise(source.float(), source_size, source_size).reshape(1, size, size, 2)
+    return sampling_grid(invert_affine(transform.double()), size, size, (source_size, source_size)).float()
 
 
 def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torch.Tensor:
@@ -134,9 +140,9 @@ def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torc
     boxes = torch.cat([torch.zeros(n, 1, device=image.device), low + 0.5, high + 0.5], 1)
     crops = roi_align(image[None], boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     step = (high - low) / crop  # source pixels per crop pixel, per axis
-    source = apply_affine(to_source, _pixel_grid(size, size, image.device).expand(n, -1, -1))
-    in_crop = (source - low[:, None, :]) / step[:, None, :] - 0.5  # crop pixel u spans low + [u, u+1) * step
-    grid = _normalise(in_crop, crop, crop).reshape(n, size, size, 2)
+    # crop pixel u spans low + [u, u+1) * step: aligned pixel -> source pixel -> crop pixel
+    to_crop = torch.cat([to_source[..., :2] / step[..., None], ((to_source[..., 2] - low) / step - 0.5)[..., None]], -1)
+    grid = sampling_grid(to_crop, size, size, (crop, crop))
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -165,8 +171,7 @@ def warp_regions(frame: torch.Tensor, transforms: torch.Tensor, size: int) -> to
         if scale < 1:
             crops.append(warp_faces(region, shifted[None], size))
             continue
-        pixels = apply_affine(invert_affine(shifted[None]), _pixel_grid(size, size, frame.device))
-        grid = _normalise(pixels, region.shape[-1], region.shape[-2]).reshape(1, size, size, 2)
+        grid = sampling_grid(invert_affine(shifted[None]), size, size, (region.shape[-1], region.shape[-2]))
         crops.append(F.grid_sample(region[None], grid, mode="bicubic", padding_mode="zeros", align_corners=False))
     return torch.cat(crops)
 
@@ -209,8 +214,7 @@ def unwarp_faces(faces: torch.Tensor, transforms: torch.Tensor, image_size: tupl
         bottom = int(min(height, np.ceil(corners[:, 1].max().item()) + 1))
         if right <= left or bottom <= top:
             continue
-        pixels = apply_affine(forward[None], _pixel_grid(bottom - top, right - left, faces.device, left, top))
-        grid = _normalise(pixels, size, size).reshape(1, bottom - top, right - left, 2)
+        grid = sampling_grid(forward[None], bottom - top, right - left, (size, size), (left, top))
         warped = F.grid_sample(face[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
         patches.append(Patch(warped[0], top, left))
     return patches
