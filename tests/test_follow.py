@@ -109,6 +109,31 @@ def test_a_face_the_mesh_loses_is_looked_for_only_around_where_it_was(cuts_clip,
             assert np.linalg.norm(followed[3][0].landmarks - found, axis=-1).mean() / eyes < 0.3
 
 
+def test_a_face_two_full_passes_miss_is_looked_for_around_where_it_was_until_the_next(cuts_clip, mesh):
+    """MTCNN misses a half-turned face in two frames and finds it in the third (the street clip's
+    people). Here the full passes on frames 2 and 3 of the portrait shot see a grey frame: the face
+    is dropped on frame 3, as a full pass decides which faces there are, but on frame 4 MTCNN looks
+    for it around where it was, finds it, and it keeps its track, instead of waiting for frame 5's
+    full pass to start a new one."""
+    frames, times = cuts_clip
+    follower = FaceFollower(FaceDetector("cpu"), mesh, FollowOptions(detect_every=2))
+    detect = follower.detector.detect
+    full_passes = []
+
+    def grey_full_passes(images):
+        if len(images) == 1 and images[0].shape == frames.shape[1:]:
+            full_passes.append(len(full_passes))
+            if len(full_passes) in (2, 3):
+                images = [torch.full_like(images[0], 128)]
+        return detect(images)
+
+    follower.detector.detect = grey_full_passes
+    followed = follower.update_many(frames[:6], times[:6])
+    assert [len(faces) for faces in followed] == [1, 1, 1, 0, 1, 1]
+    assert follower.detections == 4 and follower.crop_detections == 1  # frames 0, 2, 3, 5; the look on 4
+    assert len({faces[0].track_id for faces in followed if faces}) == 1, "the face keeps its track"
+
+
 def test_a_lost_face_whose_last_place_is_off_the_frame_is_dropped_without_looking(cuts_clip, mesh):
     """A face that walked out: its square around the last mesh lies beyond the frame's edge (moved
     there by hand), so there is no crop to look in; it is dropped, MTCNN does not run on an empty
