@@ -10,6 +10,7 @@ and each device, this reports:
 * the faces edited and the frames MTCNN ran on, against the faces a per-frame MTCNN pass over the
   input finds (the reference), and against those of them it also finds in a neighbouring frame
   (per-frame MTCNN itself flickers on small or half-hidden faces: found in one frame, not the next);
+  how many of the reference faces exaug finds, and how many it finds that the reference lacks;
 * face-region sharpness: the Laplacian energy of the output inside the reference face boxes over
   the input's (1.0 keeps all detail);
 * flicker: the mean frame-to-frame absolute change inside the face boxes, in grey levels, for the
@@ -34,6 +35,8 @@ from PIL import Image
 
 from benchlib import DATA, devices, load_model, machine
 from exaug.faces.detect import DetectionOptions, ImageFaces
+from exaug.faces.follow import FaceFollower, FollowOptions
+from exaug.faces.mesh import FaceMesh
 from exaug.faces.track import box_iou
 from exaug.io.images import LUMA
 from exaug.io.video import probe, read_frames
@@ -94,6 +97,22 @@ def steady_faces(reference: list[ImageFaces], overlap: float = 0.3) -> int:
                       if 0 <= j < len(reference) and len(reference[j])]
         count += sum(any(box_iou(box[None], boxes).max() > overlap for boxes in neighbours) for box in found.boxes)
     return count
+
+
+def faces_matched(clip: Path, reference: list[ImageFaces], options: VideoOptions, device: str) -> dict[str, int]:
+    """Which faces exaug video finds, against the per-frame ``reference``: the follower it runs (same
+    options), run again on its own to keep each face's box; a followed face is a reference face
+    where their boxes overlap by 0.3 (the follower's own matching threshold)."""
+    follower = FaceFollower(options.detection.detector(device, 1), FaceMesh(),
+                            FollowOptions(detect_every=options.detect_every), fps=float(probe(clip).fps or 25))
+    followed = [faces for chunk in read_frames(clip, options.chunk_size)
+                for faces in follower.update_many(chunk.frames, chunk.times)]
+    matched = extra = 0
+    for found, faces in zip(reference, followed):
+        boxes = np.stack([face.box for face in faces]) if faces else np.zeros((0, 4))
+        matched += sum(box_iou(box[None], boxes).max(initial=0.0) >= 0.3 for box in found.boxes)
+        extra += sum(box_iou(face.box[None], found.boxes).max(initial=0.0) < 0.3 for face in faces)
+    return {"per_frame_faces_found": int(matched), "faces_found_that_per_frame_detection_missed": int(extra)}
 
 
 def _luma(frame: np.ndarray) -> np.ndarray:
@@ -168,6 +187,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
             "seconds": round(summary.seconds, 2),
             "times_plain_transcode": round(plain["frames_per_s"] / max(summary.frames_per_second, 1e-9), 2),
             "faces_found": sum(summary.faces_per_frame),
+            **faces_matched(clip, reference, options, device),
             "faces_edited": summary.faces_edited,
             "faces_left_as_they_are": summary.faces_left,
             "frames_with_faces": sum(count > 0 for count in summary.faces_per_frame),

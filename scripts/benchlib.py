@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from exaug.device import bf16_pays_on
 from exaug.expressions import EXPRESSIONS
 from exaug.model.checkpoint import generator_metadata, save_generator
 from exaug.model.default import DEFAULT_MODEL
@@ -32,8 +33,22 @@ def load_model(model: str | None, device: str, image_size: int, max_batch: int |
 
 
 def machine(device: str) -> dict[str, str | int]:
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
-    return {"device": device, "name": name, "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+    """What the figures depend on: the device's name and, for a CPU, the widest vector code torch runs
+    there (AVX2, AVX512) and whether it has AMX tiles (the guided painter runs in bf16 only with them:
+    the project's machines changed from Xeons with AMX to AVX2-only AMD EPYCs in 2026-12)."""
+    if device == "cuda":
+        return {"device": device, "name": torch.cuda.get_device_name(), "torch": torch.__version__}
+    return {"device": device, "name": _cpu_model() or platform.processor() or platform.machine(),
+            "vector_code": torch.backends.cpu.get_cpu_capability(), "painter_bf16": bf16_pays_on(torch.device("cpu")),
+            "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
 
 
 def devices() -> list[str]:
