@@ -34,8 +34,9 @@ def load_model(model: str | None, device: str, image_size: int, max_batch: int |
 
 def machine(device: str) -> dict[str, str | int]:
     """What the figures depend on: the device's name and, for a CPU, the widest vector code torch runs
-    there (AVX2, AVX512) and whether it has AMX tiles (the guided painter runs in bf16 only with them:
-    the project's machines changed from Xeons with AMX to AVX2-only AMD EPYCs in 2026-12)."""
+    there (AVX2, AVX512) and whether the guided painter runs in bf16 there (AMX or AVX512-BF16): the
+    project's machines have changed from Xeons with AMX to AMD EPYCs, AVX2-only on 2026-12-01 and
+    with AVX512-BF16 on 2026-12-02."""
     if device == "cuda":
         return {"device": device, "name": torch.cuda.get_device_name(), "torch": torch.__version__}
     return {"device": device, "name": _cpu_model() or platform.processor() or platform.machine(),

@@ -130,7 +130,8 @@ def test_shipped_model_moves_unseen_faces_into_the_expression_and_keeps_them_sha
 
 
 def test_the_painter_in_bf16_renders_the_faces_fp32_renders(ck_pairs, shipped, monkeypatch):
-    """AMX CPUs run the painter in bf16 (:func:`exaug.device.bf16_pays_on`): faster, not different."""
+    """CPUs with bf16 vector units run the painter in bf16 (:func:`exaug.device.bf16_pays_on`): faster,
+    not different."""
     faces = _held_out(ck_pairs[0], shipped).source[:8]
     monkeypatch.setattr(shipped, "bf16", False)
     exact = shipped.generate_all(faces, ["happy", "surprise"]).int()
@@ -147,6 +148,8 @@ def test_bf16_is_used_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True})
     assert bf16_pays_on(torch.device("cpu")) and not bf16_pays_on(torch.device("cuda"))
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
+    assert bf16_pays_on(torch.device("cpu")), "AVX512-BF16 computes in bf16 too"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False, "avx2": True})
     assert not bf16_pays_on(torch.device("cpu")), "emulated bf16 is slower than fp32"
 
 
