@@ -150,7 +150,7 @@ def test_bf16_is_used_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
     assert bf16_pays_on(torch.device("cpu")), "AVX512-BF16 computes in bf16 too"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False, "avx2": True})
-    assert not bf16_pays_on(torch.device("cpu")), "emulated bf16 is slower than fp32"
+    assert not bf16_pays_on(torch.device("cpu")), "without bf16 arithmetic the painter stays in fp32"
 
 
 def _meshes_3d(shipped: GuidedExpressionGenerator, faces: torch.Tensor) -> torch.Tensor:
