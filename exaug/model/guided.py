@@ -213,9 +213,8 @@ class GuidedExpressionGenerator:
         # 16 faces no longer fit the cache (the MJPEG clip's 398 faces: 4.5-4.8 s at 8, 5.2-5.3 s at
         # 16, 5.0-5.2 s at 4, one thread; 2.9-3.1 s vs 3.2-3.4 s at 8 vs 16 on two).
         self.max_batch = max_batch or (128 if self.device.type == "cuda" else 8)
-        # bf16 on CPUs with AMX or AVX512-BF16: held-out CK+ judged the same (MODEL_CARD.md), the
-        # MJPEG clip's 398 faces render 1.4x faster on AMX, 1.1x on AVX512-BF16, and move 0.02-0.04
-        # grey levels on average (at most 8).
+        # bf16 where the CPU computes in it (what it saves and changes: bf16_pays_on); held-out CK+
+        # judged the same either way (MODEL_CARD.md).
         self.bf16 = bf16_pays_on(self.device)
 
     @classmethod
