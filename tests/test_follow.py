@@ -48,7 +48,8 @@ def _slipping_at(time: float, mesh: FaceMesh, options: FollowOptions | None = No
     """A follower whose mesh loses every face on the frame at ``time``, as a slipping mesh would."""
     follower = FaceFollower(FaceDetector("cpu"), mesh, options)
     follow = follower._follow
-    follower._follow = lambda frame, now: {} if now == time else follow(frame, now)
+    follower._follow = lambda frame, tracks, elapsed: ({} if math.isclose(follower._time + elapsed, time, abs_tol=1e-9)
+                                                      else follow(frame, tracks, elapsed))
     return follower
 
 
@@ -132,6 +133,33 @@ def test_a_face_two_full_passes_miss_is_looked_for_around_where_it_was_until_the
     assert [len(faces) for faces in followed] == [1, 1, 1, 0, 1, 1]
     assert follower.detections == 4 and follower.crop_detections == 1  # frames 0, 2, 3, 5; the look on 4
     assert len({faces[0].track_id for faces in followed if faces}) == 1, "the face keeps its track"
+
+
+def test_a_face_a_later_full_pass_first_finds_is_followed_back_into_the_frames_before(cuts_clip, per_frame, mesh):
+    """The first full pass (frame 0 of the portrait shot) sees a grey frame, so the face is first
+    found by the next, on frame 4 (MTCNN misses it, or it walked in, in between). Its mesh is
+    followed back into frames 0-3, where per-frame MTCNN finds it, under the same track; until then
+    those frames are not settled (their lists may still grow), and a cut stops the way back."""
+    frames, times = cuts_clip
+    follower = FaceFollower(FaceDetector("cpu"), mesh, FollowOptions(detect_every=4))
+    detect = follower.detector.detect
+    full_passes = []
+
+    def grey_first_pass(images):
+        full_passes.append(len(images))
+        return detect([torch.full_like(images[0], 128)] if len(full_passes) == 1 else images)
+
+    follower.detector.detect = grey_first_pass
+    followed = follower.update_many(frames[:4], times[:4])
+    assert [len(faces) for faces in followed] == [0] * 4 and follower.settled == 0
+    followed += follower.update_many(frames[4:SHOTS[0] + 2], times[4:SHOTS[0] + 2])  # across the cut
+    assert [len(faces) for faces in followed] == [1] * SHOTS[0] + [0, 0]
+    assert follower.detections == 3 and follower.settled == SHOTS[0], "a cut settles the frames before it"
+    assert len({faces[0].track_id for faces in followed[:SHOTS[0]]}) == 1
+    assert all(face.detection is None for faces in followed[:4] for face in faces)
+    for faces, found in zip(followed[:4], per_frame):
+        eyes = np.linalg.norm(found.landmarks[0, 1] - found.landmarks[0, 0])
+        assert np.linalg.norm(faces[0].landmarks - found.landmarks[0], axis=-1).mean() / eyes < 0.3
 
 
 def test_a_lost_face_whose_last_place_is_off_the_frame_is_dropped_without_looking(cuts_clip, mesh):

@@ -19,6 +19,14 @@ on every frame until the next full pass: MTCNN itself misses small and half-turn
 or two and finds them in the next, and each look costs a crop (on that clip, looking for the
 faces full passes drop finds 405 of the 413 faces per-frame MTCNN finds instead of 390).
 
+A face that walks in between full passes is first found by the next one, up to ``detect_every``
+frames late, and one MTCNN misses in a pass or two (small, half hidden) later still; from where a
+track starts its mesh is followed back, frame by frame, into the ``detect_every`` frames before
+(never across a cut), until the mesh loses it or it stands on a face already there. So a frame's
+faces are settled only ``detect_every`` frames later: :attr:`FaceFollower.settled` says how many
+frames are, and the lists of faces :meth:`FaceFollower.update_many` returned for the others may
+still grow.
+
 Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
 five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
 neither jitters nor lags. A face the mesh cannot fit (a profile, a tiny face) is carried by its
@@ -141,20 +149,25 @@ class FaceFollower:
         self._since_detection: int | None = None
         self._thumbnail: torch.Tensor | None = None
         self._time = 0.0
+        self._pending: list[tuple[torch.Tensor, float, list[TrackedFace]]] = []  # the last frames, to follow back into
+        self.frames = 0  # frames fed
+        self.settled = 0  # the first frames whose faces no later frame adds to
 
     def update_many(self, frames: torch.Tensor | np.ndarray, times: Sequence[float]) -> list[list[TrackedFace]]:
-        """The faces of each (H, W, 3) uint8 RGB frame of a chunk, by track id."""
+        """The faces of each (H, W, 3) uint8 RGB frame of a chunk, by track id; the lists of frames
+        past :attr:`settled` may still grow (a face a later full pass finds, followed back)."""
         frames = torch.as_tensor(frames).to(self.detector.device)
         return [self.update(frame, float(time)) for frame, time in zip(frames, times)]
 
     def update(self, frame: torch.Tensor, time: float) -> list[TrackedFace]:
         cut = self._scene_cut(frame)
-        if cut:
-            self._tracks, self._searching = [], []
+        if cut:  # nothing carries over, and a face found after a cut was not in the shot before it
+            self._tracks, self._searching, self._pending = [], [], []
+        first_new = self._next_id
         observed: dict[int, np.ndarray] = {}
         if self._tracks:
             with self._timer("track"):
-                observed = self._follow(frame, time)
+                observed = self._follow(frame, self._tracks, time - self._time)
         lost = [track for track in self._tracks if track.track_id not in observed]
         due = self._since_detection is None or self._since_detection + 1 >= self.options.detect_every
         detection: dict[int, int] = {}
@@ -174,6 +187,13 @@ class FaceFollower:
         for track in self._tracks:
             self._observe(track, observed[track.track_id], time)
             faces.append(self._state(track, detection.get(track.track_id)))
+        new = [track for track in self._tracks if track.track_id >= first_new and track.score >= self.options.min_score]
+        if new and self._pending:
+            with self._timer("track"):
+                self._follow_back(new, time)
+        self.frames += 1
+        self._pending = (self._pending + [(frame, time, faces)])[-self.options.detect_every:]
+        self.settled = self.frames - len(self._pending)
         return faces
 
     def _scene_cut(self, frame: torch.Tensor) -> bool:
@@ -186,24 +206,50 @@ class FaceFollower:
         previous, self._thumbnail = self._thumbnail, thumbnail
         return previous is not None and float((thumbnail - previous).abs().mean()) > self.options.cut_threshold
 
-    def _follow(self, frame: torch.Tensor, time: float) -> dict[int, np.ndarray]:
-        """Each track's mesh in this frame, cropped where its motion says it is; lost ones left out."""
+    def _follow(self, frame: torch.Tensor, tracks: list[_Track], elapsed: float) -> dict[int, np.ndarray]:
+        """Each track's mesh in this frame, ``elapsed`` seconds after its last, cropped where its
+        motion says it is; lost ones left out."""
         predicted = []
-        for track in self._tracks:
+        for track in tracks:
             velocity = track.filter.velocity if track.filter.velocity is not None else 0.0
             ahead = track.raw.copy()
-            ahead[:, :2] += velocity * (time - self._time)
+            ahead[:, :2] += velocity * elapsed
             predicted.append(ahead)
         transforms = crop_transforms(torch.from_numpy(np.stack(predicted)).to(frame.device), self.options.crop_scale)
         with torch.no_grad():
             landmarks, scores = self.fitter.mesh(warp_regions(frame, transforms, INPUT_SIZE))
         meshes = to_source(landmarks, transforms).double().numpy()
         observed = {}
-        for track, mesh, score in zip(self._tracks, meshes, scores.tolist()):
+        for track, mesh, score in zip(tracks, meshes, scores.tolist()):
             if score >= self.options.min_score:
                 observed[track.track_id] = mesh
                 track.score = score
         return observed
+
+    def _follow_back(self, new: list[_Track], time: float) -> None:
+        """Follow the faces of tracks just started on this frame back through the last frames, adding each to their faces until its mesh loses it or it stands on a face
+        already there. Time runs backwards for copies of the tracks with filters of their own, so
+        the smoothing and the crop's motion work as they do forwards."""
+        tracks = []
+        for track in new:
+            copy = _Track(track.track_id, OneEuroFilter(*self.filter_settings), track.raw, track.smoothed, track.score)
+            self._observe(copy, track.raw, -time)
+            tracks.append(copy)
+        later = time
+        for frame, earlier, faces in reversed(self._pending):
+            observed = self._follow(frame, tracks, later - earlier)
+            kept = []
+            for track in tracks:
+                mesh = observed.get(track.track_id)
+                held = np.stack([face.box for face in faces]) if faces else np.zeros((0, 4))
+                if mesh is None or box_iou(mesh_box(mesh)[None], held).max(initial=0.0) >= self.options.iou_threshold:
+                    continue
+                self._observe(track, mesh, -earlier)
+                faces.append(self._state(track, None))
+                kept.append(track)
+            if not kept:
+                return
+            tracks, later = kept, earlier
 
     def _reconcile(self, frame: torch.Tensor, found: ImageFaces, observed: dict[int, np.ndarray]) -> dict[int, int]:
         """Match a detection pass to the tracks: confirm, refit, start and drop tracks. Fills in

@@ -4,7 +4,8 @@ Faces are found by MTCNN on keyframes and followed between them by the face mesh
 geometry gives each face's alignment (:mod:`exaug.faces.follow`): the transform, and so the edited
 face, moves smoothly with the head instead of jittering with a detector, at a fraction of the cost
 of detecting every frame. Frames are processed in chunks so generation and blending run batched;
-the next chunk is decoded and followed in a thread while this one is rendered. Each face is edited
+the next chunk is decoded and followed in a thread while this one is rendered, once its faces are
+settled (a face found late is followed back into earlier frames). Each face is edited
 at about its own size in the frame and goes back through the inverse warp under a feathered mask
 (:mod:`exaug.pipelines.video_faces`); frames without faces pass through untouched. With a time
 span (:mod:`exaug.pipelines.timespan`) only its frames are searched and edited; in its ramps both
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -130,6 +132,10 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             # Decoded ahead in a thread of its own (its "decode" seconds are that thread's): following
             # is the longer side once the painter runs in bf16, and decoding, converting to RGB
             # included, is work it can shed (the MJPEG clip: 6.0-6.5 s instead of 6.6-6.8 s).
+            # A chunk is handed on once its faces are settled: a face found later is followed back
+            # into the frames before (see exaug.faces.follow), so rendering lags following by
+            # ``detect_every`` frames.
+            waiting: deque[tuple[int, tuple]] = deque()  # (frames followed through this chunk, chunk)
             for chunk in in_background(timer.timed(read_frames(input_path, options.chunk_size), "decode")):
                 frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
                 first_time = chunk.times[0] if first_time is None else first_time
@@ -138,7 +144,10 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                 tracked: list[list[TrackedFace]] = [[] for _ in range(len(chunk))]
                 for index, faces in zip(active, follower.update_many(frames[active], chunk.times[active])):
                     tracked[index] = faces
-                yield chunk, frames, weights, tracked
+                waiting.append((follower.frames, (chunk, frames, weights, tracked)))
+                while waiting and waiting[0][0] <= follower.settled:
+                    yield waiting.popleft()[1]
+            yield from (item for _, item in waiting)
 
         # Following is sequential (each frame's crops come from the last); rendering a chunk is not:
         # the next chunk is followed while this one is rendered, each on half the cores.
