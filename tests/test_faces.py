@@ -125,6 +125,24 @@ def test_warp_is_subpixel_exact(scale, degrees):
             assert np.hypot(centre[0] - x, centre[1] - y) < 0.15, name
 
 
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_a_crop_beyond_the_frame_is_black_or_goes_on_with_the_edge(people_dir, padding):
+    """A 64-pixel crop shifted 10 pixels past a real photo's left edge and 6 past its top: inside,
+    the photo's pixels exactly; beyond, black, or (for faces to edit) the edge row and column
+    repeated, so a warp that pulls from there brings no dark band into the frame."""
+    frame = torch.from_numpy(load_image(people_dir / "kate_siegel" / "1.jpg"))
+    transform = torch.tensor([[[1.0, 0.0, 10.0], [0.0, 1.0, 6.0]]])  # frame pixel -> crop pixel
+    crop = warp_regions(frame, transform, 64, padding)[0].permute(1, 2, 0).round()
+    inside = frame[:58, :54].float()
+    assert torch.equal(crop[6:, 10:], inside)
+    if padding == "zeros":
+        assert not crop[:6].any() and not crop[:, :10].any()
+    else:
+        assert torch.equal(crop[:6, 10:], inside[:1].expand(6, -1, -1))
+        assert torch.equal(crop[6:, :10], inside[:, :1].expand(-1, 10, -1))
+        assert torch.equal(crop[:6, :10], inside[:1, :1].expand(6, 10, -1))
+
+
 def test_unwarp_puts_the_face_back(people_dir, detector):
     """Align then warp back unchanged: the face region of the original is reproduced."""
     image = load_image(people_dir / "kate_siegel" / "1.jpg")

@@ -146,9 +146,12 @@ def warp_faces(image: torch.Tensor, transforms: torch.Tensor, size: int) -> torc
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def warp_regions(frame: torch.Tensor, transforms: torch.Tensor, size: int) -> torch.Tensor:
+def warp_regions(frame: torch.Tensor, transforms: torch.Tensor, size: int, padding: str = "zeros") -> torch.Tensor:
     """Aligned ``(n, 3, size, size)`` float faces from one ``(H, W, 3)`` uint8 frame, each warped from
     its own footprint only: converting a whole 1080p frame to float costs more than the faces in it.
+    Beyond the frame's edges a face is black (``padding="zeros"``, what the face mesh was measured
+    with) or the edge's pixels go on (``"replicate"``: for faces to edit, whose warp would pull black
+    into the frame as a dark band along the edge).
 
     A face kept at its size or enlarged is sampled once, bicubic: :func:`warp_faces`' box filter
     then bilinear step, there to stop a reduced face aliasing, halves a full-size face's fine detail
@@ -163,9 +166,15 @@ def warp_regions(frame: torch.Tensor, transforms: torch.Tensor, size: int) -> to
     for transform, footprint, scale in zip(transforms, footprints, scales):
         # two pixels of margin: bicubic sampling at the footprint's edge reads its neighbours
         x0, y0 = (int(v) - 2 for v in footprint.amin(0).tolist())
-        x0, y0 = min(max(0, x0), width - 1), min(max(0, y0), height - 1)
         x1, y1 = (int(v) + 3 for v in footprint.amax(0).tolist())
-        region = frame[y0:max(min(y1, height), y0 + 1), x0:max(min(x1, width), x0 + 1)].permute(2, 0, 1).float()
+        inside_x0, inside_y0 = min(max(0, x0), width - 1), min(max(0, y0), height - 1)
+        inside_x1, inside_y1 = max(min(x1, width), inside_x0 + 1), max(min(y1, height), inside_y0 + 1)
+        region = frame[inside_y0:inside_y1, inside_x0:inside_x1].permute(2, 0, 1).float()
+        pads = ((max(inside_x0 - x0, 0), max(x1 - inside_x1, 0), max(inside_y0 - y0, 0), max(y1 - inside_y1, 0))
+                if padding == "replicate" else (0, 0, 0, 0))
+        if any(pads):
+            region = F.pad(region, pads, mode="replicate")
+        x0, y0 = inside_x0 - pads[0], inside_y0 - pads[2]
         shifted = transform.clone()
         shifted[:, 2] += transform[:, :2] @ torch.tensor([float(x0), float(y0)], device=transform.device)
         if scale < 1:

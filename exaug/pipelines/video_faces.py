@@ -75,7 +75,7 @@ class FaceEditor:
         for size in np.unique(sizes).tolist():
             members = np.flatnonzero(sizes == size)
             transforms = estimate_similarity(points[members], self._template(size))
-            crops = torch.cat([warp_regions(frames[frame_index[member]], transforms[k:k + 1], size)
+            crops = torch.cat([warp_regions(frames[frame_index[member]], transforms[k:k + 1], size, "replicate")
                                for k, member in enumerate(members)]).round_().clamp_(0, 255).to(torch.uint8)
             weights = strength[frame_index[members]]
             intensity = (self.intensity if (weights == 1).all()
