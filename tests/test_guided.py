@@ -537,7 +537,7 @@ def test_shading_scales_the_faces_own_light_inside_its_outline_and_leaves_the_re
 def test_the_painters_gain_scales_the_faces_own_pixels_and_fades_to_nothing_at_the_window_edges(ck_pairs, shipped):
     """The painter's gain multiplies the (shaded) warped face's light (no new texture) and is exactly
     one on the window's edges, so it leaves no seam; pushed to its limit it brightens the window's
-    middle by 1.65x."""
+    middle by 1.65x, inside the face's outline."""
     import copy
 
 
@@ -559,8 +559,36 @@ def test_the_painters_gain_scales_the_faces_own_pixels_and_fades_to_nothing_at_t
     # e^(0.5/16) there, against e^0.5 in the middle.
     step = (window_out - window_warped).abs()[edges]
     assert (step <= (window_warped[edges] + 1).abs() * (math.exp(0.5 / 16) - 1) + 1e-5).all()
+    inside = torch.nn.functional.interpolate(model.shade_outline(target), size=128, mode="bilinear",
+                                             align_corners=False)[..., rows, columns]
     middle = torch.zeros_like(edges)
     middle[..., 12:-12, 12:-12] = True
-    unpainted = middle & (window_keep == 1)
+    unpainted = middle & (window_keep == 1) & (inside == 1)  # outside the face's outline: no gain (below)
     expected = (window_warped + 1) * math.exp(0.5) - 1
     assert unpainted.sum() > 100 and torch.allclose(window_out[unpainted], expected[unpainted], atol=1e-5)
+
+
+def test_the_painter_neither_paints_nor_shades_outside_the_target_faces_outline(ck_pairs, shipped):
+    """The mouth window reaches past the jaw (below and beside it on CK+'s frontal faces; past the
+    far cheek on a face turned three-quarters, where the painter lit the hair and painted skin over
+    it: a pale patch beside the mouth). With its gain pushed to the limit and its mask to paint
+    everywhere, the pixels outside the target face's outline are still exactly the warp's."""
+    import copy
+
+    pairs = _held_out(ck_pairs[0], shipped)
+    model = copy.deepcopy(shipped._model)
+    torch.nn.init.constant_(model.painter.shade.bias, 20.0)  # log-gain 0.5 wherever not tapered
+    torch.nn.init.constant_(model.painter.mask.bias, -20.0)  # A -> 0: paint wherever allowed
+    model.painter.face_shade = None  # the face-wide gain stops at the outline too: tested above
+    faces, meshes = encode(pairs.source[:4], 1)[0], pairs.source_mesh[:4].float()
+    target = shipped.targets(meshes, ["surprise"] * 4, 1.0)
+    with torch.no_grad():
+        output, keep, warped = model(faces, meshes, target)
+    inside = torch.nn.functional.interpolate(model.shade_outline(target), size=128, mode="bilinear",
+                                             align_corners=False)
+    rows, columns = model.config.window_slices()
+    outside = torch.zeros_like(inside, dtype=torch.bool)
+    outside[..., rows, columns] = inside[..., rows, columns] == 0
+    assert outside.sum() > 4 * 500, "the window reaches past the jaw"
+    assert torch.equal(output[outside], warped[outside]) and (keep[outside] == 1).all()
+    assert (keep[..., rows, columns] < 0.5).any(), "inside, the mouth is painted"
