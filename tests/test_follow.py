@@ -162,6 +162,17 @@ def test_a_face_a_later_full_pass_first_finds_is_followed_back_into_the_frames_b
         assert np.linalg.norm(faces[0].landmarks - found.landmarks[0], axis=-1).mean() / eyes < 0.3
 
 
+def test_frames_are_held_for_following_back_no_longer_than_follow_back(cuts_clip, mesh):
+    """A rare full pass (every 1000 frames) does not hold a thousand frames: frames wait to be
+    settled ``follow_back`` frames at the most (a 4K frame is 25 MB), and ``detect_every`` when
+    that is fewer."""
+    frames, times = cuts_clip
+    for options, held in ((FollowOptions(detect_every=1000, follow_back=3), 3), (FollowOptions(detect_every=2), 2)):
+        follower = FaceFollower(FaceDetector("cpu"), mesh, options)
+        follower.update_many(frames[:SHOTS[0]], times[:SHOTS[0]])
+        assert follower.settled == SHOTS[0] - held and len(follower._pending) == held
+
+
 def test_a_lost_face_whose_last_place_is_off_the_frame_is_dropped_without_looking(cuts_clip, mesh):
     """A face that walked out: its square around the last mesh lies beyond the frame's edge (moved
     there by hand), so there is no crop to look in; it is dropped, MTCNN does not run on an empty

@@ -21,9 +21,9 @@ faces full passes drop finds 405 of the 413 faces per-frame MTCNN finds instead 
 
 A face that walks in between full passes is first found by the next one, up to ``detect_every``
 frames late, and one MTCNN misses in a pass or two (small, half hidden) later still; from where a
-track starts its mesh is followed back, frame by frame, into the ``detect_every`` frames before
-(never across a cut), until the mesh loses it or it stands on a face already there. So a frame's
-faces are settled only ``detect_every`` frames later: :attr:`FaceFollower.settled` says how many
+track starts its mesh is followed back, frame by frame, into the ``detect_every`` frames before (10
+at the most, never across a cut), until the mesh loses it or it stands on a face already there. So
+a frame's faces are settled only that many frames later: :attr:`FaceFollower.settled` says how many
 frames are, and the lists of faces :meth:`FaceFollower.update_many` returned for the others may
 still grow.
 
@@ -66,6 +66,8 @@ class FollowOptions:
     iou_threshold: float = 0.3  # box overlap for a detection to be a tracked face
     drift: float = 0.5  # mean distance of a tracked face's five points from its detection's, in
     # eye distances, beyond which the mesh is refitted from the detection (bounds tracking drift)
+    follow_back: int = 10  # frames a new face is followed back into at the most (also at most
+    # detect_every): the frames are held until then, and 4K frames are 25 MB each
 
 
 @dataclass
@@ -150,6 +152,7 @@ class FaceFollower:
         self._thumbnail: torch.Tensor | None = None
         self._time = 0.0
         self._pending: list[tuple[torch.Tensor, float, list[TrackedFace]]] = []  # the last frames, to follow back into
+        self._window = max(1, min(self.options.detect_every, self.options.follow_back))
         self.frames = 0  # frames fed
         self.settled = 0  # the first frames whose faces no later frame adds to
 
@@ -192,7 +195,7 @@ class FaceFollower:
             with self._timer("track"):
                 self._follow_back(new, time)
         self.frames += 1
-        self._pending = (self._pending + [(frame, time, faces)])[-self.options.detect_every:]
+        self._pending = (self._pending + [(frame, time, faces)])[-self._window:]
         self.settled = self.frames - len(self._pending)
         return faces
 

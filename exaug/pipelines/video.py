@@ -134,7 +134,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             # included, is work it can shed (the MJPEG clip: 6.0-6.5 s instead of 6.6-6.8 s).
             # A chunk is handed on once its faces are settled: a face found later is followed back
             # into the frames before (see exaug.faces.follow), so rendering lags following by
-            # ``detect_every`` frames.
+            # ``detect_every`` frames (10 at the most).
             waiting: deque[tuple[int, tuple]] = deque()  # (frames followed through this chunk, chunk)
             for chunk in in_background(timer.timed(read_frames(input_path, options.chunk_size), "decode")):
                 frames = torch.from_numpy(chunk.frames).to(device, non_blocking=True)
