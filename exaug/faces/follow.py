@@ -230,9 +230,10 @@ class FaceFollower:
         return observed
 
     def _follow_back(self, new: list[_Track], time: float) -> None:
-        """Follow the faces of tracks just started on this frame back through the last frames, adding each to their faces until its mesh loses it or it stands on a face
-        already there. Time runs backwards for copies of the tracks with filters of their own, so
-        the smoothing and the crop's motion work as they do forwards."""
+        """Follow the faces of tracks just started on this frame back through the held frames, adding
+        each to their faces until its mesh loses it or it stands on a face already there. Time runs
+        backwards for copies of the tracks with filters of their own, so the smoothing and the
+        crop's motion work as they do forwards."""
         tracks = []
         for track in new:
             copy = _Track(track.track_id, OneEuroFilter(*self.filter_settings), track.raw, track.smoothed, track.score)
