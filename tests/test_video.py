@@ -139,6 +139,35 @@ def test_start_end_and_ramp_edit_only_that_span(portrait_clip, test_checkpoint, 
     assert change[6] < change[9] and change[13] < change[10], "the edit eases in and out"
 
 
+def test_frames_after_the_span_are_written_as_they_come(portrait_clip, test_checkpoint, tmp_path, monkeypatch):
+    """Rendering waits until no face found later can be followed back into a frame; past --end no
+    frame is followed, so the frames before are settled there and the rest stream through, instead
+    of waiting (all of a long clip in memory) for the clip's end."""
+    import exaug.pipelines.video as video
+
+    decoded: list[int] = []
+    written_after: list[int] = []
+    read_frames = video.read_frames
+
+    def counted(path, chunk_size):
+        for chunk in read_frames(path, chunk_size):
+            decoded.append(len(chunk))
+            yield chunk
+
+    class Writer(VideoWriter):
+        def write(self, frames, pts):
+            written_after.append(sum(decoded))
+            return super().write(frames, pts)
+
+    monkeypatch.setattr(video, "read_frames", counted)
+    monkeypatch.setattr(video, "VideoWriter", Writer)
+    generator = ExpressionGenerator.load(test_checkpoint, "cpu")
+    options = VideoOptions(emotion="happy", preset="veryfast", chunk_size=1, span=TimeSpan(None, 0.2))
+    summary = edit_video(portrait_clip, tmp_path / "early.mp4", generator, options, show_progress=False)
+    assert summary.frames == 20 and sum(count > 0 for count in summary.faces_per_frame) == 5
+    assert written_after[0] < 15, written_after  # not all 20 frames decoded before the first is written
+
+
 @pytest.mark.parametrize("text, seconds",
                          [("12.5", 12.5), ("01:02.5", 62.5), ("00:01:02.5", 62.5), ("1:00:00", 3600.0)])
 def test_times_are_seconds_or_timestamps(text, seconds):

@@ -162,6 +162,11 @@ class FaceFollower:
         frames = torch.as_tensor(frames).to(self.detector.device)
         return [self.update(frame, float(time)) for frame, time in zip(frames, times)]
 
+    def settle(self) -> None:
+        """Settle every frame fed so far: no face found later will be followed back into them (the
+        frames after these are not followed, as after a time span's end)."""
+        self._pending, self.settled = [], self.frames
+
     def update(self, frame: torch.Tensor, time: float) -> list[TrackedFace]:
         cut = self._scene_cut(frame)
         if cut:  # nothing carries over, and a face found after a cut was not in the shot before it

@@ -141,6 +141,8 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                 first_time = chunk.times[0] if first_time is None else first_time
                 weights = span.weights(chunk.times - first_time)
                 active = np.flatnonzero(weights > 0)  # frames outside the span are not searched
+                if not len(active):  # nor followed back into: the frames before are settled now, not
+                    follower.settle()  # at the end of a long clip past --end
                 tracked: list[list[TrackedFace]] = [[] for _ in range(len(chunk))]
                 for index, faces in zip(active, follower.update_many(frames[active], chunk.times[active])):
                     tracked[index] = faces
