@@ -27,6 +27,11 @@ a frame's faces are settled only that many frames later: :attr:`FaceFollower.set
 frames are, and the lists of faces :meth:`FaceFollower.update_many` returned for the others may
 still grow.
 
+A fit whose five points land far from where the face's motion said (more than ``jump`` face
+sizes) is taken for a wrong one, whatever its score: a blurred profile walking past was fitted
+facing the other way, the mesh's nose on the ear, and looked like a frontal face to edit. Such a
+face counts as lost and is looked for around where it was, as above.
+
 Each face's mesh is smoothed over time with a One Euro filter (:mod:`exaug.faces.track`), and its
 five alignment points come from the smoothed mesh, so the aligned crop, hence the pasted face,
 neither jitters nor lags. A face the mesh cannot fit (a profile, a tiny face) is carried by its
@@ -66,6 +71,9 @@ class FollowOptions:
     iou_threshold: float = 0.3  # box overlap for a detection to be a tracked face
     drift: float = 0.5  # mean distance of a tracked face's five points from its detection's, in
     # eye distances, beyond which the mesh is refitted from the detection (bounds tracking drift)
+    jump: float = 0.16  # mean distance of a mesh's five points from where its motion said they would be,
+    # in face sizes, beyond which the fit is wrong and the face lost (on the shared clips: at most 0.13
+    # for right fits, 0.17-0.33 for a blurred profile fitted facing the wrong way)
     follow_back: int = 10  # frames a new face is followed back into at the most (also at most
     # detect_every): the frames are held until then, and 4K frames are 25 MB each
 
@@ -228,11 +236,21 @@ class FaceFollower:
             landmarks, scores = self.fitter.mesh(warp_regions(frame, transforms, INPUT_SIZE))
         meshes = to_source(landmarks, transforms).double().numpy()
         observed = {}
-        for track, mesh, score in zip(tracks, meshes, scores.tolist()):
-            if score >= self.options.min_score:
+        for track, mesh, score, ahead in zip(tracks, meshes, scores.tolist(), predicted):
+            if score >= self.options.min_score and not self._jumped(mesh, ahead):
                 observed[track.track_id] = mesh
                 track.score = score
         return observed
+
+    def _jumped(self, mesh: np.ndarray, predicted: np.ndarray) -> bool:
+        """Whether the five alignment points of ``mesh`` landed further from ``predicted``'s than a
+        face moves in a frame: a wrong fit however high its score (the shared clip's woman walking
+        past in profile, blurred: the mesh fitted her head facing the other way, its nose on her
+        ear, score 0.97; pasted there, the edit smudged her ear)."""
+        points, expected = five_points(torch.from_numpy(np.stack([mesh[:, :2], predicted[:, :2]])))
+        box = mesh_box(predicted)
+        size = max(float((box[2:] - box[:2]).max()), 1.0)
+        return float((points - expected).norm(dim=-1).mean()) > self.options.jump * size
 
     def _follow_back(self, new: list[_Track], time: float) -> None:
         """Follow the faces of tracks just started on this frame back through the held frames, adding
