@@ -243,10 +243,10 @@ class FaceFollower:
         return observed
 
     def _jumped(self, mesh: np.ndarray, predicted: np.ndarray) -> bool:
-        """Whether the five alignment points of ``mesh`` landed further from ``predicted``'s than a
-        face moves in a frame: a wrong fit however high its score (the shared clip's woman walking
-        past in profile, blurred: the mesh fitted her head facing the other way, its nose on her
-        ear, score 0.97; pasted there, the edit smudged her ear)."""
+        """Whether the five alignment points of ``mesh`` landed on average more than ``jump`` face
+        sizes from ``predicted``'s: a wrong fit however high its score (the shared clip's woman
+        walking past in profile, blurred: the mesh fitted her head facing the other way, its nose on
+        her ear, score 0.97; pasted there, the edit smudged her ear)."""
         points, expected = five_points(torch.from_numpy(np.stack([mesh[:, :2], predicted[:, :2]])))
         box = mesh_box(predicted)
         size = max(float((box[2:] - box[:2]).max()), 1.0)
