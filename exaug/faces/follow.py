@@ -162,7 +162,6 @@ class FaceFollower:
         self._pending: list[tuple[torch.Tensor, float, list[TrackedFace]]] = []  # the last frames, to follow back into
         self._window = max(1, min(self.options.detect_every, self.options.follow_back))
         self.frames = 0  # frames fed
-        self.settled = 0  # the first frames whose faces no later frame adds to
 
     def update_many(self, frames: torch.Tensor | np.ndarray, times: Sequence[float]) -> list[list[TrackedFace]]:
         """The faces of each (H, W, 3) uint8 RGB frame of a chunk, by track id; the lists of frames
@@ -170,10 +169,15 @@ class FaceFollower:
         frames = torch.as_tensor(frames).to(self.detector.device)
         return [self.update(frame, float(time)) for frame, time in zip(frames, times)]
 
+    @property
+    def settled(self) -> int:
+        """How many of the first frames fed have faces no later frame adds to."""
+        return self.frames - len(self._pending)
+
     def settle(self) -> None:
         """Settle every frame fed so far: no face found later will be followed back into them (the
         frames after these are not followed, as after a time span's end)."""
-        self._pending, self.settled = [], self.frames
+        self._pending = []
 
     def update(self, frame: torch.Tensor, time: float) -> list[TrackedFace]:
         cut = self._scene_cut(frame)
@@ -209,7 +213,6 @@ class FaceFollower:
                 self._follow_back(new, time)
         self.frames += 1
         self._pending = (self._pending + [(frame, time, faces)])[-self._window:]
-        self.settled = self.frames - len(self._pending)
         return faces
 
     def _scene_cut(self, frame: torch.Tensor) -> bool:
