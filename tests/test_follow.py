@@ -199,6 +199,35 @@ def test_a_face_a_later_full_pass_first_finds_is_followed_back_into_the_frames_b
         assert np.linalg.norm(faces[0].landmarks - found.landmarks[0], axis=-1).mean() / eyes < 0.3
 
 
+def test_where_the_mesh_loses_a_face_followed_back_mtcnn_looks_around_it(cuts_clip, per_frame, mesh):
+    """As above, the face is first found on frame 4; following it back, the mesh loses it on frame 2
+    (forced, as the mesh loses a 20-pixel face). MTCNN then looks around where it was, on a crop:
+    found there, it is refitted and followed back on to frame 0; where that look sees nothing (its
+    crop made grey), the way back ends at frame 3."""
+    frames, times = cuts_clip
+    for grey_look, expected in ((False, [1, 1, 1, 1]), (True, [0, 0, 0, 1])):
+        follower = FaceFollower(FaceDetector("cpu"), mesh, FollowOptions(detect_every=4))
+        detect, follow = follower.detector.detect, follower._follow
+        passes = []
+
+        def grey_first_and_looks(images):
+            passes.append(len(images))
+            grey = len(passes) == 1 or (grey_look and len(passes) > 2)  # frame 0's pass; the look
+            return detect([torch.full_like(image, 128) for image in images] if grey else images)
+
+        follower.detector.detect = grey_first_and_looks
+        follower._follow = lambda frame, tracks, elapsed: ({} if torch.equal(frame, torch.from_numpy(frames[2]))
+                                                          else follow(frame, tracks, elapsed))
+        followed = follower.update_many(frames[:5], times[:5])
+        assert [len(faces) for faces in followed[:4]] == expected and len(followed[4]) == 1
+        assert follower.detections == 2 and follower.crop_detections == 1, "one look, on a crop of frame 2"
+        assert len({face.track_id for faces in followed for face in faces}) == 1
+        if not grey_look:
+            found = per_frame[2].landmarks[0]
+            eyes = np.linalg.norm(found[1] - found[0])
+            assert np.linalg.norm(followed[2][0].landmarks - found, axis=-1).mean() / eyes < 0.3
+
+
 def test_frames_are_held_for_following_back_no_longer_than_follow_back(cuts_clip, mesh):
     """A rare full pass (every 1000 frames) does not hold a thousand frames: frames wait to be
     settled ``follow_back`` frames at the most (a 4K frame is 25 MB), and ``detect_every`` when

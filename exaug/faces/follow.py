@@ -22,10 +22,10 @@ faces full passes drop finds 405 of the 413 faces per-frame MTCNN finds instead 
 A face that walks in between full passes is first found by the next one, up to ``detect_every``
 frames late, and one MTCNN misses in a pass or two (small, half hidden) later still; from where a
 track starts its mesh is followed back, frame by frame, into the ``detect_every`` frames before (10
-at the most, never across a cut), until the mesh loses it or it stands on a face already there. So
-a frame's faces are settled only that many frames later: :attr:`FaceFollower.settled` says how many
-frames are, and the lists of faces :meth:`FaceFollower.update_many` returned for the others may
-still grow.
+at the most, never across a cut), with MTCNN looking around it where the mesh loses it, until
+neither finds it or it stands on a face already there. So a frame's faces are settled only that
+many frames later: :attr:`FaceFollower.settled` says how many frames are, and the lists of faces
+:meth:`FaceFollower.update_many` returned for the others may still grow.
 
 A fit whose five points land far from where the face's motion said (more than ``jump`` face
 sizes) is taken for a wrong one, whatever its score: a blurred profile walking past was fitted
@@ -132,6 +132,22 @@ def _in_frame(crops: list[ImageFaces], regions: list[tuple[int, int, int, int]])
     return ImageFaces(boxes[kept].reshape(-1, 4), probs[kept], landmarks[kept].reshape(-1, 5, 2))
 
 
+def _search_squares(frame: torch.Tensor, tracks: list[_Track]) -> tuple[list[_Track], list[tuple[int, int, int, int]]]:
+    """Where to look for faces the mesh lost: a square twice each face's size around its last mesh,
+    cut to the frame (x0, y0, x1, y1); tracks whose square lies outside the frame are left out."""
+    height, width = frame.shape[:2]
+    inside, regions = [], []
+    for track in tracks:
+        x0, y0, x1, y1 = mesh_box(track.raw)
+        side, cx, cy = max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+        region = (max(0, int(cx - side)), max(0, int(cy - side)),
+                  min(width, math.ceil(cx + side)), min(height, math.ceil(cy + side)))
+        if min(region[2] - region[0], region[3] - region[1]) >= MIN_CROP:
+            regions.append(region)
+            inside.append(track)
+    return inside, regions
+
+
 class FaceFollower:
     """Faces of consecutive video frames, with stable ids and smoothed meshes.
 
@@ -209,8 +225,7 @@ class FaceFollower:
             faces.append(self._state(track, detection.get(track.track_id)))
         new = [track for track in self._tracks if track.track_id >= first_new and track.score >= self.options.min_score]
         if new and self._pending:
-            with self._timer("track"):
-                self._follow_back(new, time)
+            self._follow_back(new, time)
         self.frames += 1
         self._pending = (self._pending + [(frame, time, faces)])[-self._window:]
         return faces
@@ -257,9 +272,12 @@ class FaceFollower:
 
     def _follow_back(self, new: list[_Track], time: float) -> None:
         """Follow the faces of tracks just started on this frame back through the held frames, adding
-        each to their faces until its mesh loses it or it stands on a face already there. Time runs
-        backwards for copies of the tracks with filters of their own, so the smoothing and the
-        crop's motion work as they do forwards."""
+        each to their faces until neither its mesh nor MTCNN around it finds it, or it stands on a
+        face already there. Time runs backwards for copies of the tracks with filters of their own,
+        so the smoothing and the crop's motion work as they do forwards. Where the mesh loses a face,
+        MTCNN looks around it as it does forwards (:meth:`_find_lost`): a 21-pixel face on the shared
+        1080p clip, which the mesh holds only a frame or two, was first found by the full pass of
+        frame 10 and is in frames 1-9 at full resolution."""
         tracks = []
         for track in new:
             copy = _Track(track.track_id, OneEuroFilter(*self.filter_settings), track.raw, track.smoothed, track.score)
@@ -267,7 +285,15 @@ class FaceFollower:
             tracks.append(copy)
         later = time
         for frame, earlier, faces in reversed(self._pending):
-            observed = self._follow(frame, tracks, later - earlier)
+            with self._timer("track"):
+                observed = self._follow(frame, tracks, later - earlier)
+            lost, regions = _search_squares(frame, [track for track in tracks if track.track_id not in observed])
+            if lost:
+                found = _in_frame(self._detect_around(frame, regions), regions)
+                with self._timer("track"):
+                    matches = match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in lost]), found.boxes),
+                                          self.options.iou_threshold)
+                    self._refit(frame, [lost[t] for t in matches.values()], found, list(matches), observed)
             kept = []
             for track in tracks:
                 mesh = observed.get(track.track_id)
@@ -324,23 +350,11 @@ class FaceFollower:
         a lost face not found is left out of this frame, as a full pass would leave it, and looked
         for again in the next if MTCNN found no face at all in its square (a face whose square lies
         outside the frame is dropped)."""
-        height, width = frame.shape[:2]
-        regions, inside = [], []
-        for track in lost:
-            x0, y0, x1, y1 = mesh_box(track.raw)
-            side, cx, cy = max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
-            region = (max(0, int(cx - side)), max(0, int(cy - side)),
-                      min(width, math.ceil(cx + side)), min(height, math.ceil(cy + side)))
-            if min(region[2] - region[0], region[3] - region[1]) >= MIN_CROP:
-                regions.append(region)
-                inside.append(track)
-        lost = inside
+        lost, regions = _search_squares(frame, lost)
         if not lost:
             self._tracks, self._searching = [track for track in self._tracks if track.track_id in observed], []
             return
-        with self._timer("detect"):
-            crops = self.detector.detect([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions])
-        self.crop_detections += 1
+        crops = self._detect_around(frame, regions)
         with self._timer("track"):
             found = _in_frame(crops, regions)
             held = [mesh_box(observed[track.track_id]) for track in self._tracks if track.track_id in observed]
@@ -364,6 +378,13 @@ class FaceFollower:
             # A face found in the square but not matched moved away or was another face: it started
             # a track of its own, and its old place is not searched again.
             self._searching = [track for track, faces in zip(lost, crops) if track.track_id not in observed and not len(faces)]
+
+    def _detect_around(self, frame: torch.Tensor, regions: list[tuple[int, int, int, int]]) -> list[ImageFaces]:
+        """MTCNN on ``regions`` of ``frame`` only, each at full resolution."""
+        with self._timer("detect"):
+            crops = self.detector.detect([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions])
+        self.crop_detections += 1
+        return crops
 
     def _new_track(self) -> _Track:
         track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
