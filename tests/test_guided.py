@@ -413,6 +413,44 @@ def test_tracked_meshes_in_the_faces_own_pixels_give_the_same_faces(shipped, peo
     assert torch.equal(shipped.generate(faces, "surprise", meshes=meshes), shipped.generate(faces, "surprise"))
 
 
+def test_a_mouth_dropping_open_is_painted_inside_not_its_lips_stretched_across(shipped, people_at_256, monkeypatch):
+    """Surprise drops the people photos' closed mouths open (past GAPING): inside the new opening the
+    painter renders the mouth's inside, dark and with no colour moved in, where the warp smeared the
+    red lips across it (the painter, trained on greyscale CK+, kept most of the warp there). A smile
+    opens less and keeps the warp; a mouth already as open as its target keeps its own inside."""
+    import torch.nn.functional as F
+
+    import exaug.model.guided as guided
+    from exaug.faces.mesh import LIPS_INNER, LIPS_OUTER, polygon_mask
+    from exaug.model.regions import GAPING, stretched_lips
+
+    faces = people_at_256
+    meshes = shipped.meshes(faces)
+    surprise = shipped.targets(meshes, ["surprise"] * len(faces), 1.0)
+    happy = shipped.targets(meshes, ["happy"] * len(faces), 1.0)
+    assert (mouth_opening(meshes) < MOUTH_CLOSED).all() and (mouth_opening(surprise) > GAPING + 0.05).all()
+    assert (mouth_opening(happy) < GAPING).all()
+    window = shipped._model.config.window_slices()
+    assert stretched_lips(meshes, happy, 128, *window).max() == 0, "a smile keeps the warp"
+    assert stretched_lips(surprise, surprise, 128, *window).max() == 0, "an opening already there keeps its inside"
+    # The opening's core at 256 px (the mesh in the faces' own pixels, its edge pixels left out).
+    opening = polygon_mask((surprise + 0.5) * 2 - 0.5, LIPS_INNER, 256)
+    core = (1 - F.max_pool2d(1 - opening, 5, 1, 2))[:, 0] > 0
+    assert (core.flatten(1).sum(1) > 100).all()
+    chroma = encode(faces, 1)[1]  # the lips' colour: inside the closed mouth's outer contour
+    lips = polygon_mask((meshes + 0.5) * 2 - 0.5, LIPS_OUTER, 256)[:, 0] > 0
+    lips_red = torch.stack([chroma[i][:, lips[i]].mean(1).norm() for i in range(len(faces))])
+    painted = shipped.generate(faces, "surprise")
+    monkeypatch.setattr(guided, "stretched_lips", lambda source, *args: torch.zeros(len(source), 1, 1, 1))
+    stretched = shipped.generate(faces, "surprise")
+    for i in range(len(faces)):
+        before_luma, before_chroma = (x[0][:, core[i]] for x in encode(stretched[i:i + 1], 1))
+        after_luma, after_chroma = (x[0][:, core[i]] for x in encode(painted[i:i + 1], 1))
+        assert before_chroma.norm(dim=0).mean() > 0.6 * lips_red[i], "the warp alone: red lips across the opening"
+        assert after_chroma.norm(dim=0).mean() < 0.15 * lips_red[i], "painted: no colour moved in"
+        assert after_luma.mean() < before_luma.mean() - 0.2, "the mouth's inside is darker than the lips"
+
+
 def _shaded_warp(shipped: GuidedExpressionGenerator, faces: torch.Tensor, meshes: torch.Tensor,
                  target: torch.Tensor) -> torch.Tensor:
     """uint8 faces moved to ``target`` and shaded, with nothing painted."""

@@ -25,7 +25,7 @@ from exaug.model.color import decode, encode
 from exaug.model.geometry import STABLE_POINTS, ExpressionGeometry
 from exaug.model.painter import SHADE_SIZE, Painter, PainterConfig, PaintLayers
 from exaug.model.regions import (face_outline, facing, lip_colour, lips_box, paint_gate, paint_region,
-                                 squeezed_teeth)
+                                 squeezed_teeth, stretched_lips)
 from exaug.model.warp import identity_field, mesh_field, warp
 
 TEMPLATE = "exaug"
@@ -295,6 +295,11 @@ class GuidedExpressionGenerator:
                 warp(small, field[painted]), None if log_gain is None else log_gain[painted])
             paint = self._model.layers(small, shaded, field[painted], codes[painted], target[painted], gate[painted],
                                        self.bf16)
+            # A gaping mouth's opening is the painter's alone (:func:`stretched_lips`); training leaves
+            # the mask to the painter, whose CK+ peaks rarely gape as far.
+            stretched = stretched_lips(source[painted], target[painted], self.image_size,
+                                       *self._model.config.window_slices())
+            paint = paint._replace(keep=paint.keep * (1 - stretched * gate[painted, None, None, None]))
             edited[painted], keep = self._model.compose(edited[painted], paint)
             if chroma is not None:  # unpainted faces keep every pixel's moved colour
                 chroma[painted] = self._paint_chroma(chroma[painted], keep, small_chroma, field[painted],

@@ -2,8 +2,9 @@
 
 All of it is read from the face mesh (:mod:`exaug.faces.mesh`), in the crop's pixels: the face's
 outline (the shader's extent), the soft ellipse around the mouth (the painter's), the gate that
-keeps closed mouths unpainted, the fade for turned and tilted faces, and the lips' band and colour
-for a closing smile. :mod:`exaug.model.guided` composes the layers with them.
+keeps closed mouths unpainted, the fade for turned and tilted faces, the lips' band and colour for
+a closing smile, and the new opening of a mouth that drops open (the painter's alone).
+:mod:`exaug.model.guided` composes the layers with them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,28 @@ def squeezed_teeth(source_mesh: Tensor, target_mesh: Tensor, field: Tensor, size
     fetched = inside_polygon(grid.reshape(n, -1, 2) * size - 0.5, source_mesh, LIPS_INNER)
     opening = inside_polygon(pixel_centres(rows, columns, grid.device), target_mesh, LIPS_INNER)
     return (fetched & ~opening).reshape(n, 1, height, width).float()
+
+
+# Mouth openings (the target's) over which the painter takes over a gaping mouth's new opening
+# (:func:`stretched_lips`): smiles at intensity 1 open to 0.13-0.22 (on photos and CK+ faces alike),
+# surprise to 0.27-0.37.
+GAPING, AGAPE = 0.22, 0.3
+
+
+def stretched_lips(source_mesh: Tensor, target_mesh: Tensor, size: int, rows: slice, columns: slice) -> Tensor:
+    """(N, 1, h, w) in [0, 1] over ``rows`` and ``columns`` of a ``size``-pixel face (the meshes'
+    pixels): the opening of a mouth that gapes (past :data:`GAPING`, fully from :data:`AGAPE`) by as
+    much as it is new (1 for a mouth that was closed, 0 for one as open before). The warp fills a new
+    opening with the closed lips stretched across it: on colour photos, a mouth dropping open came
+    out as red lips smeared over it (the painter, trained on greyscale CK+, barely painted there),
+    and only the painter can render the inside of a mouth. Smiles keep the warp: painted in full,
+    their teeth came out as a black and white grid."""
+    opening = inside_polygon(pixel_centres(rows, columns, target_mesh.device), target_mesh, LIPS_INNER)
+    opening = opening.reshape(-1, 1, rows.stop - rows.start, columns.stop - columns.start).float()
+    target_gap, source_gap = mouth_opening(target_mesh).float(), mouth_opening(source_mesh).float()
+    gaping = _smoothstep((target_gap - GAPING) / (AGAPE - GAPING))
+    new = (1 - source_gap / target_gap.clamp_min(1e-6)).clamp(0, 1)
+    return F.avg_pool2d(opening, 3, 1, 1, count_include_pad=False) * (gaping * new)[:, None, None, None]
 
 
 def lip_colour(faces: Tensor, meshes: Tensor, rows: slice, columns: slice) -> Tensor:
