@@ -112,12 +112,16 @@ def stretched_lips(source_mesh: Tensor, target_mesh: Tensor, size: int, rows: sl
     out as red lips smeared over it (the painter, trained on greyscale CK+, barely painted there),
     and only the painter can render the inside of a mouth. Smiles keep the warp: painted in full,
     their teeth came out as a black and white grid."""
-    opening = inside_polygon(pixel_centres(rows, columns, target_mesh.device), target_mesh, LIPS_INNER)
-    opening = opening.reshape(-1, 1, rows.stop - rows.start, columns.stop - columns.start).float()
     target_gap, source_gap = mouth_opening(target_mesh).float(), mouth_opening(source_mesh).float()
-    gaping = _smoothstep((target_gap - GAPING) / (AGAPE - GAPING))
-    new = (1 - source_gap / target_gap.clamp_min(1e-6)).clamp(0, 1)
-    return F.avg_pool2d(opening, 3, 1, 1, count_include_pad=False) * (gaping * new)[:, None, None, None]
+    new = (1 - source_gap / target_gap.clamp_min(1e-6)).clamp(0, 1)  # how much of the opening is new
+    weight = _smoothstep((target_gap - GAPING) / (AGAPE - GAPING)) * new
+    stretched = torch.zeros(len(target_mesh), 1, rows.stop - rows.start, columns.stop - columns.start,
+                            device=target_mesh.device)
+    if (gaping := (weight > 0).nonzero()[:, 0]).numel():  # most targets do not gape: no polygon to test them
+        opening = inside_polygon(pixel_centres(rows, columns, target_mesh.device), target_mesh[gaping], LIPS_INNER)
+        opening = opening.reshape(-1, 1, *stretched.shape[-2:]).float()
+        stretched[gaping] = F.avg_pool2d(opening, 3, 1, 1, count_include_pad=False) * weight[gaping, None, None, None]
+    return stretched
 
 
 def lip_colour(faces: Tensor, meshes: Tensor, rows: slice, columns: slice) -> Tensor:
