@@ -22,7 +22,11 @@ from torch import Tensor
 FIELD_SIZE = 32  # grid the spline is evaluated on before upsampling
 BORDER_ANCHORS = 9  # fixed points per side of the crop
 STILL_BELOW = (0.15, 0.5)  # output pixels: moves shorter than the first stay put, ramping to the second
-_CHUNK = 8  # faces evaluated together on the grid: at 16 the (n, size^2, k) kernel (19 MB) is fresh memory each time, and filling it costs more than the arithmetic (0.9 instead of 0.5 ms a face)
+# Faces evaluated together on the grid. Their (n, 1024, 289) kernel is fresh memory each time, and
+# once it outgrows the cache, filling it costs more than the arithmetic: on the 2-core Xeon 16 faces
+# (19 MB) took 0.9 instead of 0.5 ms a face at 8; on the 2-core AMD EPYC 8 faces (9.5 MB) took 3.1-3.4
+# ms a face, 2 (2.4 MB) 1.75-1.83, 1 and 4 within 0.2 of that.
+_CHUNK = 2
 
 
 def control_points() -> list[int]:
