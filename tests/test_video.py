@@ -168,6 +168,52 @@ def test_frames_after_the_span_are_written_as_they_come(portrait_clip, test_chec
     assert written_after[0] < 15, written_after  # not all 20 frames decoded before the first is written
 
 
+def test_the_last_chunks_are_edited_two_at_a_time_and_written_in_order(portrait_clip, test_checkpoint, tmp_path,
+                                                                      monkeypatch):
+    """The chunks that wait for following's end (the last ``follow_back`` frames) are edited two at a
+    time, one of each pair on a helper thread, and written in order: the video is, frame for frame,
+    the one a single thread writes."""
+    import concurrent.futures
+    import threading
+
+    import exaug.pipelines.video as video
+    from exaug.pipelines.video_faces import FaceEditor
+
+    threads: list[str] = []
+    edit = FaceEditor.edit
+
+    def recorded(self, *args):
+        threads.append(threading.current_thread().name)
+        return edit(self, *args)
+
+    monkeypatch.setattr(FaceEditor, "edit", recorded)
+    generator = ExpressionGenerator.load(test_checkpoint, "cpu")
+    options = VideoOptions(emotion="happy", preset="veryfast", chunk_size=1)
+    two = edit_video(portrait_clip, tmp_path / "two.mp4", generator, options, show_progress=False)
+    assert len(threads) == 20 and sum(name.startswith("exaug-render") for name in threads) == 5, threads
+
+    class InPlace:  # a helper that edits where it is asked to
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, function, *args):
+            future = concurrent.futures.Future()
+            future.set_result(function(*args))
+            return future
+
+    monkeypatch.setattr(video, "ThreadPoolExecutor", InPlace)
+    one = edit_video(portrait_clip, tmp_path / "one.mp4", generator, options, show_progress=False)
+    (frames_two, pts_two), (frames_one, pts_one) = all_frames(two.output), all_frames(one.output)
+    assert two.frames == one.frames == 20 and two.faces_per_frame == one.faces_per_frame
+    assert np.array_equal(pts_two, pts_one) and np.array_equal(frames_two, frames_one)
+
+
 @pytest.mark.parametrize("text, seconds",
                          [("12.5", 12.5), ("01:02.5", 62.5), ("00:01:02.5", 62.5), ("1:00:00", 3600.0)])
 def test_times_are_seconds_or_timestamps(text, seconds):

@@ -182,6 +182,7 @@ class StageTimer:
     def __init__(self, device: torch.device):
         self.device = device
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # stages may run in several threads at once
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -191,7 +192,8 @@ class StageTimer:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+            with self._lock:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
 
     def timed(self, items: Iterable[T], stage: str) -> Iterator[T]:
         """Charge the time spent producing each item of ``items`` to ``stage``."""

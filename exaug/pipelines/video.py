@@ -5,7 +5,8 @@ geometry gives each face's alignment (:mod:`exaug.faces.follow`): the transform,
 face, moves smoothly with the head instead of jittering with a detector, at a fraction of the cost
 of detecting every frame. Frames are processed in chunks so generation and blending run batched;
 the next chunk is decoded and followed in a thread while this one is rendered, once its faces are
-settled (a face found late is followed back into earlier frames). Each face is edited
+settled (a face found late is followed back into earlier frames); the last chunks, settled only when
+following ends, are rendered two at a time. Each face is edited
 at about its own size in the frame and goes back through the inverse warp under a feathered mask
 (:mod:`exaug.pipelines.video_faces`); frames without faces pass through untouched. With a time
 span (:mod:`exaug.pipelines.timespan`) only its frames are searched and edited; in its ramps both
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -36,7 +38,7 @@ from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import check_intensity, load_reference
 from exaug.pipelines.stages import StageTimer, in_background
 from exaug.pipelines.timespan import TimeSpan
-from exaug.pipelines.video_faces import FaceEditor
+from exaug.pipelines.video_faces import EditedFaces, FaceEditor
 from exaug.progress import progress_bar
 
 STAGES = ("decode", "detect", "track", "generate", "blend", "encode")
@@ -109,10 +111,13 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             progress_bar("frames", disable=not show_progress) as bar:
         task = bar.add_task("editing", total=info.frames or None, info="")
 
-        def render(chunk: FrameChunk, frames: torch.Tensor, weights: np.ndarray,
-                   tracked: list[list[TrackedFace]]) -> None:
+        def edit(chunk: FrameChunk, frames: torch.Tensor, weights: np.ndarray,
+                 tracked: list[list[TrackedFace]]) -> list[EditedFaces]:
             with timer("generate"):
-                edited = editor.edit(frames, tracked, weights)
+                return editor.edit(frames, tracked, weights)
+
+        def write(chunk: FrameChunk, frames: torch.Tensor, weights: np.ndarray, tracked: list[list[TrackedFace]],
+                  edited: list[EditedFaces]) -> None:
             with timer("blend"):
                 result = chunk.frames  # a chunk without faces passes through untouched
                 if edited:
@@ -127,7 +132,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             summary.faces_per_frame += [len(found) for found in tracked]
             bar.update(task, advance=len(chunk), info=f"{summary.faces_edited} faces")
 
-        def followed() -> Iterator[tuple[FrameChunk, torch.Tensor, np.ndarray, list[list[TrackedFace]]]]:
+        def followed() -> Iterator[list[tuple[FrameChunk, torch.Tensor, np.ndarray, list[list[TrackedFace]]]]]:
             first_time: float | None = None
             # Decoded ahead in a thread of its own (its "decode" seconds are that thread's): following
             # is the longer side once the painter runs in bf16, and decoding, converting to RGB
@@ -148,13 +153,23 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
                     tracked[index] = faces
                 waiting.append((follower.frames, (chunk, frames, weights, tracked)))
                 while waiting and waiting[0][0] <= follower.settled:
-                    yield waiting.popleft()[1]
-            yield from (item for _, item in waiting)
+                    yield [waiting.popleft()[1]]
+            if waiting:  # following is done: the last chunks are handed on together
+                yield [item for _, item in waiting]
 
         # Following is sequential (each frame's crops come from the last); rendering a chunk is not:
-        # the next chunk is followed while this one is rendered, each on half the cores.
-        for item in in_background(followed(), split_cores=device.type == "cpu"):
-            render(*item)
+        # the next chunk is followed while this one is rendered, each on half the cores. The last
+        # chunks, which wait for following's end (up to ``follow_back`` frames), are edited two at a
+        # time, the second on the half of the cores following no longer uses (the MJPEG clip's last
+        # 0.7 s were one core's).
+        half = max(1, torch.get_num_threads() // 2)
+        with ThreadPoolExecutor(1, "exaug-render", initializer=torch.set_num_threads, initargs=(half,)) as helper:
+            for items in in_background(followed(), split_cores=device.type == "cpu"):
+                for first, second in zip(items[::2], items[1::2] + [None]):
+                    ahead = None if second is None else helper.submit(edit, *second)
+                    write(*first, edit(*first))
+                    if ahead is not None:
+                        write(*second, ahead.result())
     summary.seconds = time.perf_counter() - started
     summary.detections, summary.crop_detections = follower.detections, follower.crop_detections
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
