@@ -29,6 +29,7 @@ from exaug.model.regions import (face_outline, facing, lip_colour, lips_box, pai
 from exaug.model.warp import identity_field, mesh_field, warp
 
 TEMPLATE = "exaug"
+MOUTH_INSIDE = 0.3  # the share of the lips' colour the inside of a gaping mouth takes
 
 
 class Rendered(NamedTuple):
@@ -110,20 +111,22 @@ class GuidedGenerator(nn.Module):
         """Blend the window's layers into ``warped`` faces of any size: (output, mask A over the whole
         face). Larger faces get the layers upsampled: only the painted pixels are at the model's
         resolution, every moved (and shaded) pixel keeps the face's own detail."""
-        size, model_size = warped.shape[-1], self.config.image_size
-        rows, columns = self.config.window_slices(model_size)
-
-        def canvas(layer: Tensor, fill: float) -> Tensor:
-            whole = layer.new_full((len(layer), layer.shape[1], model_size, model_size), fill)
-            whole[..., rows, columns] = layer
-            if size != model_size:
-                whole = F.interpolate(whole, size=(size, size), mode="bilinear", align_corners=False)
-            return whole
-
-        keep, colour = canvas(paint.keep, 1.0), canvas(paint.colour, 0.0)
+        size = warped.shape[-1]
+        keep, colour = self.whole_face(paint.keep, 1.0, size), self.whole_face(paint.colour, 0.0, size)
         if paint.shade is not None:  # exactly 0 outside the window: no gain there
-            warped = with_gain(warped, canvas(paint.shade, 0.0))
+            warped = with_gain(warped, self.whole_face(paint.shade, 0.0, size))
         return keep * warped + (1 - keep) * colour, keep
+
+    def whole_face(self, layer: Tensor, fill: float, size: int) -> Tensor:
+        """A layer over the painter's window (N, C, h, w at the model's size) on a ``size``-pixel face,
+        ``fill`` outside the window."""
+        model_size = self.config.image_size
+        rows, columns = self.config.window_slices(model_size)
+        whole = layer.new_full((len(layer), layer.shape[1], model_size, model_size), fill)
+        whole[..., rows, columns] = layer
+        if size != model_size:
+            whole = F.interpolate(whole, size=(size, size), mode="bilinear", align_corners=False)
+        return whole
 
     def render_layers(self, faces: Tensor, field: Tensor, codes: Tensor, target_mesh: Tensor,
                       gate: Tensor | None = None, *, detach_gain: bool = False) -> Rendered:
@@ -298,21 +301,27 @@ class GuidedExpressionGenerator:
             # A gaping mouth's opening is the painter's alone (:func:`stretched_lips`); training leaves
             # the mask to the painter, whose CK+ peaks rarely gape as far.
             stretched = stretched_lips(source[painted], target[painted], self.image_size,
-                                       *self._model.config.window_slices())
-            paint = paint._replace(keep=paint.keep * (1 - stretched * gate[painted, None, None, None]))
+                                       *self._model.config.window_slices()) * gate[painted, None, None, None]
+            paint = paint._replace(keep=paint.keep * (1 - stretched))
             edited[painted], keep = self._model.compose(edited[painted], paint)
             if chroma is not None:  # unpainted faces keep every pixel's moved colour
                 chroma[painted] = self._paint_chroma(chroma[painted], keep, small_chroma, field[painted],
-                                                     source[painted], target[painted])
+                                                     source[painted], target[painted], stretched)
         return decode(edited, chroma)
 
     def _paint_chroma(self, chroma: Tensor, keep: Tensor, small_chroma: Tensor, field: Tensor, source: Tensor,
-                      target: Tensor) -> Tensor:
+                      target: Tensor, stretched: Tensor) -> Tensor:
         """``chroma`` (N, 3, S, S) of painted faces under the painter's ``keep`` (mask A): mostly
         painted pixels are new texture (teeth, the mouth's inside) and no colour is moved onto them;
-        lightly retouched ones (A > 0.75) keep the skin's and lips' own colour. Mouths that close get
-        their lips' colour on the teeth squeezed between the lips (:meth:`_colour_lips`)."""
+        lightly retouched ones (A > 0.75) keep the skin's and lips' own colour. The inside of a
+        gaping mouth (``stretched``, over the painter's window: :func:`stretched_lips`) takes
+        :data:`MOUTH_INSIDE` of the lips' colour: without any it was a flat black hole, a dark red
+        one is a mouth. Mouths that close get their lips' colour on the teeth squeezed between the
+        lips (:meth:`_colour_lips`)."""
         chroma = chroma * ((keep - 0.25) / 0.5).clamp(0, 1)
+        if stretched.any():
+            lips = lip_colour(small_chroma, source, *lips_box(source, self.image_size))
+            chroma = chroma + MOUTH_INSIDE * lips[..., None, None] * self._model.whole_face(stretched, 0.0, chroma.shape[-1])
         closes = mouth_opening(target) < mouth_opening(source)
         if closes.any():
             chroma[closes] = self._colour_lips(small_chroma[closes], chroma[closes], field[closes], source[closes],
