@@ -275,7 +275,7 @@ class FaceFollower:
         each to their faces until neither its mesh nor MTCNN around it finds it, or it stands on a
         face already there. Time runs backwards for copies of the tracks with filters of their own,
         so the smoothing and the crop's motion work as they do forwards. Where the mesh loses a face,
-        MTCNN looks around it as it does forwards (:meth:`_find_lost`): a 21-pixel face on the shared
+        MTCNN looks around it (:meth:`_look_around`) as it does forwards: a 21-pixel face on the shared
         1080p clip, which the mesh holds only a frame or two, was first found by the full pass of
         frame 10 and is in frames 1-9 at full resolution."""
         tracks = []
@@ -287,12 +287,10 @@ class FaceFollower:
         for frame, earlier, faces in reversed(self._pending):
             with self._timer("track"):
                 observed = self._follow(frame, tracks, later - earlier)
-            lost, regions = _search_squares(frame, [track for track in tracks if track.track_id not in observed])
+            lost, _, found = self._look_around(frame, [track for track in tracks if track.track_id not in observed])
             if lost:
-                found = _in_frame(self._detect_around(frame, regions), regions)
                 with self._timer("track"):
-                    matches = match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in lost]), found.boxes),
-                                          self.options.iou_threshold)
+                    matches = self._matches(lost, found)
                     self._refit(frame, [lost[t] for t in matches.values()], found, list(matches), observed)
             kept = []
             for track in tracks:
@@ -350,20 +348,17 @@ class FaceFollower:
         a lost face not found is left out of this frame, as a full pass would leave it, and looked
         for again in the next if MTCNN found no face at all in its square (a face whose square lies
         outside the frame is dropped)."""
-        lost, regions = _search_squares(frame, lost)
+        lost, crops, found = self._look_around(frame, lost)
         if not lost:
             self._tracks, self._searching = [track for track in self._tracks if track.track_id in observed], []
             return
-        crops = self._detect_around(frame, regions)
         with self._timer("track"):
-            found = _in_frame(crops, regions)
             held = [mesh_box(observed[track.track_id]) for track in self._tracks if track.track_id in observed]
             held = np.stack(held) if held else np.zeros((0, 4))
             free = [index for index in range(len(found))  # faces no followed face stands on
                     if box_iou(found.boxes[index][None], held).max(initial=0.0) < self.options.iou_threshold]
             found = ImageFaces(found.boxes[free].reshape(-1, 4), found.probs[free], found.landmarks[free].reshape(-1, 5, 2))
-            matches = match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in lost]), found.boxes),
-                                  self.options.iou_threshold)
+            matches = self._matches(lost, found)
             refit, indices = [lost[t] for t in matches.values()], list(matches)
             for track in refit:  # found by MTCNN: a detection, however small its pass
                 track.misses = 0
@@ -379,12 +374,23 @@ class FaceFollower:
             # a track of its own, and its old place is not searched again.
             self._searching = [track for track, faces in zip(lost, crops) if track.track_id not in observed and not len(faces)]
 
-    def _detect_around(self, frame: torch.Tensor, regions: list[tuple[int, int, int, int]]) -> list[ImageFaces]:
-        """MTCNN on ``regions`` of ``frame`` only, each at full resolution."""
+    def _look_around(self, frame: torch.Tensor, lost: list[_Track]) -> tuple[list[_Track], list[ImageFaces], ImageFaces]:
+        """MTCNN on a square around each of ``lost`` only (:func:`_search_squares`), at full
+        resolution: the tracks looked for (those whose square lies inside the frame), the faces found
+        in each one's square, and all of them in frame pixels (nothing runs if no square is left)."""
+        lost, regions = _search_squares(frame, lost)
+        if not lost:
+            return [], [], ImageFaces.empty()
         with self._timer("detect"):
             crops = self.detector.detect([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions])
+            found = _in_frame(crops, regions)
         self.crop_detections += 1
-        return crops
+        return lost, crops, found
+
+    def _matches(self, tracks: list[_Track], found: ImageFaces) -> dict[int, int]:
+        """Detection index -> index into ``tracks`` of the faces ``found`` where each track's last mesh was."""
+        return match_boxes(box_iou(np.stack([mesh_box(track.raw) for track in tracks]), found.boxes),
+                           self.options.iou_threshold)
 
     def _new_track(self) -> _Track:
         track = _Track(self._next_id, OneEuroFilter(*self.filter_settings), np.zeros((0, 3)), np.zeros((0, 2)))
