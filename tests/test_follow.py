@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from exaug.faces.detect import FaceDetector
-from exaug.faces.follow import FaceFollower, FollowOptions, crop_transforms
+from exaug.faces.crops import crop_transforms
+from exaug.faces.follow import FaceFollower, FollowOptions
 from exaug.faces.mesh import FaceMesh
 from videotools import Shot, all_frames, photo_clip
 

@@ -50,14 +50,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from exaug.faces.align import apply_affine, estimate_similarity, warp_regions
+from exaug.faces.align import warp_regions
+from exaug.faces.crops import crop_transforms, faces_in_frame, mesh_box, moved_onto, search_square
 from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.faces.mesh import INPUT_SIZE, FaceMesh, MeshFitter, five_points, to_source
 from exaug.faces.track import OneEuroFilter, TrackedFace, box_iou, match_boxes
 from exaug.io.images import LUMA
 
-EYE_CORNERS = (33, 263)  # outer eye corners (image left, image right): the crop's roll
-MIN_CROP = 12  # pixels: the smallest square MTCNN's first network reads; a lost face's smaller one is off the frame
 Timer = Callable[[str], AbstractContextManager]
 
 
@@ -86,66 +85,6 @@ class _Track:
     smoothed: np.ndarray  # (468, 2)
     score: float = 0.0
     misses: int = 0
-
-
-def mesh_box(mesh: np.ndarray) -> np.ndarray:
-    """(x0, y0, x1, y1) of a mesh's points (the face from brow to chin, ear to ear)."""
-    xy = mesh[..., :2]
-    return np.concatenate([xy.min(-2), xy.max(-2)], -1)
-
-
-def crop_transforms(meshes: torch.Tensor, scale: float, size: int = INPUT_SIZE) -> torch.Tensor:
-    """(n, 2, 3) source->crop similarities for the mesh: its bounding box enlarged ``scale`` times,
-    centred, turned so the eyes are level (the crop MediaPipe tracks with)."""
-    xy = meshes[..., :2].double()
-    low, high = xy.amin(1), xy.amax(1)
-    centre, side = (low + high) / 2, (high - low).amax(1) * scale
-    eyes = xy[:, EYE_CORNERS[1]] - xy[:, EYE_CORNERS[0]]
-    angle = -torch.atan2(eyes[:, 1], eyes[:, 0])
-    zoom = size / side.clamp_min(1.0)
-    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-    linear = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    shift = (size - 1) / 2 - (linear @ centre[..., None])[..., 0]
-    return torch.cat([linear, shift[..., None]], -1).float()
-
-
-def _onto(mesh: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``mesh`` moved by the similarity that best takes its five points onto ``points``."""
-    source = five_points(torch.from_numpy(mesh[None, :, :2]).double())
-    transform = estimate_similarity(source, torch.from_numpy(points).double()).double()
-    moved = apply_affine(transform, torch.from_numpy(mesh[None, :, :2]).double())[0].numpy()
-    return np.concatenate([moved, mesh[:, 2:] * math.sqrt(abs(float(torch.det(transform[0, :, :2]))))], 1)
-
-
-def _in_frame(crops: list[ImageFaces], regions: list[tuple[int, int, int, int]]) -> ImageFaces:
-    """The faces MTCNN found in crops of a frame, in frame pixels, most probable first; a face found
-    in two overlapping crops counts once."""
-    offsets = [np.float32([x0, y0]) for x0, y0, _, _ in regions]
-    boxes = np.concatenate([faces.boxes + np.tile(offset, 2) for faces, offset in zip(crops, offsets)])
-    probs = np.concatenate([faces.probs for faces in crops])
-    landmarks = np.concatenate([faces.landmarks + offset for faces, offset in zip(crops, offsets)])
-    order = np.argsort(-probs, kind="stable")
-    kept: list[int] = []
-    for index in order.tolist():
-        if not kept or box_iou(boxes[index][None], boxes[kept]).max() < 0.5:
-            kept.append(index)
-    return ImageFaces(boxes[kept].reshape(-1, 4), probs[kept], landmarks[kept].reshape(-1, 5, 2))
-
-
-def _search_squares(frame: torch.Tensor, tracks: list[_Track]) -> tuple[list[_Track], list[tuple[int, int, int, int]]]:
-    """Where to look for faces the mesh lost: a square twice each face's size around its last mesh,
-    cut to the frame (x0, y0, x1, y1); tracks whose square lies outside the frame are left out."""
-    height, width = frame.shape[:2]
-    inside, regions = [], []
-    for track in tracks:
-        x0, y0, x1, y1 = mesh_box(track.raw)
-        side, cx, cy = max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
-        region = (max(0, int(cx - side)), max(0, int(cy - side)),
-                  min(width, math.ceil(cx + side)), min(height, math.ceil(cy + side)))
-        if min(region[2] - region[0], region[3] - region[1]) >= MIN_CROP:
-            regions.append(region)
-            inside.append(track)
-    return inside, regions
 
 
 class FaceFollower:
@@ -375,15 +314,18 @@ class FaceFollower:
             self._searching = [track for track, faces in zip(lost, crops) if track.track_id not in observed and not len(faces)]
 
     def _look_around(self, frame: torch.Tensor, lost: list[_Track]) -> tuple[list[_Track], list[ImageFaces], ImageFaces]:
-        """MTCNN on a square around each of ``lost`` only (:func:`_search_squares`), at full
-        resolution: the tracks looked for (those whose square lies inside the frame), the faces found
-        in each one's square, and all of them in frame pixels (nothing runs if no square is left)."""
-        lost, regions = _search_squares(frame, lost)
+        """MTCNN on a square around each of ``lost`` only (:func:`~exaug.faces.crops.search_square`),
+        at full resolution: the tracks looked for (those whose square lies inside the frame), the
+        faces found in each one's square, and all of them in frame pixels (nothing runs if no square
+        is left)."""
+        squares = [search_square(track.raw, *frame.shape[:2]) for track in lost]
+        lost = [track for track, square in zip(lost, squares) if square is not None]
+        regions = [square for square in squares if square is not None]
         if not lost:
             return [], [], ImageFaces.empty()
         with self._timer("detect"):
             crops = self.detector.detect([frame[y0:y1, x0:x1] for x0, y0, x1, y1 in regions])
-            found = _in_frame(crops, regions)
+            found = faces_in_frame(crops, regions)
         self.crop_detections += 1
         return lost, crops, found
 
@@ -407,7 +349,7 @@ class FaceFollower:
         meshes, scores = self.fitter.fit([frame], [subset])
         for track, mesh, score, points in zip(tracks, meshes.double().numpy(), scores.tolist(), subset.landmarks):
             track.score = score
-            observed[track.track_id] = mesh if score >= self.options.min_score else _onto(mesh, points)
+            observed[track.track_id] = mesh if score >= self.options.min_score else moved_onto(mesh, points)
 
     def _drifted(self, mesh: np.ndarray, points: np.ndarray) -> bool:
         tracked = five_points(torch.from_numpy(mesh[None, :, :2]))[0].numpy()
