@@ -14,7 +14,7 @@ from PIL import Image
 from exaug.errors import ExaugError
 from exaug.io.video import VideoWriter, probe
 from exaug.model.generator import ExpressionGenerator
-from exaug.pipelines.stages import in_background
+from exaug.pipelines.stages import SPLIT_SWITCH_INTERVAL, in_background
 from exaug.pipelines.timespan import TimeSpan, parse_time
 from exaug.pipelines.video import STAGES, VideoOptions, edit_video
 from conftest import REPO
@@ -268,20 +268,23 @@ def test_the_short_command_writes_the_clip_in_the_expression_in_the_current_fold
 
 def test_following_beside_rendering_shares_the_cores_and_gives_them_back():
     """edit_video follows the next chunk in a thread while it renders this one, each on half of
-    torch's threads; however the consumer stops, the process gets all of them back."""
-    before = torch.get_num_threads()
-    seen: list[tuple[str, int]] = []
+    torch's threads, handing the GIL over within 1 ms; however the consumer stops, the process
+    gets all of its threads and its own switch interval back."""
+    before, interval = torch.get_num_threads(), sys.getswitchinterval()
+    seen: list[tuple[str, int, float]] = []
 
     def follow():
         for chunk in range(3):
-            seen.append(("follower", torch.get_num_threads()))
+            seen.append(("follower", torch.get_num_threads(), sys.getswitchinterval()))
             yield chunk
 
     with pytest.raises(RuntimeError, match="render failed"):
         for chunk in in_background(follow(), split_cores=True):
-            seen.append(("renderer", torch.get_num_threads()))
+            seen.append(("renderer", torch.get_num_threads(), sys.getswitchinterval()))
             if chunk == 1:
                 raise RuntimeError("render failed")
-    assert {who for who, _ in seen} == {"follower", "renderer"}
-    assert {threads for _, threads in seen} == {max(1, before // 2)}
+    assert {who for who, _, _ in seen} == {"follower", "renderer"}
+    assert {threads for _, threads, _ in seen} == {max(1, before // 2)}
+    assert {switch for _, _, switch in seen} == {min(interval, SPLIT_SWITCH_INTERVAL)}
     assert torch.get_num_threads() == before
+    assert sys.getswitchinterval() == interval
