@@ -462,7 +462,8 @@ def _shaded_warp(shipped: GuidedExpressionGenerator, faces: torch.Tensor, meshes
     field = model.field(meshes, target).float()
     luma, chroma = encode(warp(faces, field), 1)
     with torch.no_grad():
-        log_gain = model.shade(encode(faces, 1)[0], luma, field, model.codes(meshes, target), target)
+        log_gain = model.shade(encode(faces, 1)[0], luma, field, model.codes(meshes, target),
+                               model.shade_outline(target))
     return decode(with_gain(luma, log_gain), chroma)
 
 
@@ -474,7 +475,7 @@ def test_only_the_mouth_window_is_painted_the_rest_is_the_shaded_warp(ck_pairs, 
     with torch.no_grad():
         output, keep, warped = model(faces, meshes, target)
         field = model.field(meshes, target)
-        log_gain = model.shade(faces, warped, field, model.codes(meshes, target), target)
+        log_gain = model.shade(faces, warped, field, model.codes(meshes, target), model.shade_outline(target))
     rows, columns = model.config.window_slices()
     outside = torch.ones_like(keep, dtype=torch.bool)
     outside[..., rows, columns] = False
@@ -511,7 +512,7 @@ def test_a_mouth_closed_before_and_after_is_moved_and_shaded_never_painted(ck_pa
     with torch.no_grad():
         output, keep, warped = model(encode(faces, 1)[0], meshes, target)
         log_gain = model.shade(encode(faces, 1)[0], warped, model.field(meshes, target), model.codes(meshes, target),
-                               target)
+                               model.shade_outline(target))
     assert torch.equal(output, with_gain(warped, log_gain)) and (keep == 1).all()
 
 
@@ -564,7 +565,8 @@ def test_shading_scales_the_faces_own_light_inside_its_outline_and_leaves_the_re
     target = shipped.targets(meshes, ["happy"] * 4, 1.0)
     with torch.no_grad():
         output, keep, warped = model(faces, meshes, target)
-        log_gain = model.shade(faces, warped, model.field(meshes, target), model.codes(meshes, target), target)
+        log_gain = model.shade(faces, warped, model.field(meshes, target), model.codes(meshes, target),
+                               model.shade_outline(target))
     gain = torch.nn.functional.interpolate(log_gain, size=128, mode="bilinear", align_corners=False)
     outside, inside = gain == 0, (gain - 0.5).abs() < 1e-6
     assert outside[..., :8, :].all() and outside[..., :, :8].all(), "the crop's border is hair or background"

@@ -40,6 +40,7 @@ class Rendered(NamedTuple):
     warped: Tensor  # the faces moved, before any gain
     log_gain: Tensor | None  # the shader's (N, 1, 32, 32); None for models without it
     paint: PaintLayers  # the painter's layers over its window
+    outline: Tensor  # (N, 1, 32, 32) where the gain may act (:meth:`GuidedGenerator.shade_outline`)
 
 
 class GuidedGenerator(nn.Module):
@@ -65,14 +66,15 @@ class GuidedGenerator(nn.Module):
         """Backward sampling field (N, FIELD_SIZE, FIELD_SIZE, 2) in fractions of the crop side."""
         return mesh_field(source_mesh, target_mesh, self.config.image_size)
 
-    def shade(self, faces: Tensor, warped: Tensor, field: Tensor, codes: Tensor, target_mesh: Tensor) -> Tensor | None:
+    def shade(self, faces: Tensor, warped: Tensor, field: Tensor, codes: Tensor, outline: Tensor) -> Tensor | None:
         """The face-wide log-gain (N, 1, 32, 32) for ``faces`` and their ``warped`` faces (model channels,
-        in [-1, 1], any size: both are averaged down to 32 px), or None for models without it."""
+        in [-1, 1], any size: both are averaged down to 32 px), acting inside the target face's
+        ``outline`` (:meth:`shade_outline`), or None for models without it."""
         if self.painter.face_shade is None:
             return None
         motion = (field - identity_field(len(field), SHADE_SIZE, field.device)).permute(0, 3, 1, 2)
         small = lambda x: F.adaptive_avg_pool2d(x, SHADE_SIZE)  # noqa: E731
-        return self.painter.face_shade(small(faces), small(warped), motion, codes, self.shade_outline(target_mesh))
+        return self.painter.face_shade(small(faces), small(warped), motion, codes, outline)
 
     def shade_outline(self, target_mesh: Tensor) -> Tensor:
         """(N, 1, 32, 32): where the face-wide gain may act, the target face's outline (:func:`face_outline`)."""
@@ -80,11 +82,12 @@ class GuidedGenerator(nn.Module):
         return face_outline((target_mesh[..., :2].float() + 0.5) * scale - 0.5, SHADE_SIZE)
 
     def layers(self, faces: Tensor, shaded: Tensor, field: Tensor, codes: Tensor, target_mesh: Tensor,
-               gate: Tensor | None = None, bf16: bool = False) -> PaintLayers:
+               outline: Tensor, gate: Tensor | None = None, bf16: bool = False) -> PaintLayers:
         """The painter's layers over its window for ``faces`` (N, C, S, S at the model's size, in
         [-1, 1]), given the same faces warped through ``field`` and shaded (``shaded``). It paints
         only around ``target_mesh``'s mouth (:func:`paint_region`), and neither paints nor shades
-        outside the target face's outline: on a face turned three-quarters the window reaches past
+        outside the target face's ``outline`` (:meth:`shade_outline`, as the shader had it): on a
+        face turned three-quarters the window reaches past
         the far jaw, and there it lit the hair and painted skin over it (a pale patch beside the
         mouth). ``gate`` (N,) scales the paint and the painter's gain alike (:func:`paint_gate`).
         Training leaves it out: the painter learns from every pair, closed mouths included (trained
@@ -92,7 +95,7 @@ class GuidedGenerator(nn.Module):
         happy judged 85% instead of 92%, sharpness 0.864 instead of 0.889). ``bf16`` runs the painter
         under bf16 autocast (:func:`~exaug.device.bf16_pays_on`); its layers come back in fp32."""
         rows, columns = self.config.window_slices(faces.shape[-1])
-        inside = F.interpolate(self.shade_outline(target_mesh), size=faces.shape[-2:], mode="bilinear",
+        inside = F.interpolate(outline, size=faces.shape[-2:], mode="bilinear",
                                align_corners=False)
         region = paint_region(target_mesh, faces.shape[-1]) * inside
         grid = F.interpolate(field.permute(0, 3, 1, 2), size=faces.shape[-2:], mode="bilinear", align_corners=False)
@@ -135,11 +138,12 @@ class GuidedGenerator(nn.Module):
         ``detach_gain``: the painter sees the shader's gain as a constant (training: the shader learns
         only from its own fit)."""
         warped = warp(faces, field)
-        log_gain = self.shade(faces, warped, field, codes, target_mesh)
+        outline = self.shade_outline(target_mesh)
+        log_gain = self.shade(faces, warped, field, codes, outline)
         shaded = with_gain(warped, log_gain.detach() if detach_gain and log_gain is not None else log_gain)
-        paint = self.layers(faces, shaded, field, codes, target_mesh, gate)
+        paint = self.layers(faces, shaded, field, codes, target_mesh, outline, gate)
         output, keep = self.compose(shaded, paint)
-        return Rendered(output, keep, warped, log_gain, paint)
+        return Rendered(output, keep, warped, log_gain, paint, outline)
 
     def forward(self, faces: Tensor, source_mesh: Tensor, target_mesh: Tensor,
                 field: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -285,8 +289,9 @@ class GuidedExpressionGenerator:
         # warped once (three channels, not luma and three chroma offsets).
         warped, chroma = encode(warp(full, field), self.channels)
         codes = self._model.codes(source, target).to(self.device)
+        outline = self._model.shade_outline(target)
         log_gain = self._model.shade(encode(F.adaptive_avg_pool2d(full.float(), SHADE_SIZE), self.channels)[0],
-                                     warped, field, codes, target)
+                                     warped, field, codes, outline)
         log_gain = None if log_gain is None else log_gain * weight[:, None, None, None].float()
         edited = with_gain(warped, log_gain)
         gate = paint_gate(source, target) * weight
@@ -296,8 +301,8 @@ class GuidedExpressionGenerator:
                                          resize_faces(full[painted], self.image_size), self.channels)
             shaded = edited[painted] if at_model_size else with_gain(
                 warp(small, field[painted]), None if log_gain is None else log_gain[painted])
-            paint = self._model.layers(small, shaded, field[painted], codes[painted], target[painted], gate[painted],
-                                       self.bf16)
+            paint = self._model.layers(small, shaded, field[painted], codes[painted], target[painted], outline[painted],
+                                       gate[painted], self.bf16)
             # A gaping mouth's opening is the painter's alone (:func:`stretched_lips`); training leaves
             # the mask to the painter, whose CK+ peaks rarely gape as far.
             stretched = stretched_lips(source[painted], target[painted], self.image_size,

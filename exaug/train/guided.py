@@ -188,7 +188,7 @@ def train_guided(pairs: PairedFaces, neutral_meshes: torch.Tensor, config: Guide
             rendered = model.render_layers(source, fields[rows], codes[rows], target_mesh, detach_gain=True)
             paint, output = rendered.paint, rendered.output[..., rows_window, columns_window]
             shading_fit = output.new_zeros(()) if rendered.log_gain is None else light_ratio_error(
-                rendered.log_gain, rendered.warped, target, model.shade_outline(target_mesh))
+                rendered.log_gain, rendered.warped, target, rendered.outline)
             target, warped = target[..., rows_window, columns_window], rendered.warped[..., rows_window, columns_window]
             if config.weights["adversarial"]:
                 critic_loss = F.relu(1 - critic(target)).mean() + F.relu(1 + critic(output.detach())).mean()
