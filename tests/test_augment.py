@@ -332,3 +332,32 @@ def test_copies_of_faces_the_model_leaves_keep_their_own_label(tmp_path, ckplus_
     images, labels = rows(tmp_path / "left.h5")
     assert labels.tolist() == [surprise] * 6
     assert all(np.array_equal(images[i], images[i + k]) for i in (0, 3) for k in (1, 2))
+
+
+def test_an_unlabelled_face_the_model_leaves_is_written_once_without_copies(tmp_path, multiface_jpg):
+    """A face the model leaves as it is keeps its own label on its copies; a photo's face with no
+    label has none to give them, and unlabelled duplicates would say nothing of it: it is written
+    once, as the original. Augmenting the shared group shot, whose faces carry no label, stopped
+    with a traceback on its turned face. The preview sheet shows the faces that have copies."""
+    from exaug.model.default import DEFAULT_MODEL
+    from exaug.pipelines.augment import preview_sheet
+
+    guided = ExpressionGenerator.load(DEFAULT_MODEL, "cpu")
+    output = tmp_path / "group.h5"
+    augment_dataset(multiface_jpg, output, guided, "default", AugmentOptions(expressions=["happy", "sad"]),
+                    show_progress=False)
+    with read_faces(output) as table:
+        images, labels = table.images[0:len(table)], table.expression[0:len(table)].tolist()
+        synthetic, faces = table.synthetic[0:len(table)].tolist(), table.face[0:len(table)].tolist()
+    rows_of = {face: [row for row in range(len(faces)) if faces[row] == face] for face in sorted(set(faces))}
+    once = [rows[0] for rows in rows_of.values() if len(rows) == 1]
+    copied = [rows for rows in rows_of.values() if len(rows) == 3]
+    assert once and copied and len(once) + len(copied) == len(rows_of)
+    happy, sad = EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")
+    assert all([labels[row] for row in rows] == [-1, happy, sad] for rows in copied)
+    assert all(synthetic[row] is (row != rows[0]) for rows in copied for row in rows)
+    assert all(labels[row] == -1 and not synthetic[row] for row in once)
+    unchanged = guided.generate(torch.from_numpy(images[once]).permute(0, 3, 1, 2), "happy")
+    assert torch.equal(unchanged.permute(0, 2, 3, 1), torch.from_numpy(images[once])), "the model leaves these faces"
+    sheet = np.asarray(preview_sheet(output, 8))
+    assert sheet.shape[1] > 2.5 * sheet.shape[0] / len(copied), "each shown face: the original and its two copies"

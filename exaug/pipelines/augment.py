@@ -151,7 +151,7 @@ def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size:
 def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets: list[int], intensity: float,
                     size: int, reference: Reference | None) -> FaceRows:
     """Per face: the original, then each target expression (or the reference's), adjacent, so a
-    face's rows stay together."""
+    face's rows stay together; no copies of an unlabelled face the model leaves as it is."""
     aligned = batch.aligned
     n = len(aligned)
     if n == 0:
@@ -164,22 +164,26 @@ def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets
     else:
         generated = generator.generate(aligned.images, like=reference.face, intensity=intensity, **meshes)[:, None]
         labels = [-1]  # the reference's expression has no name
-    per_face = 1 + len(labels)
-    faces = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
-    faces = resize_faces(faces, size)
     sources = [batch.sources[i] for i in aligned.image_index]
     known = [label_index(s.expression) for s in sources]
-    # A face the model leaves as it is keeps its own label on its copies, and follows no reference.
-    expression = [[k, *(labels if move else [k] * len(labels))] for k, move in zip(known, moves)]
+    # A face the model leaves as it is keeps its own label on its copies, and follows no reference;
+    # one whose own expression is unknown too gets no copies: unlabelled duplicates say nothing of it.
+    copies = [len(labels) if move or k >= 0 else 0 for k, move in zip(known, moves)]
+    kept = torch.tensor([[True] + [count > 0] * len(labels) for count in copies]).flatten()
+    rows = torch.cat([aligned.images[:, None], generated], 1).flatten(0, 1)
+    faces = resize_faces(rows[kept.to(rows.device)], size)
+    expression = [[k, *(labels if move else [k] * len(labels))][:1 + count]
+                  for k, move, count in zip(known, moves, copies)]
     return FaceRows(
         images=faces.permute(0, 2, 3, 1).cpu().numpy(),
-        identity=[s.identity for s in sources for _ in range(per_face)],
-        expression=np.array(expression, np.int8).reshape(-1),
-        source=[s.relpath for s in sources for _ in range(per_face)],
-        face=np.repeat(aligned.face_index, per_face).astype(np.int16),
-        synthetic=np.tile([False] + [True] * len(labels), n),
+        identity=[s.identity for s, count in zip(sources, copies) for _ in range(1 + count)],
+        expression=np.array([label for row in expression for label in row], np.int8),
+        source=[s.relpath for s, count in zip(sources, copies) for _ in range(1 + count)],
+        face=np.repeat(aligned.face_index, [1 + count for count in copies]).astype(np.int16),
+        synthetic=np.array([copy > 0 for count in copies for copy in range(1 + count)], bool),
         extra={} if reference is None else {
-            REFERENCE_COLUMN: np.array([[-1, 0 if move else -1] for move in moves], np.int16).reshape(-1)},
+            REFERENCE_COLUMN: np.array([-1 if copy == 0 or not move else 0 for move, count in zip(moves, copies)
+                                        for copy in range(1 + count)], np.int16)},
     )
 
 
@@ -200,8 +204,9 @@ def preview_sheet(output: Path, max_faces: int):
         originals = np.flatnonzero(~table.synthetic)
         if len(originals) == 0:
             raise ExaugError(f"{output}: no faces to preview")
-        starts, ends = originals[:max_faces], np.append(originals[1:], len(table))[:max_faces]
-        width = int((ends - starts).min())
+        widths = np.append(originals[1:], len(table)) - originals
+        width = int(widths.max())  # faces without copies (unlabelled, left as they are) are not shown
+        starts = originals[widths == width][:max_faces]
         grid = np.stack([table.images[int(start):int(start) + width] for start in starts])
         labels = ["original"] + [label_name(i) or "like" for i in table.expression[starts[0] + 1:starts[0] + width]]
     return labelled_grid(grid, labels)
