@@ -1,12 +1,18 @@
 """The ``exaug`` command: thin Typer commands over the library, one module per command.
 
 Commands parse their options and call library functions (the same ones the tests call). Every
-:class:`~exaug.errors.ExaugError` is printed as one line naming the file and the reason, exit code 2.
+:class:`~exaug.errors.ExaugError` is printed as one line naming the file and the reason, exit code 2;
+so is an error the system reports on a file (a full disk, a permission). Anything else is exaug's
+own bug: one line saying so, exit code 3, and the traceback kept in a file for the report.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
 import typer
 
@@ -62,3 +68,23 @@ def main() -> None:
     except ExaugError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
+    except OSError as err:  # the system's reason, on the file it names
+        where = f"{err.filename}: " if err.filename else ""
+        console.print(f"[bold red]error:[/] {where}{_one_line(err.strerror or err)}", highlight=False)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - a bug: said in one line, its traceback kept for the report
+        console.print(f"[bold red]error:[/] exaug failed unexpectedly ({type(err).__name__}: {_one_line(err)}); "
+                      f"this is a bug, please report it with the traceback in {_keep_traceback()}", highlight=False)
+        sys.exit(3)
+
+
+def _keep_traceback() -> Path:
+    """Write the exception being handled, with the command line, to a new file in the temporary folder."""
+    with tempfile.NamedTemporaryFile("w", prefix=f"exaug-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt",
+                                     delete=False) as file:
+        file.write(f"exaug {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    return Path(file.name)
+
+
+def _one_line(reason: object) -> str:
+    return " ".join(str(reason).split())
