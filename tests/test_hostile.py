@@ -246,6 +246,18 @@ def _one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
     return line
 
 
+def test_a_face_size_out_of_range_is_one_line_before_anything_is_written(tmp_path, photo):
+    """--size 100000 asked the aligner for terabytes (a crash), -5 for a negative tensor, and 0 was
+    quietly the default: each is refused, naming the size and the range, and nothing is written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(photo)
+    for command, size in (("align", "100000"), ("align", "-5"), ("augment", "0"), ("augment", "5000")):
+        output = tmp_path / f"{command}{size}.h5"
+        _one_line_error(_exaug(command, tmp_path / "in", "-o", output, "--size", size, "-q"), f"--size {size}",
+                        "16 to 4096 pixels")
+        assert not output.exists()
+
+
 def test_an_unexpected_failure_is_one_line_with_its_traceback_kept_and_a_system_error_names_its_file(
         tmp_path, photo, monkeypatch, capsys):
     """Whatever goes wrong, the user sees one line: a system error (a full disk) names its file and

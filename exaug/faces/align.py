@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from exaug.device import resolve_device
+from exaug.errors import ExaugError
 from exaug.faces.detect import ImageFaces
 
 # Landmarks of the ArcFace/InsightFace 112x112 crop, the de-facto input of face-recognition training.
@@ -43,6 +44,17 @@ class Template:
     name: str
     size: int
     points: np.ndarray  # (5, 2) float64, pixel-index coordinates at ``size``
+
+
+# Pixels a side an aligned face may be given (align's and augment's --size): outside them a size is
+# a typo, and 100000 asked a batch's crops for terabytes.
+FACE_SIZES = (16, 4096)
+
+
+def check_face_size(size: int | None) -> None:
+    """An ExaugError unless ``size`` (None: the template's or the model's) is within :data:`FACE_SIZES`."""
+    if size is not None and not FACE_SIZES[0] <= size <= FACE_SIZES[1]:
+        raise ExaugError(f"--size {size}: aligned faces are {FACE_SIZES[0]} to {FACE_SIZES[1]} pixels a side")
 
 
 def get_template(name: str = "exaug", size: int | None = None) -> Template:

@@ -13,7 +13,7 @@ import numpy as np
 
 from exaug import __version__
 from exaug.expressions import EXPRESSIONS, label_index
-from exaug.faces.align import FaceAligner
+from exaug.faces.align import FaceAligner, check_face_size
 from exaug.faces.detect import DetectionOptions
 from exaug.faces.mesh import MeshFitter
 from exaug.io.images import MAX_PIXELS
@@ -33,6 +33,9 @@ class AlignOptions:
     workers: int = 4
     mesh: bool = False  # also store each face's 468-point mesh (column "mesh", source pixels)
     max_pixels: int = MAX_PIXELS  # larger images fail (decompression bombs)
+
+    def __post_init__(self) -> None:
+        check_face_size(self.size)
 
 
 def align_dataset(input_path: Path | str, output: Path | str, options: AlignOptions | None = None, *,

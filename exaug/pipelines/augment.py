@@ -19,7 +19,7 @@ import torch
 from exaug import __version__
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, label_index, label_name
-from exaug.faces.align import AlignedFaces, FaceAligner, resize_faces
+from exaug.faces.align import AlignedFaces, FaceAligner, check_face_size, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.io.images import MAX_PIXELS, save_png
 from exaug.io.outputs import check_not_input
@@ -47,6 +47,9 @@ class AugmentOptions:
     shard_index: int = 0
     preview: Path | None = None
     preview_faces: int = 8
+
+    def __post_init__(self) -> None:
+        check_face_size(self.size)
 
 
 def shard_from_environment(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
