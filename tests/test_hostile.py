@@ -246,6 +246,28 @@ def _one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
     return line
 
 
+def test_numbers_out_of_range_are_refused_not_crashed_on(tmp_path, photo, ckplus_dir):
+    """A batch of 0 crashed align on range(); a threshold of 2 or a detection side of 0 quietly found
+    no face; a negative learning rate crashed in torch's optimiser. Each is refused (exit 2): by the
+    option parser, naming the option, or in one error line; nothing is written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(photo)
+    out = tmp_path / "out.h5"
+    for args, named in ((("align", tmp_path / "in", "-o", out, "--batch-size", "0"), "--batch-size"),
+                        (("align", tmp_path / "in", "-o", out, "--workers", "-1"), "--workers"),
+                        (("align", tmp_path / "in", "-o", out, "--threshold", "2"), "--threshold"),
+                        (("align", tmp_path / "in", "-o", out, "--max-side", "0"), "--max-side"),
+                        (("augment", tmp_path / "in", "-o", out, "--min-face-size", "0"), "--min-face-size"),
+                        (("augment", tmp_path / "in", "-o", out, "--batch-size", "-1"), "--batch-size"),
+                        (("train", ckplus_dir, "-o", tmp_path / "run", "--lr", "-1"), "--lr must be positive"),
+                        (("train", ckplus_dir, "-o", tmp_path / "run", "--lambda-gp", "-1"), "--lambda-gp must be 0")):
+        result = _exaug(*args)
+        printed = result.stdout + result.stderr
+        assert result.returncode == 2 and named in printed, (args, printed)
+        assert "Traceback" not in printed and "a bug" not in printed, (args, printed)
+        assert not out.exists() and not (tmp_path / "run").exists(), args
+
+
 def test_a_face_size_out_of_range_is_one_line_before_anything_is_written(tmp_path, photo):
     """--size 100000 asked the aligner for terabytes (a crash), -5 for a negative tensor, and 0 was
     quietly the default: each is refused, naming the size and the range, and nothing is written."""

@@ -35,13 +35,13 @@ class FacesChoice(str, Enum):
 
 DEVICE = typer.Option(DeviceChoice.auto, "--device", help="auto picks CUDA when present.")
 FACES = typer.Option(FacesChoice.all, "--faces", help="Every face of an image, or only the largest.")
-MIN_FACE_SIZE = typer.Option(DetectionOptions.min_face_size, "--min-face-size",
+MIN_FACE_SIZE = typer.Option(DetectionOptions.min_face_size, "--min-face-size", min=1,
                              help="Smallest face to keep, in pixels of the original image.")
-THRESHOLD = typer.Option(DetectionOptions.threshold, "--threshold", help="Smallest detection probability to keep.")
-MAX_SIDE = typer.Option(DetectionOptions.max_side, "--max-side",
+THRESHOLD = typer.Option(DetectionOptions.threshold, "--threshold", min=0.0, max=1.0, help="Smallest detection probability to keep.")
+MAX_SIDE = typer.Option(DetectionOptions.max_side, "--max-side", min=64,
                         help="Images are downscaled to this for detection (faces are cut from the original); "
                              "lower is faster and misses more small faces.")
-MAX_PIXELS = typer.Option(images.MAX_PIXELS, "--max-pixels",
+MAX_PIXELS = typer.Option(images.MAX_PIXELS, "--max-pixels", min=1,
                           help="Larger images are skipped as likely decompression bombs; raise it for huge real scans.")
 INTENSITY = typer.Option(1.0, "--intensity", min=0.0, max=1.5,
                          help="How far the face moves: 0 its expression removed (at rest), 1.0 the mean CK+ peak of "

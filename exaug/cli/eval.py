@@ -46,7 +46,7 @@ def eval_command(
     json_output: Optional[Path] = typer.Option(None, "--json", metavar="OUT.json", show_default=False,
                                                help="Also write the report as JSON."),
     device: DeviceChoice = DEVICE,
-    batch_size: int = typer.Option(DEFAULT["batch_size"], help="Faces per classifier step and per generation batch."),
+    batch_size: int = typer.Option(DEFAULT["batch_size"], min=1, help="Faces per classifier step and per generation batch."),
     quiet: bool = QUIET,
 ) -> None:
     """Score a generator: an expression classifier's accuracy on real and generated held-out faces."""

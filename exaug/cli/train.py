@@ -52,7 +52,7 @@ def train_command(
         None, show_default=False,
         help=f"Discriminator iterations (G trains every --n-critic) [default: {DEFAULT['iters']}]. With --resume: "
              "the new total; the learning rate follows the new schedule."),
-    batch_size: int = typer.Option(DEFAULT["batch_size"], help="Faces per step and process."),
+    batch_size: int = typer.Option(DEFAULT["batch_size"], min=1, help="Faces per step and process."),
     lr: float = typer.Option(DEFAULT["lr"], help="Adam learning rate; decays linearly over the second half."),
     n_critic: int = typer.Option(DEFAULT["n_critic"], help="D iterations per G iteration."),
     lambda_cls: float = typer.Option(DEFAULT["lambda_cls"], help="Weight of the expression classification loss."),
@@ -76,7 +76,7 @@ def train_command(
     keep: int = typer.Option(DEFAULT["keep"], help="Checkpoints kept (the newest)."),
     device: DeviceChoice = DEVICE,
     seed: int = typer.Option(DEFAULT["seed"], help="Seed for the split, the sampling and the weights."),
-    workers: int = typer.Option(DEFAULT["workers"], help="Data loading processes per training process."),
+    workers: int = typer.Option(DEFAULT["workers"], min=0, help="Data loading processes per training process."),
     amp: AmpChoice = typer.Option(AmpChoice(DEFAULT["amp"]),
                                   help="Mixed precision on CUDA (CPU always trains in fp32)."),
     arch: ArchChoice = typer.Option(

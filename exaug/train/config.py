@@ -75,6 +75,11 @@ class TrainConfig(ModelConfig):
                 raise ExaugError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.workers < 0:
             raise ExaugError("--workers must be 0 or more")
+        if not self.lr > 0:
+            raise ExaugError(f"--lr must be positive, not {self.lr}")
+        for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_mask"):
+            if not getattr(self, name) >= 0:
+                raise ExaugError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(self, name)}")
 
     @property
     def model(self) -> ModelConfig:

@@ -76,6 +76,10 @@ class GuidedTrainConfig:
                              ("save_every", "save_every")):
             if getattr(self, name) < 1:
                 raise ExaugError(f"{option} must be at least 1, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ExaugError(f"--lr must be positive, not {self.lr}")
+        if negative := [name for name, weight in self.weights.items() if not weight >= 0]:
+            raise ExaugError(f"loss weights must be 0 or more, not {', '.join(negative)}")
 
     @classmethod
     def from_dict(cls, saved: dict) -> GuidedTrainConfig:
