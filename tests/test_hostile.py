@@ -246,10 +246,11 @@ def _one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
     return line
 
 
-def test_numbers_out_of_range_are_refused_not_crashed_on(tmp_path, photo, ckplus_dir):
+def test_options_out_of_range_are_refused_not_crashed_on(tmp_path, photo, ckplus_dir, video_clip):
     """A batch of 0 crashed align on range(); a threshold of 2 or a detection side of 0 quietly found
     no face; a negative learning rate crashed in torch's optimiser. Each is refused (exit 2): by the
-    option parser, naming the option, or in one error line; nothing is written."""
+    option parser, naming the option, or in one error line; so is an x264 preset x264 does not have
+    (it said "invalid argument" at frame 0); nothing is written."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(photo)
     out = tmp_path / "out.h5"
@@ -260,12 +261,15 @@ def test_numbers_out_of_range_are_refused_not_crashed_on(tmp_path, photo, ckplus
                         (("augment", tmp_path / "in", "-o", out, "--min-face-size", "0"), "--min-face-size"),
                         (("augment", tmp_path / "in", "-o", out, "--batch-size", "-1"), "--batch-size"),
                         (("train", ckplus_dir, "-o", tmp_path / "run", "--lr", "-1"), "--lr must be positive"),
-                        (("train", ckplus_dir, "-o", tmp_path / "run", "--lambda-gp", "-1"), "--lambda-gp must be 0")):
+                        (("train", ckplus_dir, "-o", tmp_path / "run", "--lambda-gp", "-1"), "--lambda-gp must be 0"),
+                        (("video", video_clip, "-o", out.with_suffix(".mp4"), "--emotion", "happy",
+                          "--preset", "fastest"),
+                         "--preset 'fastest': x264's presets are ultrafast,")):
         result = _exaug(*args)
         printed = result.stdout + result.stderr
         assert result.returncode == 2 and named in printed, (args, printed)
         assert "Traceback" not in printed and "a bug" not in printed, (args, printed)
-        assert not out.exists() and not (tmp_path / "run").exists(), args
+        assert not out.exists() and not out.with_suffix(".mp4").exists() and not (tmp_path / "run").exists(), args
 
 
 def test_a_face_size_out_of_range_is_one_line_before_anything_is_written(tmp_path, photo):

@@ -20,6 +20,8 @@ from exaug.io.video.reading import VideoInfo, ffmpeg_reason
 # AVColorSpace values swscale converts with (BT.709, FCC, BT.470BG, SMPTE 170M/240M, BT.2020).
 # The containers exaug suggests: they hold H.264 and the common audio codecs, and keep tags.
 CONTAINERS = (".mp4", ".mov", ".mkv")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 _SUGGESTION = f"use {', '.join(CONTAINERS[:-1])} or {CONTAINERS[-1]}"
 _SWSCALE_COLORSPACES = {1, 4, 5, 6, 7, 9, 10}
 
@@ -62,6 +64,8 @@ class VideoWriter:
                  height: int | None = None, crf: int = 18, preset: str = "medium",
                  copy_audio: bool = True, codec: str = "libx264", pix_fmt: str = "yuv420p",
                  metadata: dict[str, str] | None = None):
+        if codec == "libx264" and preset not in X264_PRESETS:  # x264 only said "invalid argument" at frame 0
+            raise ExaugError(f"--preset {preset!r}: x264's presets are {', '.join(X264_PRESETS)}")
         self.path = Path(path)
         self.source = source
         self.frame_width = width or source.width
