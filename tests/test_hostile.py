@@ -287,15 +287,18 @@ def test_a_face_size_out_of_range_is_one_line_before_anything_is_written(tmp_pat
 def test_an_unexpected_failure_is_one_line_with_its_traceback_kept_and_a_system_error_names_its_file(
         tmp_path, photo, monkeypatch, capsys):
     """Whatever goes wrong, the user sees one line: a system error (a full disk) names its file and
-    the system's reason (exit 2); an exception nobody expected is exaug's bug, said so (exit 3), with
-    its traceback in a file to report, not on the screen."""
+    the system's reason (exit 2); running out of memory says so, and what needs less (exit 2); an
+    exception nobody expected is exaug's bug, said so (exit 3), with its traceback in a file to
+    report, not on the screen."""
     import exaug.cli.augment as augment_cli
     from exaug.cli import main
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(photo)
     failures = iter([OSError(28, "No space left on device", str(tmp_path / "out.h5")),
-                     ValueError("a synthetic face needs\nthe expression")])
+                     ValueError("a synthetic face needs\nthe expression"),
+                     RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                                  "you tried to allocate 2880000000000 bytes.")])
 
     def fail(*args, **kwargs):
         raise next(failures)
@@ -303,16 +306,17 @@ def test_an_unexpected_failure_is_one_line_with_its_traceback_kept_and_a_system_
     monkeypatch.setattr(augment_cli, "augment_dataset", fail)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     printed = []
-    for _ in range(2):
+    for _ in range(3):
         monkeypatch.setattr(sys, "argv", ["exaug", "augment", str(tmp_path / "in"), "-o", str(tmp_path / "out.h5"), "-q"])
         with pytest.raises(SystemExit) as exit_code:
             main()
         printed.append((exit_code.value.code, capsys.readouterr().err))
-    (disk_code, disk), (bug_code, bug) = printed
+    (disk_code, disk), (bug_code, bug), (memory_code, memory) = printed
     assert disk_code == 2 and disk.strip() == f"error: {tmp_path / 'out.h5'}: No space left on device"
     assert bug_code == 3 and len(bug.strip().splitlines()) == 1 and "Traceback" not in bug
     assert "exaug failed unexpectedly (ValueError: a synthetic face needs the expression); this is a bug" in bug
-    (kept,) = tmp_path.glob("exaug-error-*.txt")
+    assert memory_code == 2 and memory.startswith("error: out of memory (") and "a smaller --batch-size" in memory
+    (kept,) = tmp_path.glob("exaug-error-*.txt")  # the bug's; running out of memory is not one
     assert str(kept) in bug
     text = kept.read_text()
     assert text.startswith("exaug ") and " augment " in text and "Traceback" in text and "ValueError" in text

@@ -73,6 +73,10 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {where}{_one_line(err.strerror or err)}", highlight=False)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - a bug: said in one line, its traceback kept for the report
+        if _out_of_memory(err):  # not a bug: the machine's limit, which smaller batches or faces stay under
+            console.print(f"[bold red]error:[/] out of memory ({_one_line(err)[:300]}); a smaller --batch-size "
+                          "(or --size) needs less", highlight=False)
+            sys.exit(2)
         console.print(f"[bold red]error:[/] exaug failed unexpectedly ({type(err).__name__}: {_one_line(err)}); "
                       f"this is a bug, please report it with the traceback in {_keep_traceback()}", highlight=False)
         sys.exit(3)
@@ -88,3 +92,8 @@ def _keep_traceback() -> Path:
 
 def _one_line(reason: object) -> str:
     return " ".join(str(reason).split())
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """Python's MemoryError, torch's CUDA OutOfMemoryError, or its CPU allocator's failure."""
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower() or "can't allocate memory" in str(err)
