@@ -81,4 +81,4 @@ def merge_command(
     """Join the outputs of sharded runs into one HDF5 file with the same layout."""
     output = output or merged_output(parts)
     merge(parts, output)
-    console.print(f"merged {len(parts)} parts into {output}")
+    console.print(f"merged {len(parts)} part{'' if len(parts) == 1 else 's'} into {output}")
