@@ -36,7 +36,7 @@ from exaug.io.outputs import check_not_input
 from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import check_intensity, load_reference
-from exaug.pipelines.stages import StageTimer, in_background
+from exaug.pipelines.stages import StageTimer, half_the_threads, in_background
 from exaug.pipelines.timespan import TimeSpan
 from exaug.pipelines.video_faces import EditedFaces, FaceEditor
 from exaug.progress import progress_bar
@@ -162,8 +162,8 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
         # chunks, which wait for following's end (up to ``follow_back`` frames), are edited two at a
         # time, the second on the half of the cores following no longer uses (the MJPEG clip's last
         # 0.7 s were one core's).
-        half = max(1, torch.get_num_threads() // 2)
-        with ThreadPoolExecutor(1, "exaug-render", initializer=torch.set_num_threads, initargs=(half,)) as helper:
+        with ThreadPoolExecutor(1, "exaug-render", initializer=torch.set_num_threads,
+                                initargs=(half_the_threads(),)) as helper:
             for items in in_background(followed(), split_cores=device.type == "cpu"):
                 for first, second in zip(items[::2], items[1::2] + [None]):
                     ahead = None if second is None else helper.submit(edit, *second)
