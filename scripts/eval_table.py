@@ -39,6 +39,8 @@ from exaug.train.fer2013 import accuracy, load_fer2013
 from exaug.train.floor import fit_floor
 from exaug.train.pairs import load_pairs
 
+BEST_FLOOR = "floor: person-adapted motion + mean ratio image"
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,16 +82,19 @@ def evaluation_table(args: argparse.Namespace) -> dict:
     floors = {name: replace(floor, adapted=adapted, use_ratio=ratio) for name, adapted, ratio in (
         ("floor: mean motion, warp only", False, False),
         ("floor: mean motion + mean ratio image", False, True),
-        ("floor: person-adapted motion + mean ratio image", True, True))}
-    renderers = {"input unchanged": lambda faces, meshes, names: faces,
+        (BEST_FLOOR, True, True))}
+    baselines = {"input unchanged": lambda faces, meshes, names: faces,
                  **{name: floor.render for name, floor in floors.items()}}
+    models = {}
     if stargan is not None:
-        renderers[f"StarGAN ({args.stargan.name}, 64 px, resized)"] = lambda faces, meshes, names: resize_faces(
+        models[f"StarGAN ({args.stargan.name}, 64 px, resized)"] = lambda faces, meshes, names: resize_faces(
             stargan.generate(resize_faces(faces, stargan.image_size), list(names)), faces.shape[-1])
-    renderers[f"guided ({args.model.name})"] = lambda faces, meshes, names: generator.render(
+    models[f"guided ({args.model.name})"] = lambda faces, meshes, names: generator.render(
         faces, meshes, generator.targets(meshes, list(names), 1.0))
-    rows = [real_reference(held, judge, embedder)]
-    rows += [score_renderer(name, render, held, judge, embedder, mesh) for name, render in renderers.items()]
+    scored = {name: score_renderer(name, render, held, judge, embedder, mesh) for name, render in baselines.items()}
+    scored |= {name: score_renderer(name, render, held, judge, embedder, mesh, floor=scored[BEST_FLOOR])
+               for name, render in models.items()}
+    rows = [real_reference(held, judge, embedder), *(score.row for score in scored.values())]
     members = judge.meta.get("panel", [judge.meta])
     accuracies = ", ".join(str(meta.get("private_test_accuracy", {}).get("overall")) for meta in members)
     notes = ["contempt is not judged: FER2013 has no contempt class",
@@ -131,6 +136,18 @@ def markdown(result: dict) -> str:
         cells = [f"{100 * point:+.0f} ({100 * low:+.0f} to {100 * high:+.0f})"
                  for point, low, high in (row["minus_real"][name] for name in (*HEADLINE, "mean"))]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    compared = [row for row in result["rows"] if "minus_floor" in row]
+    if compared:
+        lines += ["", f"The same, minus the best floor's ({compared[0]['minus_floor']['floor']}) on the same faces "
+                  "(`minus_floor`; identity: source vs output):", "",
+                  "| rendering | " + " | ".join(f"{name} - floor" for name in (*HEADLINE, "mean")) + " | identity - floor |",
+                  "|" + " --- |" * (len(HEADLINE) + 3)]
+        for row in compared:
+            judged, identity = row["minus_floor"]["judged"], row["minus_floor"]["identity"]
+            cells = [f"{100 * point:+.0f} ({100 * low:+.0f} to {100 * high:+.0f})"
+                     for point, low, high in (judged[name] for name in (*HEADLINE, "mean"))]
+            cells.append("-" if identity is None else "{:+.4f} ({:+.4f} to {:+.4f})".format(*identity))
+            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{name} {count}" for name, count in real["real_counts"].items())
     lines.append("")
     lines.append(f"{len(result['held_out_subjects'])} held-out subjects, {result['sequences']} sequences; real faces "

@@ -168,17 +168,31 @@ def test_eval_table_bad_input_is_one_line(tmp_path):
 
 
 def test_the_shortfall_against_real_faces_comes_with_an_interval_over_resampled_people():
-    from exaug.pipelines.scorecard import versus_real
+    from exaug.pipelines.scorecard import rate_difference
 
     people = [f"S{n:03d}" for n in range(10)]
     real_labels, real_hits = ["happy"] * 10 + ["fear"], torch.tensor([True] * 5 + [False] * 5 + [True])
     real_people = people + ["S000"]  # one real fear face, of one person: most draws have none
-    same = versus_real(real_hits, real_labels, real_people, real_hits, real_labels, real_people)
+    same = rate_difference(real_hits, real_labels, real_people, real_hits, real_labels, real_people)
     assert all(value in ([0.0, 0.0, 0.0], None) for value in same.values()), "a person's own faces drawn together on both sides"
     generated = ["happy"] * 10 + ["fear"] * 10
-    better = versus_real(torch.ones(20, dtype=torch.bool), generated, people * 2, real_hits, real_labels, real_people)
+    better = rate_difference(torch.ones(20, dtype=torch.bool), generated, people * 2, real_hits, real_labels, real_people)
     point, low, high = better["happy"]
     assert point == 0.5 and 0.15 < low < 0.5 < high < 0.85, "every smile against half: +50 points, give or take the sample"
     assert better["fear"][0] == 0.0 and better["sad"] is None, "no sad face on either side: no figure"
     assert better["mean"][0] == 0.25, "the mean of +50 (happy) and 0 (fear)"
     assert 0 < better["mean"][1] <= 0.25 and better["mean"][2] == high, "draws without the fear face: happy's alone"
+
+
+def test_a_model_against_the_floor_is_compared_face_by_face_over_resampled_people():
+    """The floor comparison pairs each face with the floor's rendering of the same face, so the range
+    is that of the people, not of two independent samples."""
+    from exaug.pipelines.scorecard import mean_difference
+
+    people = [f"S{n:03d}" for n in range(10) for _ in range(2)]  # two faces each
+    floor = torch.linspace(0.9, 0.99, 20)
+    assert mean_difference(floor, floor, people) == [0.0, 0.0, 0.0]
+    assert mean_difference(floor + 0.01, floor, people) == pytest.approx([0.01] * 3, abs=1e-6), "every face better by as much"
+    half = floor + torch.tensor([0.02 if n < 5 else 0.0 for n in range(10) for _ in range(2)])
+    point, low, high = mean_difference(half, floor, people)
+    assert point == pytest.approx(0.01) and 0.0 <= low < point < high <= 0.02, "half the people better: +0.01, give or take who is drawn"

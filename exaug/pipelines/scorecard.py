@@ -7,7 +7,10 @@ neutral (contempt is not in FER2013, so it is not judged). Scores:
 * ``judged``: how often the FER2013 judge (:mod:`exaug.train.fer2013`) calls a face its target;
   real held-out faces of each expression are judged the same way, the rate to match;
 * ``minus_real``: the judged rate minus the real faces', with a 95% interval from resampling the
-  held-out people (:func:`versus_real`);
+  held-out people (:func:`rate_difference`);
+* ``minus_floor`` (a model's row, when the floor is given): its judged rates and identity minus the
+  floor's on the same faces, the same resampling (the issue asks for better than the floor on each:
+  with 53 faces of 20 people, one face is two points);
 * ``identity``: cosine between dlib descriptors (:mod:`exaug.faces.identity`) of the source and
   each rendering, next to the same person's real neutral vs peak frames and two different people;
 * ``geometry_error``: the rendering in its sequence's own label vs the real peak: mean mesh
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,18 +113,33 @@ def rates_of(hits: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
     return rates
 
 
-def versus_real(hits: Tensor, targets: Sequence[str], subjects: Sequence[str], real_hits: Tensor,
-                real_labels: Sequence[str], real_subjects: Sequence[str], rounds: int = BOOTSTRAP_ROUNDS,
-                seed: int = 0) -> dict[str, list[float] | None]:
-    """Judged rate of the generated faces minus the real faces', per target in :data:`TARGETS` and for
-    their mean: ``[difference, low, high]`` (None where one side has no face of it), the range
-    holding 95% of ``rounds`` resamplings of the held-out people (drawn with replacement; one draw
-    weights both sides, so a person's real and generated faces stay together). Why: with 1 to 14 real faces an expression, one face moves a real
-    rate by 7 to 100 points, and a shortfall means something only where it is larger than the sample."""
-    people = sorted(set(subjects) | set(real_subjects))
+def resampled_people(people: Sequence[str], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> Tensor:
+    """``(1 + rounds, len(people))`` weights: row 0 counts everyone once (the point estimate), each other
+    row how often each person came up in a draw of as many people with replacement."""
     draws = torch.randint(len(people), (rounds, len(people)), generator=torch.Generator().manual_seed(seed))
-    weights = torch.cat([torch.ones(1, len(people)),
-                         F.one_hot(draws, len(people)).sum(1).float()])  # row 0: everyone once, the point estimate
+    return torch.cat([torch.ones(1, len(people)), F.one_hot(draws, len(people)).sum(1).float()])
+
+
+def _interval(values: Tensor) -> list[float] | None:
+    """``[point, low, high]`` from a column of :func:`resampled_people` rows: row 0's value and the range
+    holding 95% of the others' (None where row 0 has none)."""
+    if values[0].isnan():
+        return None
+    low, high = values[1:].nanquantile(torch.tensor([0.025, 0.975], dtype=values.dtype)).tolist()
+    return [round(values[0].item(), 4), round(low, 4), round(high, 4)]
+
+
+def rate_difference(hits: Tensor, targets: Sequence[str], subjects: Sequence[str], other_hits: Tensor,
+                    other_targets: Sequence[str], other_subjects: Sequence[str], rounds: int = BOOTSTRAP_ROUNDS,
+                    seed: int = 0) -> dict[str, list[float] | None]:
+    """Judged rate of ``hits`` minus ``other_hits``' (the real faces', or the floor's), per target in
+    :data:`TARGETS` and for their mean: ``[difference, low, high]`` (None where one side has no face
+    of it), the range holding 95% of ``rounds`` resamplings of the held-out people (one draw weights
+    both sides, so a person's faces on either side stay together). Why: with 1 to 14 real faces an
+    expression, one face moves a real rate by 7 to 100 points, and a difference means something only
+    where it is larger than the sample."""
+    people = sorted(set(subjects) | set(other_subjects))
+    weights = resampled_people(people, rounds, seed)
 
     def rates(hits: Tensor, labels: Sequence[str], who: Sequence[str]) -> Tensor:
         weight = weights[:, [people.index(person) for person in who]]  # (1 + rounds, n)
@@ -130,17 +149,20 @@ def versus_real(hits: Tensor, targets: Sequence[str], subjects: Sequence[str], r
             columns.append((weight * mine * hits.float()).sum(1) / (weight * mine).sum(1))  # nan: none drawn
         return torch.stack(columns, 1)
 
-    by_target = rates(hits, targets, subjects) - rates(real_hits, real_labels, real_subjects)
+    by_target = rates(hits, targets, subjects) - rates(other_hits, other_targets, other_subjects)
     # The mean over the expressions both sides have in a draw (CK+'s one real fear face is in few).
     difference = torch.cat([by_target, by_target.nanmean(1, keepdim=True)], 1)
-    result: dict[str, list[float] | None] = {}
-    for column, name in enumerate((*TARGETS, "mean")):
-        if difference[0, column].isnan():  # no face of it on one side
-            result[name] = None
-            continue
-        low, high = difference[1:, column].nanquantile(torch.tensor([0.025, 0.975])).tolist()
-        result[name] = [round(difference[0, column].item(), 4), round(low, 4), round(high, 4)]
-    return result
+    return {name: _interval(difference[:, column]) for column, name in enumerate((*TARGETS, "mean"))}
+
+
+def mean_difference(values: Tensor, other_values: Tensor, subjects: Sequence[str], rounds: int = BOOTSTRAP_ROUNDS,
+                    seed: int = 0) -> list[float] | None:
+    """Mean of ``values`` minus ``other_values`` (one each per face, the same faces: e.g. two renderings'
+    identity similarity) as ``[difference, low, high]`` over resamplings of the people, as
+    :func:`rate_difference`."""
+    people = sorted(set(subjects))
+    weight = resampled_people(people, rounds, seed)[:, [people.index(person) for person in subjects]]
+    return _interval((weight * (values - other_values).double()).sum(1) / weight.sum(1))
 
 
 def real_reference(held: HeldOut, judge: Judge | JudgePanel, embedder: FaceEmbedder | None) -> dict:
@@ -163,24 +185,39 @@ def real_reference(held: HeldOut, judge: Judge | JudgePanel, embedder: FaceEmbed
     return row
 
 
+class Scored(NamedTuple):
+    """A renderer's row of the table, and what a later row compares with it face by face."""
+
+    row: dict
+    hits: Tensor  # (n,) bool: the judge called each of :meth:`HeldOut.sources`' faces its target
+    identity: Tensor | None  # (n,) cosine of each source and its rendering (None without the embedder)
+
+
 def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge | JudgePanel,
-                   embedder: FaceEmbedder | None, mesher: Mesher) -> dict:
-    """One row of the table for ``render`` (see the module docstring)."""
+                   embedder: FaceEmbedder | None, mesher: Mesher, floor: Scored | None = None) -> Scored:
+    """One row of the table for ``render`` (see the module docstring); with ``floor`` (the floor's
+    :class:`Scored`), also ``minus_floor``."""
     faces, meshes, targets = held.sources()
+    subjects = [person for person in held.pairs.subject for _ in TARGETS]
     generated = render(faces, meshes, targets)
     inside = polygon_mask(meshes, FACE_OVAL, faces.shape[-1])
     hits = hits_of(judge, generated, targets)
     row: dict = {"model": name, "judged": rates_of(hits, targets),
-                 "minus_real": versus_real(hits, targets, [person for person in held.pairs.subject for _ in TARGETS],
-                                           hits_of(judge, held.real_faces, held.real_labels), held.real_labels,
-                                           held.real_subjects)}
+                 "minus_real": rate_difference(hits, targets, subjects, hits_of(judge, held.real_faces, held.real_labels),
+                                               held.real_labels, held.real_subjects)}
+    similarity = None
     if embedder is not None:
         # Both chips placed by the source's mesh: eye corners and the nose base barely move with an
         # expression, and the same crop leaves only the face's content to differ.
         similarity = cosine(embedder.embed(faces, meshes), embedder.embed(generated, meshes))
         row["identity_source_vs_generated"] = round(similarity.mean().item(), 4)
+    if floor is not None:
+        row["minus_floor"] = {"floor": floor.row["model"],
+                              "judged": rate_difference(hits, targets, subjects, floor.hits, targets, subjects),
+                              "identity": None if similarity is None or floor.identity is None
+                              else mean_difference(similarity, floor.identity, subjects)}
     pairs = held.pairs
     own = render(pairs.source, pairs.source_mesh.float(), pairs.target_expression)
     row["geometry_error"] = round(geometry_error(mesher(own), pairs.target_mesh), 4)
     row["sharpness"] = round((laplacian_energy(generated, inside) / laplacian_energy(faces, inside)).mean().item(), 3)
-    return row
+    return Scored(row, hits, similarity)
