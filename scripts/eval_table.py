@@ -148,6 +148,13 @@ def markdown(result: dict) -> str:
                      for point, low, high in (judged[name] for name in (*HEADLINE, "mean"))]
             cells.append("-" if identity is None else "{:+.4f} ({:+.4f} to {:+.4f})".format(*identity))
             lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    if len(real["judged_by_each_judge"]) > 1:
+        lines += ["", f"By each judge of the panel alone ({', '.join(HEADLINE)}, mean of 6; `judged_by_each_judge`):", "",
+                  "| rendering | " + " | ".join(f"judge {k + 1}" for k in range(len(real["judged_by_each_judge"]))) + " |",
+                  "|" + " --- |" * (len(real["judged_by_each_judge"]) + 1)]
+        for row in result["rows"]:
+            cells = [" / ".join(percent(rates[name]) for name in (*HEADLINE, "mean")) for rates in row["judged_by_each_judge"]]
+            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{name} {count}" for name, count in real["real_counts"].items())
     lines.append("")
     lines.append(f"{len(result['held_out_subjects'])} held-out subjects, {result['sequences']} sequences; real faces "

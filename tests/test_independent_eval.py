@@ -68,6 +68,14 @@ def test_a_panel_of_judges_votes_with_their_mean_probability(fer_dir, tmp_path):
     assert torch.allclose(together.sum(1), torch.ones(len(faces))) and (together[:, EXPRESSIONS.index("contempt")] == 0).all()
     assert torch.equal(panel.predict(faces, framed=False), together.argmax(1))
     assert torch.equal(single.predict(faces, framed=False), members[0].argmax(1))
+    # The scorecard's rates by each judge alone are those of each judge's own file.
+    from exaug.pipelines.scorecard import judged_rates, rates_by_each_judge
+
+    targets = ["happy", "sad", "surprise"] * (len(faces) // 3)
+    faces = faces[:len(targets)]
+    by_each = rates_by_each_judge(panel, faces, targets)
+    assert by_each == [judged_rates(load_judges([path], "cpu"), faces, targets) for path in paths]
+    assert rates_by_each_judge(single, faces, targets) == by_each[:1]
 
 
 def test_matching_blur_finds_how_much_blurrier_the_training_split_is(fer_dir):

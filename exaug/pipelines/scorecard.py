@@ -11,6 +11,8 @@ neutral (contempt is not in FER2013, so it is not judged). Scores:
 * ``minus_floor`` (a model's row, when the floor is given): its judged rates and identity minus the
   floor's on the same faces, the same resampling (the issue asks for better than the floor on each:
   with 53 faces of 20 people, one face is two points);
+* ``judged_by_each_judge`` (a panel's): the same rates by each judge of the panel alone: how much
+  the instrument itself moves them (judges retrained on another machine moved a rate by 2-3 faces);
 * ``identity``: cosine between dlib descriptors (:mod:`exaug.faces.identity`) of the source and
   each rendering, next to the same person's real neutral vs peak frames and two different people;
 * ``geometry_error``: the rendering in its sequence's own label vs the real peak: mean mesh
@@ -101,6 +103,11 @@ def hits_of(judge: Judge | JudgePanel, faces: Tensor, targets: Sequence[str]) ->
     return judge.predict(faces) == torch.tensor([EXPRESSIONS.index(name) for name in targets])
 
 
+def rates_by_each_judge(judge: Judge | JudgePanel, faces: Tensor, targets: Sequence[str]) -> list[dict[str, float | None]]:
+    """:func:`judged_rates` by each judge of a panel alone (one judge: its own, once)."""
+    return [judged_rates(member, faces, targets) for member in getattr(judge, "judges", [judge])]
+
+
 def rates_of(hits: Tensor, targets: Sequence[str]) -> dict[str, float | None]:
     rates: dict[str, float | None] = {}
     for name in TARGETS:
@@ -170,6 +177,7 @@ def real_reference(held: HeldOut, judge: Judge | JudgePanel, embedder: FaceEmbed
     neutral and peak frames, and between different held-out people's neutral frames."""
     pairs = held.pairs
     row: dict = {"model": "real held-out faces", "judged": judged_rates(judge, held.real_faces, held.real_labels),
+                 "judged_by_each_judge": rates_by_each_judge(judge, held.real_faces, held.real_labels),
                  "real_counts": {name: held.real_labels.count(name) for name in TARGETS},
                  "neutral_judged_neutral": round(
                      (judge.predict(held.real_faces) == EXPRESSIONS.index("neutral"))[
@@ -203,6 +211,7 @@ def score_renderer(name: str, render: Renderer, held: HeldOut, judge: Judge | Ju
     inside = polygon_mask(meshes, FACE_OVAL, faces.shape[-1])
     hits = hits_of(judge, generated, targets)
     row: dict = {"model": name, "judged": rates_of(hits, targets),
+                 "judged_by_each_judge": rates_by_each_judge(judge, generated, targets),
                  "minus_real": rate_difference(hits, targets, subjects, hits_of(judge, held.real_faces, held.real_labels),
                                                held.real_labels, held.real_subjects)}
     similarity = None
