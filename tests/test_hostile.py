@@ -589,6 +589,17 @@ def test_video_output_name_and_killed_video_leftovers(tiny_video, test_checkpoin
     assert sorted(path.name for path in tmp_path.iterdir()) == ["edited.mp4"]
 
 
+def test_video_into_a_folder_not_there_yet_makes_it_as_align_does(tiny_video, test_checkpoint, tmp_path):
+    from exaug.io.video import probe
+    output = tmp_path / "results" / "today" / "edited.mp4"
+    options = ("--emotion", "happy", "--model", test_checkpoint, "--preset", "ultrafast", "-q")
+    assert _exaug("video", tiny_video, "-o", output, *options).returncode == 0
+    assert probe(output).frames == 50 and [path.name for path in output.parent.iterdir()] == ["edited.mp4"]
+    (tmp_path / "notes").write_text("a file, not a folder")
+    _one_line_error(_exaug("video", tiny_video, "-o", tmp_path / "notes" / "edited.mp4", *options),
+                    "notes/edited.mp4: cannot write")
+
+
 def test_awkward_names_in_a_folder_output(tmp_path, photo):
     from exaug.io.store import read_faces
     from exaug.pipelines.align import align_dataset

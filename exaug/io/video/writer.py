@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from exaug.errors import ExaugError
-from exaug.io.atomic import Replacement
+from exaug.io.atomic import Replacement, write_failure
 from exaug.io.outputs import OutputLock
 from exaug.io.video.reading import VideoInfo, ffmpeg_reason
 
@@ -98,8 +98,10 @@ class VideoWriter:
 
     def open(self) -> None:
         """Create the temp file and its streams (done by ``with``; public for non-``with`` use)."""
-        if not self.path.parent.is_dir():
-            raise ExaugError(f"{self.path}: the output folder does not exist")
+        try:  # a folder not there yet is made, as align, augment and eval make theirs
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_failure(self.path, err) from err
         self._lock = OutputLock(self.path)
         # The suffix stays last so FFmpeg picks the container from it.
         self._replacement = Replacement(self.path, keep_suffix=True)
