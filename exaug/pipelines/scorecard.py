@@ -11,8 +11,9 @@ neutral (contempt is not in FER2013, so it is not judged). Scores:
 * ``minus_floor`` (a model's row, when the floor is given): its judged rates and identity minus the
   floor's on the same faces, the same resampling (the issue asks for better than the floor on each:
   with 53 faces of 20 people, one face is two points);
-* ``judged_by_each_judge`` (a panel's): the same rates by each judge of the panel alone: how much
-  the instrument itself moves them (judges retrained on another machine moved a rate by 2-3 faces);
+* ``judged_by_each_judge``: the same rates by each judge of a panel alone (a single judge: its
+  own, once): how much the instrument itself moves them (judges retrained on another machine moved
+  a rate by 2-3 faces);
 * ``identity``: cosine between dlib descriptors (:mod:`exaug.faces.identity`) of the source and
   each rendering, next to the same person's real neutral vs peak frames and two different people;
 * ``geometry_error``: the rendering in its sequence's own label vs the real peak: mean mesh
