@@ -12,8 +12,10 @@ six judged expressions this prints:
   model, the floor, and the model's faces times the mean ratio, whole, averaged to 32 px and only
   its detail finer than that;
 
-then the scorecard row (:func:`exaug.pipelines.scorecard.score_renderer`, against the best floor) of
-the model's faces times the 32-px mean ratio. Prints JSON. Usage (judges as for eval_table.py):
+then two scorecard rows (:func:`exaug.pipelines.scorecard.score_renderer`, against the best floor):
+the model's faces times the 32-px mean ratio (the mean shading on top of the shader's), and the model
+with the shader's gain replaced by the target's 32-px mean log ratio. Prints JSON. Usage (judges as
+for eval_table.py):
 
     python scripts/probe_mean_shading.py --judge runs/fer_judge_0.pt runs/fer_judge_1.pt runs/fer_judge_2.pt
 """
@@ -110,9 +112,29 @@ def main() -> None:
     def with_mean_shading(faces: Tensor, meshes: Tensor, names) -> Tensor:
         return times_ratio(model_render(faces, meshes, names), coarse[[EXPRESSIONS.index(name) for name in names]])
 
+    mean_log = F.adaptive_avg_pool2d(floor.ratio.float().log(), SHADE_SIZE)
+    shading: dict[str, Tensor] = {}
+
+    def mean_shade(faces: Tensor, warped: Tensor, field: Tensor, codes: Tensor, outline: Tensor) -> Tensor:
+        return (shading["log_gain"] * outline).clamp(-0.5, 0.5)
+
+    def shaded_by_the_mean(faces: Tensor, meshes: Tensor, names) -> Tensor:
+        """The model with its shader's gain replaced by each target's mean log ratio (rendered one
+        expression at a time: the shader has no label to read it from)."""
+        out = torch.empty_like(faces)
+        model.shade = mean_shade  # this probe's generator only
+        try:
+            for name in sorted(set(names)):
+                rows = torch.tensor([other == name for other in names])
+                shading["log_gain"] = mean_log[EXPRESSIONS.index(name)]
+                out[rows] = model_render(faces[rows], meshes[rows], [name] * int(rows.sum()))
+        finally:
+            del model.shade
+        return out
+
     best_floor = score_renderer("floor: person-adapted motion + mean ratio image", floor.render, held, judge, embedder, mesh)
-    report["row"] = score_renderer("model x mean ratio at 32 px", with_mean_shading, held, judge, embedder, mesh,
-                                   floor=best_floor).row
+    report["rows"] = [score_renderer(name, render, held, judge, embedder, mesh, floor=best_floor).row for name, render in (
+        ("model x mean ratio at 32 px", with_mean_shading), ("model, shader replaced by the mean shading", shaded_by_the_mean))]
     print(json.dumps(report, indent=1))
 
 
