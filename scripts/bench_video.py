@@ -106,21 +106,22 @@ def steady_faces(reference: list[ImageFaces], overlap: float = 0.3) -> list[np.n
     return steady
 
 
-def faces_matched(clip: Path, reference: list[ImageFaces], options: VideoOptions, device: str) -> dict[str, int]:
+def faces_matched(clip: Path, reference: list[ImageFaces], steady: list[np.ndarray], options: VideoOptions,
+                  device: str) -> dict[str, int]:
     """Which faces exaug video finds, against the per-frame ``reference`` (all of them, and those also
-    found in a neighbouring frame): the follower it runs (same options), run again on its own to keep
-    each face's box; a followed face is a reference face where their boxes overlap by 0.3 (the
-    follower's own matching threshold)."""
+    found in a neighbouring frame: ``steady``, from :func:`steady_faces`): the follower it runs (same
+    options), run again on its own to keep each face's box; a followed face is a reference face where
+    their boxes overlap by 0.3 (the follower's own matching threshold)."""
     follower = FaceFollower(options.detection.detector(device, 1), FaceMesh(),
                             FollowOptions(detect_every=options.detect_every), fps=float(probe(clip).fps or 25))
     followed = [faces for chunk in read_frames(clip, options.chunk_size)
                 for faces in follower.update_many(chunk.frames, chunk.times)]
     matched = steady_matched = extra = 0
-    for found, steady, faces in zip(reference, steady_faces(reference), followed):
+    for found, steady_here, faces in zip(reference, steady, followed):
         boxes = np.stack([face.box for face in faces]) if faces else np.zeros((0, 4))
         hits = np.array([box_iou(box[None], boxes).max(initial=0.0) >= 0.3 for box in found.boxes], dtype=bool)
         matched += int(hits.sum())
-        steady_matched += int((hits & steady).sum())
+        steady_matched += int((hits & steady_here).sum())
         extra += sum(box_iou(face.box[None], found.boxes).max(initial=0.0) < 0.3 for face in faces)
     return {"per_frame_faces_found": matched, "per_frame_faces_in_a_neighbouring_frame_found": steady_matched,
             "faces_found_that_per_frame_detection_missed": int(extra)}
@@ -177,10 +178,11 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
     info = probe(clip)
     detection = DetectionOptions(max_side=args.max_side)
     reference = reference_faces(clip, detection, "cpu")
+    steady = steady_faces(reference)
     report = {"clip": {"path": str(clip), "size": f"{info.width}x{info.height}", "codec": info.codec,
                        "frames": info.frames, "fps": float(info.fps)},
               "per_frame_detection": {"faces": sum(map(len, reference)),
-                                      "faces_also_in_a_neighbouring_frame": int(sum(map(np.sum, steady_faces(reference)))),
+                                      "faces_also_in_a_neighbouring_frame": int(sum(map(np.sum, steady))),
                                       "frames_with_faces": sum(len(found) > 0 for found in reference)},
               "results": {}}
     for device in devices():
@@ -208,7 +210,7 @@ def bench_clip(clip: Path, args: argparse.Namespace, workdir: Path) -> dict:
             "pairs": [{"seconds": round(pair_summary.seconds, 2), "plain_transcode_seconds": pair_plain["seconds"],
                        "times_plain_transcode": round(pair_ratio, 2)} for pair_ratio, pair_plain, pair_summary in pairs],
             "faces_found": sum(summary.faces_per_frame),
-            **faces_matched(clip, reference, options, device),
+            **faces_matched(clip, reference, steady, options, device),
             "faces_edited": summary.faces_edited,
             "faces_left_as_they_are": summary.faces_left,
             "frames_with_faces": sum(count > 0 for count in summary.faces_per_frame),

@@ -118,6 +118,11 @@ def markdown(result: dict) -> str:
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.0f}%"
 
+    def points(interval: list[float]) -> str:
+        """A difference of rates and its range, ``[point, low, high]``, in points."""
+        point, low, high = interval
+        return f"{100 * point:+.0f} ({100 * low:+.0f} to {100 * high:+.0f})"
+
     for row in result["rows"]:
         judged = row["judged"]
         identity_cell = row.get("identity_source_vs_generated")
@@ -133,8 +138,7 @@ def markdown(result: dict) -> str:
               "| rendering | " + " | ".join(f"{name} - real" for name in (*HEADLINE, "mean")) + " |",
               "|" + " --- |" * (len(HEADLINE) + 2)]
     for row in result["rows"][1:]:
-        cells = [f"{100 * point:+.0f} ({100 * low:+.0f} to {100 * high:+.0f})"
-                 for point, low, high in (row["minus_real"][name] for name in (*HEADLINE, "mean"))]
+        cells = [points(row["minus_real"][name]) for name in (*HEADLINE, "mean")]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     compared = [row for row in result["rows"] if "minus_floor" in row]
     if compared:
@@ -144,8 +148,7 @@ def markdown(result: dict) -> str:
                   "|" + " --- |" * (len(HEADLINE) + 3)]
         for row in compared:
             judged, identity = row["minus_floor"]["judged"], row["minus_floor"]["identity"]
-            cells = [f"{100 * point:+.0f} ({100 * low:+.0f} to {100 * high:+.0f})"
-                     for point, low, high in (judged[name] for name in (*HEADLINE, "mean"))]
+            cells = [points(judged[name]) for name in (*HEADLINE, "mean")]
             cells.append("-" if identity is None else "{:+.4f} ({:+.4f} to {:+.4f})".format(*identity))
             lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     if len(real["judged_by_each_judge"]) > 1:

@@ -42,15 +42,14 @@ from exaug.model.painter import SHADE_SIZE
 from exaug.model.warp import warp
 from exaug.pipelines.scorecard import TARGETS, held_out_set, score_renderer
 from exaug.pipelines.training import training_data
-from exaug.train.floor import RATIO_EPSILON, fit_floor
+from exaug.train.floor import fit_floor, with_ratio
 from exaug.train.pairs import load_pairs
 
 
 def times_ratio(faces: Tensor, ratio: Tensor) -> Tensor:
     """uint8 faces with their luma times ``ratio`` (one (1, S, S) per face), as the floor applies it."""
     luma, chroma = encode(faces, 1)
-    light = (luma * 127.5 + 127.5 + RATIO_EPSILON) * ratio - RATIO_EPSILON
-    return decode(((light - 127.5) / 127.5).clamp(-1, 1), chroma)
+    return decode(with_ratio(luma, ratio).clamp(-1, 1), chroma)
 
 
 def main() -> None:

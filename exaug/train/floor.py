@@ -60,9 +60,16 @@ class MeanExpressionFloor:
             moved = warp(luma, field)
             if self.use_ratio:
                 ratio = self.ratio[[EXPRESSIONS.index(name) for name in names]]
-                moved = ((moved * 127.5 + 127.5 + RATIO_EPSILON) * ratio - RATIO_EPSILON - 127.5) / 127.5
+                moved = with_ratio(moved, ratio)
             out[part] = decode(moved.clamp(-1, 1), warp(chroma, field))
         return out
+
+
+def with_ratio(luma: Tensor, ratio: Tensor) -> Tensor:
+    """Luma in [-1, 1] with its light times ``ratio`` (a mean ratio image), as the floor applies it:
+    :data:`RATIO_EPSILON` grey levels added to the light before and taken off after, as when the
+    ratio was measured. Not clamped."""
+    return ((luma * 127.5 + 127.5 + RATIO_EPSILON) * ratio - RATIO_EPSILON - 127.5) / 127.5
 
 
 def fit_floor(pairs: PairedFaces, neutral_meshes: Tensor, *, adapted: bool = False,
