@@ -24,3 +24,17 @@ class ImageLoadError(ExaugError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+def require_counts(counts: dict[str, int | None]) -> None:
+    """Refuse an option that counts something (steps, a batch, epochs) below 1, named as the user
+    gives it; an unset one (None) passes. One message for every command that takes counts."""
+    for option, value in counts.items():
+        if value is not None and value < 1:
+            raise ExaugError(f"{option} must be at least 1, not {value}")
+
+
+def require_learning_rate(lr: float) -> None:
+    """Refuse a learning rate that is not positive (NaN included: it compares false)."""
+    if not lr > 0:
+        raise ExaugError(f"--lr must be positive, not {lr}")

@@ -29,7 +29,7 @@ import torch
 
 from exaug import __version__
 from exaug.device import resolve_device
-from exaug.errors import ExaugError
+from exaug.errors import ExaugError, require_counts
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
 from exaug.model.generator import ExpressionGenerator
@@ -62,10 +62,7 @@ class EvalOptions:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_faces"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ExaugError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        require_counts({f"--{name.replace('_', '-')}": getattr(self, name) for name in ("epochs", "batch_size", "max_faces")})
 
 
 @dataclass

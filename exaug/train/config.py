@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from exaug.errors import ExaugError
+from exaug.errors import ExaugError, require_counts, require_learning_rate
 from exaug.io.atomic import atomic_write
 from exaug.model.checkpoint import load_state, read_latest
 from exaug.model.networks import ModelConfig
@@ -69,14 +69,11 @@ class TrainConfig(ModelConfig):
             raise ExaugError(str(err)) from None
         if self.amp not in AMP_MODES:
             raise ExaugError(f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
-        for name in ("iters", "batch_size", "n_critic", "sample_every", "save_every", "log_every", "keep",
-                     "n_samples"):
-            if getattr(self, name) < 1:
-                raise ExaugError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        require_counts({f"--{name.replace('_', '-')}": getattr(self, name) for name in (
+            "iters", "batch_size", "n_critic", "sample_every", "save_every", "log_every", "keep", "n_samples")})
         if self.workers < 0:
             raise ExaugError("--workers must be 0 or more")
-        if not self.lr > 0:
-            raise ExaugError(f"--lr must be positive, not {self.lr}")
+        require_learning_rate(self.lr)
         for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_mask"):
             if not getattr(self, name) >= 0:
                 raise ExaugError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(self, name)}")

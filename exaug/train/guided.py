@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from exaug import __version__
-from exaug.errors import ExaugError
+from exaug.errors import ExaugError, require_counts, require_learning_rate
 from exaug.expressions import EXPRESSIONS
 from exaug.io.images import save_png
 from exaug.io.sheets import labelled_grid
@@ -72,12 +72,9 @@ class GuidedTrainConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
 
     def __post_init__(self) -> None:
-        for name, option in (("steps", "--iters"), ("batch_size", "batch_size"), ("log_every", "log_every"),
-                             ("save_every", "save_every")):
-            if getattr(self, name) < 1:
-                raise ExaugError(f"{option} must be at least 1, not {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ExaugError(f"--lr must be positive, not {self.lr}")
+        require_counts({"--iters": self.steps, "batch_size": self.batch_size, "log_every": self.log_every,
+                        "save_every": self.save_every})
+        require_learning_rate(self.lr)
         if negative := [name for name, weight in self.weights.items() if not weight >= 0]:
             raise ExaugError(f"loss weights must be 0 or more, not {', '.join(negative)}")
 
