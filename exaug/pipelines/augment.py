@@ -177,16 +177,21 @@ def _augmented_rows(batch: AlignedBatch, generator: ExpressionGenerator, targets
     faces = resize_faces(rows[kept.to(rows.device)], size)
     expression = [[k, *(labels if move else [k] * len(labels))][:1 + count]
                   for k, move, count in zip(known, moves, copies)]
+
+    def each_row(per_face: list) -> list:
+        """One value per face -> one per row written: the original, then its copies."""
+        return [value for value, count in zip(per_face, copies) for _ in range(1 + count)]
+
+    copy = np.array([number for count in copies for number in range(1 + count)])  # 0: the original
     return FaceRows(
         images=faces.permute(0, 2, 3, 1).cpu().numpy(),
-        identity=[s.identity for s, count in zip(sources, copies) for _ in range(1 + count)],
+        identity=each_row([s.identity for s in sources]),
         expression=np.array([label for row in expression for label in row], np.int8),
-        source=[s.relpath for s, count in zip(sources, copies) for _ in range(1 + count)],
+        source=each_row([s.relpath for s in sources]),
         face=np.repeat(aligned.face_index, [1 + count for count in copies]).astype(np.int16),
-        synthetic=np.array([copy > 0 for count in copies for copy in range(1 + count)], bool),
-        extra={} if reference is None else {
-            REFERENCE_COLUMN: np.array([-1 if copy == 0 or not move else 0 for move, count in zip(moves, copies)
-                                        for copy in range(1 + count)], np.int16)},
+        synthetic=copy > 0,
+        extra={} if reference is None else {  # -1: follows no reference (an original, a face left as it is)
+            REFERENCE_COLUMN: np.where((copy > 0) & np.array(each_row(moves), bool), 0, -1).astype(np.int16)},
     )
 
 
