@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from exaug.faces import FaceAligner, FaceDetector
+from exaug.faces.detect import ChannelsLastMaxPool
 from exaug.faces.align import (apply_affine, estimate_similarity, get_template, unwarp_faces, warp_faces,
                                warp_regions)
 from exaug.io.images import load_image
@@ -55,6 +60,43 @@ def test_batched_detection_matches_one_image_at_a_time(detector, photos):
         assert len(batched) == len(single)
         assert np.abs(batched.landmarks - single.landmarks).max() < 0.01
         assert np.abs(batched.probs - single.probs).max() < 1e-4
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_channels_last_max_pool_equals_torchs_on_every_small_size(kernel):
+    """MTCNN's poolings (kernel 2 or 3, stride 2, ceil mode): the same numbers, NaN and inf included,
+    the same shape and layout, and the same error where the input is smaller than the kernel."""
+    pool = ChannelsLastMaxPool(kernel, 2)
+    for height, width in itertools.product(range(1, 12), range(1, 12)):
+        x = torch.randn(40, 16, height, width) * 100
+        x[0, 0, 0, 0], x[1, 3, -1, -1], x[2, 5, -1, 0] = float("nan"), float("inf"), -float("inf")
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert x.numel() >= pool.SMALL or height * width < 110  # the fast path runs on the larger ones
+        try:
+            expected = F.max_pool2d(x, kernel, 2, ceil_mode=True)
+        except RuntimeError:  # "output size is too small"
+            with pytest.raises(RuntimeError):
+                pool(x)
+            continue
+        pooled = pool(x)
+        assert pooled.shape == expected.shape and pooled.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(pooled.nan_to_num(7.0), expected.nan_to_num(7.0)), (height, width)
+        assert torch.isnan(pooled[0, 0, 0, 0])
+
+
+def test_faster_pooling_finds_the_very_same_faces(photos):
+    """The detector's own pooling changes nothing: boxes, probabilities and landmarks bit for bit
+    those of facenet-pytorch's layers on the shared photos (a group shot and portraits)."""
+    fast, plain = FaceDetector("cpu"), FaceDetector("cpu")
+    for network in (plain._mtcnn.pnet, plain._mtcnn.rnet, plain._mtcnn.onet):
+        for name, layer in list(network.named_children()):
+            if isinstance(layer, ChannelsLastMaxPool):
+                setattr(network, name, nn.MaxPool2d(layer.kernel, layer.stride, ceil_mode=True))
+    assert any(isinstance(layer, ChannelsLastMaxPool) for layer in fast._mtcnn.rnet.children())
+    images = list(photos.values())
+    for ours, theirs in zip(fast.detect(images), plain.detect(images)):
+        assert len(ours) and np.array_equal(ours.boxes, theirs.boxes)
+        assert np.array_equal(ours.probs, theirs.probs) and np.array_equal(ours.landmarks, theirs.landmarks)
 
 
 def test_full_resolution_coordinates_after_downscaled_detection(people_dir):

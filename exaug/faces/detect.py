@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from facenet_pytorch import MTCNN
+from torch import nn
 
 from exaug.device import resolve_device
 
@@ -31,6 +32,43 @@ def _detection_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 def _canvas_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     h, w = _detection_shape(shape, scale)
     return -(-h // CANVAS_STEP) * CANVAS_STEP, -(-w // CANVAS_STEP) * CANVAS_STEP
+
+
+class ChannelsLastMaxPool(nn.Module):
+    """MTCNN's max-pooling (``ceil_mode``, no padding), the same numbers as ``nn.MaxPool2d``, faster
+    on large channels-last tensors: torch's CPU kernel for that layout also computes the indices it
+    throws away (the R-net's first pooling over 336 candidate boxes: 6.5 ms, here 2.6; a 720x480
+    frame's whole pass 79 -> 73 ms on one thread). Rows, then columns, as strided slices combined
+    with ``maximum``; small tensors, where that costs more calls than it saves, keep torch's kernel."""
+
+    SMALL = 65536  # elements
+
+    def __init__(self, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() != 4 or x.numel() < self.SMALL or min(x.shape[2:]) < self.kernel
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return F.max_pool2d(x, self.kernel, self.stride, ceil_mode=True)
+        pixels = x.permute(0, 2, 3, 1)  # (n, H, W, C), contiguous
+        return self._along(self._along(pixels, 1), 2).permute(0, 3, 1, 2)
+
+    def _along(self, pixels: torch.Tensor, dim: int) -> torch.Tensor:
+        """Pool one spatial axis: output i is the maximum of inputs i*stride .. i*stride+kernel-1,
+        the window's part past the end left out (ceil mode: the last window may hang over)."""
+        size, step = pixels.shape[dim], self.stride
+        count = -(-(size - self.kernel) // step) + 1
+        if (count - 1) * step >= size:  # a window must start inside the input
+            count -= 1
+        every = (slice(None),) * dim + (slice(None, None, step),)
+        pooled = pixels.narrow(dim, 0, (count - 1) * step + 1)[every].clone()
+        for offset in range(1, self.kernel):
+            reach = min(count, -(-(size - offset) // step))  # windows whose offset-th input exists
+            if reach > 0:
+                target = pooled.narrow(dim, 0, reach)
+                torch.maximum(target, pixels.narrow(dim, offset, (reach - 1) * step + 1)[every], out=target)
+        return pooled
 
 
 @dataclass
@@ -93,6 +131,9 @@ class FaceDetector:
         # boxes within 1e-4 px.
         for network in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
             network.to(memory_format=torch.channels_last)
+            for name, layer in list(network.named_children()):
+                if isinstance(layer, nn.MaxPool2d):
+                    setattr(network, name, ChannelsLastMaxPool(layer.kernel_size, layer.stride))
 
     def detect(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[ImageFaces]:
         """Faces of each ``HxWx3 uint8`` RGB image (numpy, or a tensor already on the device), in order."""
