@@ -75,6 +75,22 @@ def test_pairs_join_each_peak_to_its_own_sequences_neutral_frame_both_ways(ck_pa
     assert (pairs.target_mesh[:, corners] - pairs.source_mesh[:, corners]).norm(dim=-1).median() < 1.5
 
 
+def test_held_out_subjects_by_rule_by_count_and_by_name(ck_pairs):
+    """`--val-subjects` for the guided model: "auto" (every sixth by name), a count spread through
+    the names, a comma list, "0"; a count that leaves nobody to train on is one clear error."""
+    subjects = sorted(set(ck_pairs[0].subject))
+    assert split_subjects(subjects, "auto") == set(subjects[::6])
+    ten = split_subjects(subjects, "10")
+    assert len(ten) == 10 and subjects[0] in ten and subjects[-1] not in ten
+    assert split_subjects(subjects, " 10 ") == ten, "the same people every time"
+    assert split_subjects(subjects, f"{subjects[3]}, {subjects[7]}") == {subjects[3], subjects[7]}
+    assert split_subjects(subjects, "0") == set()
+    with pytest.raises(ExaugError, match=f"only {len(subjects)} subjects"):
+        split_subjects(subjects, str(len(subjects)))
+    with pytest.raises(ExaugError, match="no paired faces of S999x"):
+        split_subjects(subjects, "S999x")
+
+
 def test_geometry_learnt_from_pairs_predicts_unseen_peoples_motion(ck_pairs):
     pairs, neutral, neutral_subjects = ck_pairs
     held = split_subjects(sorted(set(pairs.subject)), "auto")

@@ -62,7 +62,8 @@ def train_command(
     balance: bool = typer.Option(DEFAULT["balance"], "--balance",
                                  help="Class-balanced sampling: rare expressions come up as often as common ones."),
     val_subjects: str = typer.Option(DEFAULT["val_subjects"],
-                                     help="Held-out subjects: auto (5%), a number, a comma list of ids, or 0."),
+                                     help="Held-out subjects: auto (5% at random; --arch guided: every sixth by "
+                                          "name), a number, a comma list of ids, or 0."),
     align: bool = typer.Option(DEFAULT["align"], "--align/--no-align",
                                help="--no-align: the expression folders hold cropped faces; read them as they are."),
     template: TemplateChoice = typer.Option(TemplateChoice(DEFAULT["template"]),

@@ -264,11 +264,20 @@ def _restore(path: Path, saved: dict, parts: dict, generator: torch.Generator) -
 
 def split_subjects(subjects: list[str], val_subjects: str) -> set[str]:
     """Held-out subjects: "auto" is every sixth subject in name order (20 of CK+'s 118 paired
-    subjects: enough that one face does not decide a row), else a comma list of ids, or "0"."""
-    if val_subjects == "auto":
+    subjects: enough that one face does not decide a row); a number N, N subjects spread evenly
+    through the names (no seed: the same people for every run on the data); else a comma list of
+    ids, or "0"."""
+    spec = val_subjects.strip()
+    if spec == "auto":
         return set(subjects[::6])
-    if val_subjects.strip() in ("", "0"):
+    if spec in ("", "0"):
         return set()
+    if spec.isdigit():
+        count = int(spec)
+        if count >= len(subjects):
+            raise ExaugError(f"--val-subjects {count}: only {len(subjects)} subjects have pairs, none would be left "
+                             "to train on")
+        return {subjects[index * len(subjects) // count] for index in range(count)}
     chosen = {name.strip() for name in val_subjects.split(",") if name.strip()}
     if unknown := chosen - set(subjects):
         raise ExaugError(f"--val-subjects: no paired faces of {', '.join(sorted(unknown))}")
