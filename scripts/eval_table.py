@@ -11,7 +11,8 @@ retrained, moved the bundled model's held-out happy rate from 96% to 85%.
 Held-out subjects are those the model (``--model``, default the bundled one) records in its metadata;
 the floor (:mod:`exaug.train.floor`) is fitted here on the other subjects' pairs. What each column
 means: :mod:`exaug.pipelines.scorecard`. Without dlib (``pip install 'exaug[eval]'``) the identity
-columns are skipped with a note.
+columns are skipped with a note. The ``--json`` file also keeps what each face scored, so that
+folds (models trained with other people held out) can be pooled: ``scripts/pool_folds.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from exaug.model.default import DEFAULT_MODEL
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.guided import CropMesher, GuidedExpressionGenerator
 from exaug.model.judge import load_judges
-from exaug.pipelines.scorecard import BOOTSTRAP_ROUNDS, HEADLINE, TARGETS, held_out_set, real_reference, score_renderer
+from exaug.pipelines.scorecard import (BOOTSTRAP_ROUNDS, HEADLINE, TARGETS, HeldOut, Scored, held_out_set, hits_of,
+                                       real_reference, score_renderer)
 from exaug.pipelines.training import training_data
 from exaug.train.fer2013 import accuracy, load_fer2013
 from exaug.train.floor import fit_floor
@@ -95,6 +97,7 @@ def evaluation_table(args: argparse.Namespace) -> dict:
     scored |= {name: score_renderer(name, render, held, judge, embedder, mesh, floor=scored[BEST_FLOOR])
                for name, render in models.items()}
     rows = [real_reference(held, judge, embedder), *(score.row for score in scored.values())]
+    faces = face_by_face(held, judge, scored)
     members = judge.meta.get("panel", [judge.meta])
     accuracies = ", ".join(str(meta.get("private_test_accuracy", {}).get("overall")) for meta in members)
     notes = ["contempt is not judged: FER2013 has no contempt class",
@@ -104,7 +107,25 @@ def evaluation_table(args: argparse.Namespace) -> dict:
     if reason:
         notes.append(reason)
     return {"held_out_subjects": sorted(held_out), "sequences": len(held.pairs), "real_faces": len(held.real_labels),
-            "targets": list(TARGETS), "notes": notes, "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+            "targets": list(TARGETS), "notes": notes, "rows": rows, "faces": faces,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def face_by_face(held: HeldOut, judge, scored: dict[str, Scored]) -> dict:
+    """What each face scored, so that tables of models trained on other held-out people (folds of
+    ``--val-subjects``) can be pooled (``scripts/pool_folds.py``): the real faces' person, label and
+    hit; each rendering's hits and identity, in :meth:`HeldOut.sources` order (their people and
+    targets given once). Hits are strings of 0 and 1, to keep the file small."""
+    def bits(hits: torch.Tensor) -> str:
+        return "".join("1" if hit else "0" for hit in hits.tolist())
+
+    _, _, targets = held.sources()
+    return {"real": {"subjects": held.real_subjects, "labels": held.real_labels,
+                     "hits": bits(hits_of(judge, held.real_faces, held.real_labels))},
+            "subjects": [person for person in held.pairs.subject for _ in TARGETS], "targets": targets,
+            "renderings": {name: {"hits": bits(score.hits),
+                                  "identity": None if score.identity is None else [round(value, 4) for value in score.identity.tolist()]}
+                           for name, score in scored.items()}}
 
 
 def markdown(result: dict) -> str:
@@ -173,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExaugError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=1)
     if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({key: value for key, value in result.items() if key != "faces"}, indent=1))
     print(markdown(result))
     return 0
 
