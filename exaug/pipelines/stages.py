@@ -250,7 +250,7 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
     with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
         todo = [source for source in sources if source.relpath not in writer.done_sources]
         summary.resumed = len(sources) - len(todo)
-        with progress_bar("images", disable=not show_progress) as bar:
+        with progress_bar("images", disable=not show_progress or not todo) as bar:
             task = bar.add_task(description, total=len(todo), info="")
             try:
                 for batch in in_background(batches_for(todo)):

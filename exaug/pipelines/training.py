@@ -55,7 +55,8 @@ def training_data(data: Path | str, *, align: bool, image_size: int, template: s
     cache = _aligned_cache(path, image_size, template, cache_dir, mesh)
     if is_main:
         if show_progress:
-            console.print(f"aligning {path} (cached in {cache}; later runs reuse it)", highlight=False)
+            console.print(f"reading {path}'s aligned faces from {cache}" if cache.exists() else
+                          f"aligning {path} (cached in {cache}; later runs reuse it)", highlight=False)
         options = AlignOptions(template=template, size=image_size, device=str(device),
                                detection=DetectionOptions(faces="largest"), mesh=mesh)
         align_dataset(path, cache, options, command=f"exaug train {path}", show_progress=show_progress)
