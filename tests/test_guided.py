@@ -75,9 +75,10 @@ def test_pairs_join_each_peak_to_its_own_sequences_neutral_frame_both_ways(ck_pa
     assert (pairs.target_mesh[:, corners] - pairs.source_mesh[:, corners]).norm(dim=-1).median() < 1.5
 
 
-def test_held_out_subjects_by_rule_by_count_and_by_name(ck_pairs):
-    """`--val-subjects` for the guided model: "auto" (every sixth by name), a count spread through
-    the names, a comma list, "0"; a count that leaves nobody to train on is one clear error."""
+def test_held_out_subjects_by_rule_by_fold_by_count_and_by_name(ck_pairs):
+    """`--val-subjects` for the guided model: "auto" (every sixth by name), folds "K/F" that together
+    hold out everyone once, a count spread through the names, a comma list, "0"; a count that leaves
+    nobody to train on, or a fold that is not one, is one clear error."""
     subjects = sorted(set(ck_pairs[0].subject))
     assert split_subjects(subjects, "auto") == set(subjects[::6])
     ten = split_subjects(subjects, "10")
@@ -85,6 +86,13 @@ def test_held_out_subjects_by_rule_by_count_and_by_name(ck_pairs):
     assert split_subjects(subjects, " 10 ") == ten, "the same people every time"
     assert split_subjects(subjects, f"{subjects[3]}, {subjects[7]}") == {subjects[3], subjects[7]}
     assert split_subjects(subjects, "0") == set()
+    assert split_subjects(subjects, "0/6") == split_subjects(subjects, "auto")
+    folds = [split_subjects(subjects, f"{k}/6") for k in range(6)]
+    assert set().union(*folds) == set(subjects) and sum(map(len, folds)) == len(subjects), \
+        "six folds hold out every person exactly once"
+    for bad in ("6/6", "1/0", "0/1", "a/6", f"0/{len(subjects) + 1}"):
+        with pytest.raises(ExaugError, match=f"--val-subjects {bad}: a fold is K/F"):
+            split_subjects(subjects, bad)
     with pytest.raises(ExaugError, match=f"only {len(subjects)} subjects"):
         split_subjects(subjects, str(len(subjects)))
     with pytest.raises(ExaugError, match="no paired faces of S999x"):

@@ -63,7 +63,8 @@ def train_command(
                                  help="Class-balanced sampling: rare expressions come up as often as common ones."),
     val_subjects: str = typer.Option(DEFAULT["val_subjects"],
                                      help="Held-out subjects: auto (5% at random; --arch guided: every sixth by "
-                                          "name), a number, a comma list of ids, or 0."),
+                                          "name), a number, a comma list of ids, or 0; --arch guided also "
+                                          "takes K/F, fold K of F (every F-th by name from the K-th, from 0)."),
     align: bool = typer.Option(DEFAULT["align"], "--align/--no-align",
                                help="--no-align: the expression folders hold cropped faces; read them as they are."),
     template: TemplateChoice = typer.Option(TemplateChoice(DEFAULT["template"]),

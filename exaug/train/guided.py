@@ -264,14 +264,23 @@ def _restore(path: Path, saved: dict, parts: dict, generator: torch.Generator) -
 
 def split_subjects(subjects: list[str], val_subjects: str) -> set[str]:
     """Held-out subjects: "auto" is every sixth subject in name order (20 of CK+'s 118 paired
-    subjects: enough that one face does not decide a row); a number N, N subjects spread evenly
+    subjects: enough that one face does not decide a row); "K/F", fold K of F (every F-th from the
+    K-th, counting from 0; "auto" is "0/6"), so that F runs hold out every person exactly once and
+    their scores can be pooled (scripts/pool_folds.py); a number N, N subjects spread evenly
     through the names (no seed: the same people for every run on the data); else a comma list of
     ids, or "0"."""
     spec = val_subjects.strip()
     if spec == "auto":
-        return set(subjects[::6])
+        spec = "0/6"
     if spec in ("", "0"):
         return set()
+    if "/" in spec:
+        fold, _, folds = spec.partition("/")
+        if not (fold.strip().isdigit() and folds.strip().isdigit() and int(fold) < int(folds) <= len(subjects)
+                and int(folds) >= 2):
+            raise ExaugError(f"--val-subjects {spec}: a fold is K/F with 0 <= K < F and 2 <= F <= {len(subjects)} "
+                             "(the subjects with pairs)")
+        return set(subjects[int(fold)::int(folds)])
     if spec.isdigit():
         count = int(spec)
         if count >= len(subjects):
