@@ -276,11 +276,11 @@ def split_subjects(subjects: list[str], val_subjects: str) -> set[str]:
         return set()
     if "/" in spec:
         fold, _, folds = spec.partition("/")
-        if not (fold.strip().isdigit() and folds.strip().isdigit() and int(fold) < int(folds) <= len(subjects)
-                and int(folds) >= 2):
-            raise ExaugError(f"--val-subjects {spec}: a fold is K/F with 0 <= K < F and 2 <= F <= {len(subjects)} "
-                             "(the subjects with pairs)")
-        return set(subjects[int(fold)::int(folds)])
+        if not (fold.strip().isdigit() and folds.strip().isdigit() and 2 <= int(folds) and int(fold) < int(folds)):
+            raise ExaugError(f"--val-subjects {spec}: a fold is K/F with 0 <= K < F and F >= 2")
+        if not (held := set(subjects[int(fold)::int(folds)])):
+            raise ExaugError(f"--val-subjects {spec}: that fold holds nobody (only {len(subjects)} subjects have pairs)")
+        return held
     if spec.isdigit():
         count = int(spec)
         if count >= len(subjects):
