@@ -4,10 +4,11 @@ One table of 20 held-out people turns on one or two real faces (6 sad ones, 12 s
 of judges trained a day apart with the same command moved the real faces' happy rate from 100% to
 92% and their sad rate from 17% to 0%. The recipe trained again with other people held out
 (``--val-subjects K/6``: every sixth subject by name from the K-th; the shipped model's ``auto`` is
-``0/6``) is scored on those people by the same judges (``scripts/eval_table.py --model RUN/guided.generator.pt --json FOLD.json``); this pools
-the folds' faces into one table of all their people: judged rates, and the differences from the
-real faces and from the floor with 95% ranges over resamplings of all of them. Each fold's floor is
-fitted on that fold's training people, as its model was.
+``0/6``) is scored on those people by the same judges (``scripts/eval_table.py --model
+RUN/guided.generator.pt --json FOLD.json``); this pools the folds' faces into one table of all their
+people: judged rates, and the differences from the real faces and from the floor with 95% ranges
+over resamplings of all of them. Each fold's floor is fitted on that fold's training people, as its
+model was.
 
     for k in 0 1 2 3 4 5; do exaug train ../shared/data/expressions/ckplus128 -o runs/fold$k \
         --arch guided --iters 5000 --seed 0 --val-subjects $k/6; python scripts/eval_table.py \
