@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from conftest import EXAUG_AS_IN_A_TERMINAL, REPO, interrupt_when
-from exaug.errors import ImageLoadError, InputError
+from exaug.errors import ExaugError, ImageLoadError, InputError
 from exaug.io import images
 from exaug.io.images import load_image
 from exaug.io.sources import discover_sources, load_source
@@ -59,6 +59,67 @@ def test_symlink_loop_walks_each_folder_once(tmp_path, photo):
     (tmp_path / "alice" / "loop").symlink_to("..")
     (tmp_path / "bob" / "again").symlink_to(tmp_path / "bob")
     assert [source.relpath for source in discover_sources(tmp_path)] == ["alice/1.jpg", "alice/2.jpg", "bob/3.jpg"]
+
+
+def test_a_single_unreadable_image_is_an_error_not_an_empty_output(tmp_path, photo):
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(ImageLoadError, match="text.jpg"):
+        discover_sources(tmp_path / "text.jpg")
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    assert [source.relpath for source in discover_sources(tmp_path / "photo.jpg")] == ["photo.jpg"]
+    with pytest.raises(ImageLoadError, match="photo.jpg"):  # the pixel limit, as for a folder's images
+        discover_sources(tmp_path / "photo.jpg", max_pixels=100)
+
+
+def test_an_output_folder_inside_its_input_is_never_read_back_as_photos(tmp_path, photo, test_checkpoint):
+    from exaug.io.store import read_faces
+    from exaug.model.generator import ExpressionGenerator
+    from exaug.pipelines.augment import AugmentOptions, augment_dataset
+    photos = tmp_path / "photos"
+    for rel in ("alice/1.jpg", "bob/2.jpg"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        (photos / rel).write_bytes(photo)
+    generator = ExpressionGenerator.load(test_checkpoint, "cpu")
+    options = AugmentOptions(expressions=["happy"])
+    output = photos / "augmented"
+    first = augment_dataset(photos, output, generator, "hash", options, show_progress=False)
+    assert (first.sources, first.faces) == (2, 4)
+    again = augment_dataset(photos, photos / "again.h5", generator, "hash", options, show_progress=False)
+    assert (again.sources, again.faces) == (2, 4), "the first run's PNGs were read as photos"
+    with pytest.raises(InputError, match="a face table exaug wrote"):  # align would re-detect its copies
+        discover_sources(output)
+    # Given as INPUT, augment reads the table's original faces, never its generated copies.
+    copies = augment_dataset(output, tmp_path / "from_table.h5", generator, "hash",
+                             AugmentOptions(expressions=["sad"]), show_progress=False)
+    assert (copies.sources, copies.faces) == (2, 4)
+    with read_faces(tmp_path / "from_table.h5") as table:
+        assert table.synthetic.tolist() == [False, True, False, True]
+
+
+def test_a_preview_never_replaces_the_input_the_output_or_a_file_that_is_not_a_png(tmp_path, photo, test_checkpoint):
+    from exaug.model.generator import ExpressionGenerator
+    from exaug.pipelines.augment import AugmentOptions, augment_dataset
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "1.jpg").write_bytes(photo)
+    (tmp_path / "notes.png").write_text("my notes, named .png")
+    (tmp_path / "sheets.png").mkdir()
+    (tmp_path / "old_sheet.png").write_bytes((REPO / "examples" / "astronaut.png").read_bytes())
+    generator = ExpressionGenerator.load(test_checkpoint, "cpu")
+    output = tmp_path / "out.h5"
+    for preview, reason in ((photos / "1.jpg", "the preview is a PNG"), (output, "the preview is a PNG"),
+                            (photos / "sheet.png", "is inside the input"),
+                            (tmp_path / "folder_out" / "sheet.png", "is inside the output"),
+                            (tmp_path / "notes.png", "exists and is not a PNG"), (tmp_path / "sheets.png", "is a folder")):
+        target = tmp_path / "folder_out" if "output" in reason else output
+        with pytest.raises(ExaugError, match=reason):
+            augment_dataset(photos, target, generator, "hash", AugmentOptions(expressions=["happy"], preview=preview),
+                            show_progress=False)
+        assert not target.exists(), "refused before any work"
+    assert (photos / "1.jpg").read_bytes() == photo and (tmp_path / "notes.png").read_text() == "my notes, named .png"
+    augment_dataset(photos, output, generator, "hash",
+                    AugmentOptions(expressions=["happy"], preview=tmp_path / "old_sheet.png"), show_progress=False)
+    assert Image.open(tmp_path / "old_sheet.png").size[0] == 2 * generator.image_size  # an old sheet is replaced
 
 
 def test_unlistable_subfolder_is_a_failed_source(tmp_path, photo, monkeypatch):

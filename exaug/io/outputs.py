@@ -30,6 +30,27 @@ def check_not_input(input_path: Path | str, output: Path | str) -> None:
                          "choose another output")
 
 
+def check_sheet_path(sheet: Path | str, input_path: Path | str, output: Path | str) -> None:
+    """Refuse a sheet (``--preview``) that would overwrite what the run reads or writes: the input or
+    a file in its folder (the next run would read the sheet as a photo), the output or a file in its
+    folder, or an existing file that is not a PNG. Given the input photo, the sheet replaced it."""
+    sheet, input_path, output = Path(sheet), Path(input_path), Path(output)
+    if sheet.suffix.lower() != ".png":
+        raise ExaugError(f"{sheet}: the preview is a PNG; name it .png")
+    where = sheet.resolve()
+    for path, what in ((input_path, "the input"), (output, "the output")):
+        folder = path.resolve()
+        if where == folder or (not path.is_file() and where.is_relative_to(folder)):
+            raise ExaugError(f"{sheet}: {'is' if where == folder else 'is inside'} {what} {path}; choose a path "
+                             "outside both for the preview")
+    if sheet.is_dir():
+        raise ExaugError(f"{sheet}: is a folder; name the preview's file")
+    if sheet.is_file():
+        with open(sheet, "rb") as file:
+            if file.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise ExaugError(f"{sheet}: exists and is not a PNG; the preview would replace it, choose another path")
+
+
 def default_output(input_path: Path | str, tag: str, suffix: str) -> Path:
     """Where a run writes when it is given no output: ``NAME.TAG`` + ``suffix`` in the current
     folder, NAME being the input's (a file's without its suffix; for ``.``, the current folder's).

@@ -9,6 +9,11 @@ Folders are walked once each (by device and inode), so a symlink loop cannot mul
 folder that cannot be listed becomes a failed source like an unreadable file, never a silent gap.
 File names that are not valid UTF-8 keep their bytes as surrogate escapes in ``path`` and are
 recorded with backslash escapes in ``relpath``, which every output format can store.
+
+exaug's own folder outputs (face tables: ``exaug.json`` beside ``manifest.csv``) are never read as
+photos: one written inside its input folder was read back on the next run, its generated faces
+taken for new originals and edited again. A table's faces are read as a table
+(:func:`exaug.io.store.read_faces`), which knows the originals from the generated copies.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from exaug.errors import ImageLoadError, InputError
 from exaug.expressions import canonical_expression
 from exaug.io.images import MAX_PIXELS, is_image_path, load_image
+from exaug.io.store import is_face_table
 
 
 @dataclass(frozen=True)
@@ -42,15 +48,21 @@ def load_source(source: Source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return load_image(source.path, max_pixels)
 
 
-def discover_sources(root: Path | str) -> list[Source]:
-    """All images under ``root`` in a deterministic order; a missing or image-less root is an error."""
+def discover_sources(root: Path | str, max_pixels: int = MAX_PIXELS) -> list[Source]:
+    """All images under ``root`` in a deterministic order; a missing or image-less root is an error,
+    and so is a single image that cannot be read (a folder lists its bad files and goes on; one
+    file is the whole input; ``max_pixels`` as for :func:`load_source`)."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or folder")
     if root.is_file():
         if not is_image_path(root):
             raise InputError(f"{root}: not an image file (expected a folder of images or an image)")
+        load_image(root, max_pixels)  # ImageLoadError: the one line saying why
         return [Source(root, root.name, root.stem, None)]
+    if is_face_table(root):
+        raise InputError(f"{root}: a face table exaug wrote; its faces are aligned already (exaug augment reads "
+                         "its original faces), or give the photos it was made from")
     paths, unreadable = _image_files(root)
     if unreadable and unreadable[0][0] == root:
         raise InputError(f"{root}: {unreadable[0][1]}")
@@ -84,8 +96,9 @@ def _source(path: Path, relpath: str, by_expression: bool) -> Source:
 
 
 def _image_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files below ``root``, hidden files and folders (our own ``.exaug-parts`` too) skipped,
-    each folder once however many links lead to it; and the folders that could not be listed."""
+    """Image files below ``root``, hidden files and folders (our own ``.exaug-parts`` too) and exaug's
+    folder outputs skipped, each folder once however many links lead to it; and the folders that
+    could not be listed."""
     found: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
     seen: set[tuple[int, int]] = set()
@@ -104,6 +117,6 @@ def _image_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             dirnames[:] = []
             continue
         seen.add((stat.st_dev, stat.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_face_table(Path(folder) / d))
         found.extend(Path(folder) / name for name in sorted(filenames) if is_image_path(Path(name)))
     return found, sorted(unreadable)

@@ -44,7 +44,7 @@ def align_dataset(input_path: Path | str, output: Path | str, options: AlignOpti
     options = options or AlignOptions()
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
-    sources = discover_sources(input_path)
+    sources = discover_sources(input_path, options.max_pixels)
     detector = options.detection.detector(options.device, options.batch_size)
     aligner = FaceAligner(options.template, options.size, device=detector.device)
     mesher = MeshFitter(device=detector.device) if options.mesh else None

@@ -22,10 +22,10 @@ from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, check_face_size, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
 from exaug.io.images import MAX_PIXELS, save_png
-from exaug.io.outputs import check_not_input
+from exaug.io.outputs import check_not_input, check_sheet_path
 from exaug.io.sheets import labelled_grid
 from exaug.io.sources import Source, discover_sources
-from exaug.io.store import FaceRows, HDF5_SUFFIXES, read_faces
+from exaug.io.store import FaceRows, HDF5_SUFFIXES, is_face_table, read_faces
 from exaug.io.store.rows import REFERENCE_COLUMN
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import Reference, check_intensity, load_reference
@@ -79,6 +79,8 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     options = options or AugmentOptions()
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
+    if options.preview:  # before the work, not after it
+        check_sheet_path(options.preview, input_path, output)
     check_intensity(generator, options.intensity)
     reference = None if options.like is None else load_reference(options.like, generator, options.detection,
                                                                   options.max_pixels)
@@ -114,16 +116,17 @@ def working_size(generator: ExpressionGenerator, size: int | None) -> int:
 
 def _open_input(input_path: Path, generator: ExpressionGenerator, options: AugmentOptions) -> tuple[list[Source], BatchSource]:
     """The sources of INPUT, and how to turn a list of them into aligned batches."""
-    if input_path.is_file() and input_path.suffix.lower() in HDF5_SUFFIXES:
+    if (input_path.is_file() and input_path.suffix.lower() in HDF5_SUFFIXES) or is_face_table(input_path):
         return _aligned_table_input(input_path, generator, options.batch_size)
     detector = options.detection.detector(generator.device, options.batch_size)
     aligner = FaceAligner(generator.template or "exaug", working_size(generator, options.size), device=generator.device)
-    return discover_sources(input_path), photo_batches(detector, aligner, options.batch_size, options.workers,
+    return discover_sources(input_path, options.max_pixels), photo_batches(detector, aligner, options.batch_size, options.workers,
                                                        max_pixels=options.max_pixels)
 
 
 def _aligned_table_input(path: Path, generator: ExpressionGenerator, batch_size: int) -> tuple[list[Source], BatchSource]:
-    """An ``exaug align`` output: its original faces are used as they are, no detection."""
+    """An ``exaug align`` or ``exaug augment`` output (either form): its original faces are used as they
+    are, no detection; generated copies are never taken for originals."""
     table = read_faces(path)
     size, template = table.attrs.get("size"), table.attrs.get("template")
     if size != generator.image_size or (generator.template and template != generator.template):
