@@ -632,7 +632,9 @@ def tiny_video(tmp_path_factory, photo) -> Path:
 
 def test_video_output_name_and_killed_video_leftovers(tiny_video, test_checkpoint, tmp_path):
     _one_line_error(_exaug("video", tiny_video, "-o", tmp_path / "notes.txt", "--emotion", "happy", "--model",
-                           test_checkpoint, "-q"), "notes.txt: not a video file name")
+                           test_checkpoint, "-q"), "notes.txt: exaug writes .mp4, .mov or .mkv videos")
+    _one_line_error(_exaug("video", tiny_video, "-o", tmp_path / "edited.avi", "--emotion", "happy", "--model",
+                           test_checkpoint, "-q"), "edited.avi: exaug writes .mp4, .mov or .mkv videos")
     output = tmp_path / "edited.mp4"
     command = [sys.executable, "-m", "exaug", "video", str(tiny_video), "-o", str(output), "--emotion", "happy",
                "--model", str(test_checkpoint), "--preset", "ultrafast", "-q"]
@@ -659,6 +661,9 @@ def test_video_into_a_folder_not_there_yet_makes_it_as_align_does(tiny_video, te
     (tmp_path / "notes").write_text("a file, not a folder")
     _one_line_error(_exaug("video", tiny_video, "-o", tmp_path / "notes" / "edited.mp4", *options),
                     "notes/edited.mp4: cannot write")
+    (tmp_path / "folder.mp4").mkdir()  # refused before the frames are edited, not when moving the video
+    _one_line_error(_exaug("video", tiny_video, "-o", tmp_path / "folder.mp4", *options), "folder.mp4: is a folder")
+    assert not list((tmp_path / "folder.mp4").iterdir())
 
 
 def test_awkward_names_in_a_folder_output(tmp_path, photo):

@@ -163,12 +163,18 @@ def test_writer_abort_keeps_existing_output(video_clip: Path, tmp_path: Path) ->
     assert no_leftovers(tmp_path)
 
 
-def test_writer_cannot_replace_a_folder(video_clip: Path, small_frames: np.ndarray, tmp_path: Path) -> None:
+def test_writer_refuses_a_folder_before_encoding_and_never_replaces_one(video_clip: Path, small_frames: np.ndarray,
+                                                                        tmp_path: Path) -> None:
     (tmp_path / "out.mp4").mkdir()
+    with pytest.raises(ExaugError, match="out.mp4: is a folder"):
+        VideoWriter(tmp_path / "out.mp4", probe(video_clip), copy_audio=False).open()
+    assert no_leftovers(tmp_path)
+    (tmp_path / "out.mp4").rmdir()
     with pytest.raises(ExaugError, match="out.mp4: cannot move the finished video into place"):
         with VideoWriter(tmp_path / "out.mp4", probe(video_clip), width=SMALL[1], height=SMALL[0],
                          copy_audio=False, preset="ultrafast") as writer:
             writer.write(small_frames[:2])
+            (tmp_path / "out.mp4").mkdir()  # made while the video was being written
     assert no_leftovers(tmp_path)
 
 

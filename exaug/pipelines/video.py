@@ -33,7 +33,7 @@ from exaug.faces.follow import FaceFollower, FollowOptions
 from exaug.faces.mesh import FaceMesh
 from exaug.faces.track import TrackedFace
 from exaug.io.outputs import check_not_input
-from exaug.io.video import FrameChunk, VideoWriter, probe, read_frames
+from exaug.io.video import FrameChunk, VideoWriter, check_container, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import check_intensity, load_reference
 from exaug.pipelines.stages import StageTimer, half_the_threads, in_background
@@ -91,6 +91,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     options = options or VideoOptions()
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
+    check_container(output)
     info = probe(input_path)
     span = options.span
     if span.start is not None and info.duration and span.start >= info.duration:

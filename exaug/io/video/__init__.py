@@ -13,6 +13,6 @@ reason; raw ``av`` exceptions never escape.
 """
 
 from exaug.io.video.reading import FrameChunk, VideoInfo, probe, read_frames
-from exaug.io.video.writer import CONTAINERS, VideoWriter
+from exaug.io.video.writer import CONTAINERS, VideoWriter, check_container
 
-__all__ = ["CONTAINERS", "FrameChunk", "VideoInfo", "VideoWriter", "probe", "read_frames"]
+__all__ = ["CONTAINERS", "FrameChunk", "VideoInfo", "VideoWriter", "check_container", "probe", "read_frames"]

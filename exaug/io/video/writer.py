@@ -26,6 +26,17 @@ _SUGGESTION = f"use {', '.join(CONTAINERS[:-1])} or {CONTAINERS[-1]}"
 _SWSCALE_COLORSPACES = {1, 4, 5, 6, 7, 9, 10}
 
 
+def check_container(path: Path | str) -> None:
+    """Refuse an output exaug video does not write: it writes H.264 with the source's audio copied,
+    and only :data:`CONTAINERS` keep that and the tags saying how the video was made. FFmpeg's AVI
+    muxer takes H.264 but cannot store its reordered frames' timestamps (an edited AVI's frames came
+    back with their times shuffled) and drops the tags; without a suffix FFmpeg knows no container."""
+    path = Path(path)
+    if path.suffix.lower() not in CONTAINERS:
+        raise ExaugError(f"{path}: exaug writes {', '.join(CONTAINERS[:-1])} or {CONTAINERS[-1]} videos; "
+                         f"name the output with one of those")
+
+
 def _swscale_colorspace(colorspace: int) -> int | None:
     """The source's colour matrix if swscale knows it, else None for swscale's default, which is
     also what decoding an untagged (or unusually tagged) frame used."""
@@ -98,6 +109,8 @@ class VideoWriter:
 
     def open(self) -> None:
         """Create the temp file and its streams (done by ``with``; public for non-``with`` use)."""
+        if self.path.is_dir():  # found here, not when the finished video cannot be moved onto it
+            raise ExaugError(f"{self.path}: is a folder; name the video file (.mp4, .mov or .mkv) to write")
         try:  # a folder not there yet is made, as align, augment and eval make theirs
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
