@@ -1,5 +1,5 @@
 """``python -m exaug`` (and ``torchrun -m exaug``) run the CLI."""
 
-from exaug.cli import main
+from exaug.launch import main
 
 main()

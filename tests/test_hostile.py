@@ -427,6 +427,21 @@ def test_ctrl_c_stops_the_threads_exits_130_and_resumes(command, many_batches_of
         assert len(table) == MANY_BATCHES * (2 if command == "augment" else 1)
 
 
+def test_ctrl_c_while_the_commands_are_imported_exits_130_without_a_traceback(monkeypatch):
+    """The console script (exaug.launch) imports the commands, and torch with them, inside a guard."""
+    import types
+    from exaug import launch
+
+    class Importing(types.ModuleType):  # a Ctrl-C arriving while exaug.cli is being imported
+        def __getattr__(self, name: str):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "exaug.cli", Importing("exaug.cli"))
+    with pytest.raises(SystemExit) as stopped:
+        launch.main()
+    assert stopped.value.code == 130
+
+
 def test_ctrl_c_during_video_stops_its_thread_exits_130_and_leaves_nothing(video_clip, test_checkpoint, tmp_path):
     """Ctrl-C while the video is half written (its following thread busy with the next chunk): exit
     130 with no traceback and no abort, and neither the video, its temporary nor its lock is left."""
@@ -443,6 +458,7 @@ def test_ctrl_c_during_video_stops_its_thread_exits_130_and_leaves_nothing(video
     finally:
         process.kill()
     assert process.returncode == 130 and "terminate called" not in printed and "Traceback" not in printed, printed
+    assert "interrupted: " in printed and "out.mp4 was not written" in printed, printed
     assert list(tmp_path.iterdir()) == []
 
 

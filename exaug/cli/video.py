@@ -66,7 +66,11 @@ def video_command(
                            detection=detection_options(faces, min_face_size, threshold, max_side), crf=crf,
                            preset=preset, side_by_side=side_by_side, chunk_size=chunk_size, span=span,
                            detect_every=detect_every)
-    summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
+    try:
+        summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
+    except KeyboardInterrupt:  # the video is written whole or not at all (exaug.io.video.VideoWriter)
+        console.print(f"[yellow]interrupted[/]: {output} was not written; run the command again", highlight=False)
+        raise
     stages = ", ".join(f"{stage} {summary.stage_seconds[stage]:.1f}s" for stage in STAGES)
     console.print(f"{output}: {_frames(summary.frames)}, {summary.faces_edited} faces edited "
                   f"({summary.faces_left} more in profile or tilted steeply, left as they are), "

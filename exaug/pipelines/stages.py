@@ -260,8 +260,12 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
                     summary.failures += batch.failures
                     bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
             except KeyboardInterrupt:
-                console.print(f"[yellow]interrupted[/]: every finished batch is kept in {output}; "
-                              "run the same command again to resume", highlight=False)
+                if summary.resumed or summary.faces or summary.failures:
+                    console.print(f"[yellow]interrupted[/]: every finished batch is kept in {output}; "
+                                  "run the same command again to resume", highlight=False)
+                else:  # no batch was finished: saying it was kept in a file that is not there misleads
+                    console.print("[yellow]interrupted[/] before the first batch was finished; nothing was "
+                                  "written", highlight=False)
                 raise
         writer.finish()
     summary.seconds = time.perf_counter() - started
