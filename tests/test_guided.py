@@ -410,6 +410,31 @@ def test_exaug_train_guided_refuses_too_little_data_and_leaves_no_run(tmp_path, 
     assert not run.exists()
 
 
+def test_exaug_train_guided_without_neutral_frames_says_what_naming_it_needs(tmp_path, ckplus_dir):
+    """Expression folders without neutral/ (CK+ happy and sad peaks) crashed on an empty stack; the
+    same faces under other names have no sequences at all. Each is one line naming the folder, why
+    nothing pairs, and the naming the guided arch learns from; no run folder is left."""
+    from typer.testing import CliRunner
+
+    from exaug.cli import app
+
+    peaks = sorted((ckplus_dir / "happy").glob("S*.png"))[:3] + sorted((ckplus_dir / "sad").glob("S*.png"))[:3]
+    for number, image in enumerate(peaks):
+        for folder, name in (("peaks", image.name), ("renamed", f"{number}.png")):
+            (tmp_path / folder / image.parent.name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / image.parent.name / name).symlink_to(image)
+    for folder, reason in (("peaks", "none of its 6 CK+-named faces is neutral"),
+                           ("renamed", "none of its 6 faces has a CK+-style name")):
+        run = tmp_path / f"{folder}.run"
+        result = CliRunner().invoke(app, ["train", str(tmp_path / folder), "-o", str(run), "--arch", "guided",
+                                          "--iters", "5", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+        assert isinstance(result.exception, ExaugError), result.output
+        message = str(result.exception)
+        assert message.startswith(f"{tmp_path / folder}: no neutral/peak pairs of the same sequence found ({reason})")
+        assert "S###_###_########" in message and "neutral/" in message and "\n" not in message
+        assert not run.exists()
+
+
 @pytest.fixture(scope="module")
 def people_at_256(tmp_path_factory, people_dir) -> torch.Tensor:
     """The people photos' faces aligned at 256 px: twice the model's size, real detail to keep."""

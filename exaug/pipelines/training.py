@@ -123,7 +123,7 @@ def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects:
     target = resolve_device(device)
     aligned = training_data(data, align=True, image_size=config.painter.image_size, template="exaug",
                             cache_dir=cache_dir, device=target, show_progress=show_progress, mesh=True)
-    pairs, neutral_meshes, neutral_subjects = load_pairs(aligned)
+    pairs, neutral_meshes, neutral_subjects = load_pairs(aligned, source=data)
     held_out = split_subjects(sorted(set(pairs.subject)), val_subjects)
     train_pairs = pairs.select(torch.tensor([subject not in held_out for subject in pairs.subject]))
     neutral = neutral_meshes[torch.tensor([subject not in held_out for subject in neutral_subjects])]

@@ -63,13 +63,13 @@ def sequence_pairs(sources: list[str], expressions: list[int]) -> list[tuple[int
     return [(neutral_rows[sequence], row) for sequence, row in peaks if sequence in neutral_rows]
 
 
-def build_pairs(images: Tensor, meshes: Tensor, transforms: Tensor, sources: list[str],
-                expressions: list[int]) -> PairedFaces:
-    """Both directions of every CK+ sequence pair in an aligned table: ``images`` (N, S, S, 3) uint8,
-    ``meshes`` (N, 468, 3) and ``transforms`` (N, 2, 3) in source-image pixels, as align --mesh writes."""
+def build_pairs(images: Tensor, meshes: Tensor, transforms: Tensor, sources: list[str], expressions: list[int],
+                rows: list[tuple[int, int]]) -> PairedFaces:
+    """Both directions of the sequence pairs ``rows`` (at least one, from :func:`sequence_pairs`) of an
+    aligned table: ``images`` (N, S, S, 3) uint8, ``meshes`` (N, 468, 3) and ``transforms`` (N, 2, 3)
+    in source-image pixels, as align --mesh writes."""
     size = images.shape[1]
     crop_meshes = apply_affine(transforms.double(), meshes[..., :2].double())
-    rows = sequence_pairs(sources, expressions)
     order = [(a, b) for a, b in rows] + [(b, a) for a, b in rows]
     source_rows, target_rows = [a for a, _ in order], [b for _, b in order]
     stable = list(STABLE_POINTS)
@@ -87,19 +87,42 @@ def build_pairs(images: Tensor, meshes: Tensor, transforms: Tensor, sources: lis
         subject=[PurePosixPath(sources[row]).stem[:4] for row in source_rows])
 
 
-def load_pairs(path: Path | str) -> tuple[PairedFaces, Tensor, list[str]]:
+def load_pairs(path: Path | str, source: Path | str | None = None) -> tuple[PairedFaces, Tensor, list[str]]:
     """The pairs of an aligned table with meshes (``exaug align --mesh``), and every neutral face's
-    mesh (crop pixels) with its subject: the identity model is fitted on all of them."""
+    mesh (crop pixels) with its subject: the identity model is fitted on all of them. ``source``: the
+    data as the user gave it, named in errors (``path`` may be its aligned cache, a name that means
+    nothing to them)."""
+    shown = source or path
     with read_faces(path) as table:
         if "mesh" not in table.extra:
-            raise ExaugError(f"{path}: no face meshes in this table (align it with exaug align --mesh)")
+            raise ExaugError(f"{shown}: no face meshes in this table (align it with exaug align --mesh)")
         sources, expressions = list(table.source), table.expression.tolist()
         images = torch.from_numpy(table.images[0:len(table)])
         meshes, transforms = torch.from_numpy(table.extra["mesh"]), torch.from_numpy(table.extra["transform"])
-    pairs = build_pairs(images, meshes, transforms, sources, expressions)
-    if not len(pairs):
-        raise ExaugError(f"{path}: no paired sequences (CK+-style names S###_###_########, a neutral first "
-                         "frame and a labelled peak of the same sequence) to learn expression motion from")
+    sequences = sequence_pairs(sources, expressions)
+    if not sequences:
+        reason = _why_unpaired(sources, expressions)
+        raise ExaugError(f"{shown}: no neutral/peak pairs of the same sequence found ({reason}); the guided "
+                         "generator learns expression motion from CK+-style sequences: a sequence's neutral first "
+                         "frame in neutral/ and its labelled peak in an expression folder, both named "
+                         "S###_###_######## (subject, sequence, frame: e.g. neutral/S010_006_00000001.png and "
+                         "happy/S010_006_00000015.png)")
+    pairs = build_pairs(images, meshes, transforms, sources, expressions, sequences)
     rows = [row for row, expression in enumerate(expressions) if expression == EXPRESSIONS.index("neutral")]
     neutral = apply_affine(transforms[rows].double(), meshes[rows][..., :2].double())
     return pairs, neutral, [PurePosixPath(sources[row]).stem[:4] for row in rows]
+
+
+def _why_unpaired(sources: list[str], expressions: list[int]) -> str:
+    """What a table without sequence pairs lacks, so the user knows what to add: CK+-style names,
+    neutral frames, or peaks of the neutral frames' own sequences."""
+    named = [expression for source, expression in zip(sources, expressions)
+             if _CK_NAME.match(PurePosixPath(source).stem)]
+    neutral = EXPRESSIONS.index("neutral")
+    if not named:
+        return f"none of its {len(sources)} faces has a CK+-style name"
+    if neutral not in named:
+        return f"none of its {len(named)} CK+-named faces is neutral"
+    if all(expression in (neutral, -1) for expression in named):
+        return f"none of its {len(named)} CK+-named faces is a labelled peak"
+    return "no labelled peak has a neutral frame of its own sequence"
