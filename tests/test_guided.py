@@ -16,6 +16,8 @@ from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.align import resize_faces
 from exaug.faces.mesh import LOWER_LIP_INNER, MOUTH_CORNERS, UPPER_LIP_INNER, mouth_opening
+from exaug.io.digest import file_hash
+from exaug.io.store import read_faces
 from exaug.model.checkpoint import load_state
 from exaug.model.color import decode, encode
 from exaug.model.default import DEFAULT_MODEL
@@ -382,6 +384,15 @@ def test_exaug_train_guided_continues_a_run_with_resume(tmp_path, ckplus_dir, mo
     assert steps == [2, 4]  # logged every 100 steps and at the end of each schedule
     model = ExpressionGenerator.load(run / "guided.generator.pt", "cpu")
     assert model.meta["steps"] == 4 and model.meta["data"]["path"] == str(faces.resolve())
+    assert ExpressionGenerator.load(run, "cpu").meta == model.meta and load_state(run)["step"] == 4
+    (tmp_path / "photos").mkdir()  # --model takes the run folder, as README says, not only its file
+    for image in sorted((faces / "neutral").iterdir())[:2]:
+        (tmp_path / "photos" / image.name).symlink_to(image)
+    augmented = CliRunner().invoke(app, ["augment", str(tmp_path / "photos"), "--model", str(run), "--emotion", "happy",
+                                         "-o", str(tmp_path / "augmented.h5"), "--device", "cpu", "-q"])
+    assert augmented.exit_code == 0, augmented.output
+    with read_faces(tmp_path / "augmented.h5") as table:
+        assert len(table) == 4 and table.attrs["model_hash"] == file_hash(run / "guided.generator.pt")
     undo = CliRunner().invoke(app, ["train", "--resume", str(run), "--iters", "3", "--device", "cpu"])
     assert isinstance(undo.exception, ExaugError) and "4 steps already; 3 would undo them" in str(undo.exception)
     assert json.loads((run / "guided.json").read_text())["config"]["steps"] == 4  # the refusal changed nothing

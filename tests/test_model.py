@@ -189,5 +189,6 @@ def test_wrong_or_corrupt_files_are_clear_errors(tmp_path):
     with pytest.raises(ExaugError, match="training state"):
         load_state(good)
     assert load_state(state)["step"] == 1
-    with pytest.raises(ExaugError, match="latest"):
+    with pytest.raises(ExaugError, match="neither a StarGAN run's 'latest' checkpoint pointer nor a guided run's "
+                                         "guided.generator.pt"):
         ExpressionGenerator.load(tmp_path)  # a directory that is not a run

@@ -11,8 +11,9 @@ The inference file holds G, the small source estimator (see
 mode, alignment template, a summary of the training data, steps and the exaug version. The training
 state holds D, the optimisers, the step and the RNG states, and is only needed to resume.
 
-A run directory names its newest pair in ``latest`` (JSON, replaced atomically); anything that
-takes a checkpoint path also takes the run directory.
+A StarGAN run directory names its newest pair in ``latest`` (JSON, replaced atomically); a guided
+run directory holds one pair under fixed names (:data:`GUIDED_RUN_FILES`). Anything that takes a
+checkpoint path also takes either run directory.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _WHAT = {GENERATOR_FORMAT: "an inference (generator) file", GUIDED_FORMAT: "an i
          STATE_FORMAT: "a training state file",
          CLASSIFIER_FORMAT: "an expression classifier file (written by exaug eval --save-classifier)"}
 LATEST = "latest"
+GUIDED_RUN_FILES = {"generator": Path("guided.generator.pt"), "state": Path("checkpoints") / "guided.state.pt"}
 
 
 def cpu_state_dict(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -203,13 +205,18 @@ def _checked_generator_meta(path: Path, text: Any) -> tuple[dict[str, Any], Mode
 
 
 def resolve_checkpoint(path: Path, kind: str = "generator") -> Path:
-    """A checkpoint file as given, or the newest ``kind`` ("generator" or "state") of a run directory."""
+    """A checkpoint file as given, or a run directory's ``kind`` ("generator" or "state"): a StarGAN
+    run's newest (its ``latest`` pointer names it), a guided run's own."""
     path = Path(path)
     if not path.is_dir():
         return path
     latest = read_latest(path)
     if latest is None:
-        raise ExaugError(f"{path}: a directory without a '{LATEST}' checkpoint pointer (not a training run?)")
+        guided = path / GUIDED_RUN_FILES[kind]
+        if guided.is_file():
+            return guided
+        raise ExaugError(f"{path}: a folder with neither a StarGAN run's '{LATEST}' checkpoint pointer nor a guided "
+                         f"run's {GUIDED_RUN_FILES[kind]} (not a training run, or one that has not saved yet?)")
     try:
         return path / latest[kind]
     except (KeyError, TypeError):

@@ -20,7 +20,7 @@ from exaug.faces.detect import DetectionOptions
 from exaug.io.atomic import atomic_write
 from exaug.io.sources import discover_sources
 from exaug.io.store import is_face_table
-from exaug.model.checkpoint import LATEST
+from exaug.model.checkpoint import GUIDED_RUN_FILES, LATEST
 from exaug.pipelines.align import AlignOptions, align_dataset
 from exaug.progress import console
 from exaug.train import TrainConfig
@@ -74,7 +74,6 @@ def _aligned_cache(path: Path, image_size: int, template: str, cache_dir: str | 
 
 
 GUIDED_RUN = "guided.json"  # a guided run's data, held-out subjects and options, for --resume
-GUIDED_STATE = Path("checkpoints") / "guided.state.pt"
 
 
 def is_guided_run(run: Path | str) -> bool:
@@ -130,20 +129,21 @@ def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects:
     if not len(train_pairs):
         raise ExaugError(f"{data}: every subject with paired sequences is held out ({len(held_out)}); "
                          "train on more subjects, or give --val-subjects 0")
-    if (run / GUIDED_STATE).exists():
-        checked_state(run / GUIDED_STATE, config)  # a refused --resume changes none of the run's files
+    state = run / GUIDED_RUN_FILES["state"]
+    if state.exists():
+        checked_state(state, config)  # a refused --resume changes none of the run's files
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     settings = {"data": data, "val_subjects": val_subjects, "cache_dir": cache_dir, "config": asdict(config)}
     atomic_write(run / GUIDED_RUN, lambda handle: handle.write(json.dumps(settings, indent=1).encode()))
     try:
         model = train_guided(train_pairs, neutral, config, log=run / "metrics.jsonl", device=target,
-                             show_progress=show_progress, state=run / GUIDED_STATE, on_step=on_step)
+                             show_progress=show_progress, state=state, on_step=on_step)
     except TrainingInterrupted:
         console.print(f"continue with --resume {run}", highlight=False)
         raise
     except ExaugError:
-        if not (run / GUIDED_STATE).exists():  # refused before it trained: no run is left behind
+        if not state.exists():  # refused before it trained: no run is left behind
             (run / GUIDED_RUN).unlink(missing_ok=True)
             if created and not any(run.iterdir()):
                 run.rmdir()

@@ -49,7 +49,7 @@ from exaug.errors import ExaugError, require_counts, require_learning_rate
 from exaug.expressions import EXPRESSIONS
 from exaug.io.images import save_png
 from exaug.io.sheets import labelled_grid
-from exaug.model.checkpoint import load_state, save_guided, save_state
+from exaug.model.checkpoint import GUIDED_RUN_FILES, load_state, save_guided, save_state
 from exaug.model.color import encode
 from exaug.model.geometry import ExpressionGeometry
 from exaug.model.guided import TEMPLATE, CropMesher, GuidedGenerator, Rendered, with_gain
@@ -302,7 +302,7 @@ def save_guided_run(run: Path, model: GuidedGenerator, config: GuidedTrainConfig
             "template": TEMPLATE, "steps": config.steps,
             "data": {"path": data, "validation": {"held_out_subjects": held_out}},
             "training": asdict(config), "exaug_version": __version__}
-    path = save_guided(run / "guided.generator.pt", model.painter, model.geometry.state(), meta, half=True)
+    path = save_guided(run / GUIDED_RUN_FILES["generator"], model.painter, model.geometry.state(), meta, half=True)
     forward = [i for i, name in enumerate(validation.source_expression) if name == "neutral"][:8]
     if forward:
         from exaug.model.guided import GuidedExpressionGenerator
