@@ -22,7 +22,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import EXAUG_AS_IN_A_TERMINAL, interrupt_when
+from conftest import EXAUG_AS_IN_A_TERMINAL, ck_subject_folder, interrupt_when
 from exaug.errors import ExaugError, InputError
 from exaug.expressions import EXPRESSIONS
 from exaug.io.sheets import HEADER_HEIGHT
@@ -194,6 +194,33 @@ def test_raw_folder_is_aligned_once_and_cached(ckplus_dir, tmp_path):
     assert model.meta["data"]["images"] + model.meta["data"]["validation"]["images"] == 12
     train_model(_config(cached[0], tmp_path / "second", **options))  # an aligned table trains as it is
     assert list((tmp_path / "cache" / "aligned").glob("*.h5")) == cached
+
+
+def test_a_refused_split_leaves_no_run_folder_and_a_given_folder_as_it_was(ckplus_dir, tmp_path, test_checkpoint):
+    """--val-subjects the data cannot meet (more people than it has, an unknown or negative id), and
+    an augment output of one person (auto would hold out everyone), are refused before the run
+    folder is made: no config.json is left, and a folder that was there keeps only its own files."""
+    from exaug.cli.train import train_command
+    from exaug.io.digest import file_hash
+    from exaug.model.generator import ExpressionGenerator
+    from exaug.pipelines.augment import AugmentOptions, augment_dataset
+
+    app = typer.Typer()
+    app.command()(train_command)
+    faces = ck_subject_folder(ckplus_dir, tmp_path, 4)
+    augmented = tmp_path / "augmented.h5"
+    augment_dataset(ck_subject_folder(ckplus_dir, tmp_path / "one", 1) / "neutral", augmented, ExpressionGenerator.load(test_checkpoint, "cpu"),
+                    file_hash(test_checkpoint), AugmentOptions(expressions=["happy", "sad"]), show_progress=False)
+    (tmp_path / "given").mkdir()
+    (tmp_path / "given" / "notes.txt").write_text("mine")
+    for data, spec, reason in ((faces, "500", "only 4 subjects"), (faces, "S000", "unknown subjects S000"),
+                               (faces, "-3", "unknown subjects -3"), (augmented, "auto", "only 1 subjects")):
+        for run in (tmp_path / "run", tmp_path / "given"):
+            result = CliRunner().invoke(app, [str(data), "-o", str(run), *SMALL_ARGS, "--iters", "2",
+                                              "--val-subjects", spec])
+            assert isinstance(result.exception, ExaugError) and reason in str(result.exception), result.output
+            assert not (tmp_path / "run").exists()
+            assert [path.name for path in (tmp_path / "given").iterdir()] == ["notes.txt"]
 
 
 def test_validation_holds_out_whole_subjects(ck_faces):

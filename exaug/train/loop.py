@@ -115,10 +115,10 @@ class TrainingRun:
 
         faces = load_faces(data, image_size=config.image_size, crops=not config.align,
                            show_progress=world.is_main, source=config.data)
-        if world.is_main:  # only once the data is known to be usable: a refused run leaves no folder
+        train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
+        if world.is_main:  # only once the data and its split are known to be usable: a refused run leaves no folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
-        train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set
         self.template = faces.template
