@@ -1,7 +1,10 @@
-"""Where tensors live: one rule for every command's ``--device auto|cpu|cuda``, and the CUDA settings
-(memory layout, mixed precision) that training and inference share."""
+"""Where tensors live: one rule for every command's ``--device auto|cpu|cuda``, the CUDA settings
+(memory layout, mixed precision) that training and inference share, and which of a launcher's
+processes this one is (torchrun's environment)."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -21,6 +24,24 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as err:
         raise ExaugError(f"unknown device {name!r}: use auto, cpu or cuda") from err
+
+
+def launcher_variable(name: str, default: int, minimum: int) -> int:
+    """A whole number a launcher (torchrun, a scheduler) sets in the environment: ``WORLD_SIZE``,
+    ``RANK``, ``LOCAL_RANK``; ``default`` when unset. A value that is not a whole number of at least
+    ``minimum`` is the environment's mistake, said in one line naming the variable, not int()'s
+    traceback."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ExaugError(f"environment variable {name}={text!r}: expected a whole number of at least {minimum} "
+                         "(torchrun and other launchers set it; unset it to run a single process)")
+    return value
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

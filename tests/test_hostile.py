@@ -333,6 +333,31 @@ def test_options_out_of_range_are_refused_not_crashed_on(tmp_path, photo, ckplus
         assert not out.exists() and not out.with_suffix(".mp4").exists() and not (tmp_path / "run").exists(), args
 
 
+def test_launcher_variables_that_are_not_process_counts_are_one_line(tmp_path, photo, ckplus_dir, monkeypatch,
+                                                                    capsys):
+    """WORLD_SIZE=abc crashed augment in int() (exit 3); a negative RANK or a WORLD_SIZE of 0 is no
+    process either. augment and train read them (torchrun's) and say which is wrong, exit 2, and
+    nothing is written."""
+    from exaug.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(photo)
+    for command, variable, value, expected in (
+            (("augment", tmp_path / "in", "-o", tmp_path / "out.h5"), "WORLD_SIZE", "abc", "of at least 1"),
+            (("augment", tmp_path / "in", "-o", tmp_path / "out.h5"), "RANK", "-1", "of at least 0"),
+            (("train", ckplus_dir, "-o", tmp_path / "run", "--no-align"), "WORLD_SIZE", "0", "of at least 1")):
+        monkeypatch.setenv(variable, value)
+        monkeypatch.setattr(sys, "argv", ["exaug", *map(str, command), "--device", "cpu"])
+        with pytest.raises(SystemExit) as exit_code:
+            main()
+        monkeypatch.delenv(variable)
+        printed = capsys.readouterr().err.strip()
+        assert exit_code.value.code == 2 and len(printed.splitlines()) == 1, printed
+        assert printed.startswith(f"error: environment variable {variable}={value!r}: expected a whole number "
+                                  f"{expected}"), printed
+    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "run").exists()
+
+
 def test_a_face_size_out_of_range_is_one_line_before_anything_is_written(tmp_path, photo):
     """--size 100000 asked the aligner for terabytes (a crash), -5 for a negative tensor, and 0 was
     quietly the default: each is refused, naming the size and the range, and nothing is written."""

@@ -8,7 +8,6 @@ once per batch, to be written. Rows are committed a batch of sources at a time t
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from exaug import __version__
+from exaug.device import launcher_variable
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, check_face_size, resize_faces
@@ -54,8 +54,8 @@ class AugmentOptions:
 
 def shard_from_environment(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
     """Explicit values win; under torchrun (or any launcher setting WORLD_SIZE/RANK) use those."""
-    shards = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
-    index = shard_index if shard_index is not None else int(os.environ.get("RANK", 0))
+    shards = num_shards if num_shards is not None else launcher_variable("WORLD_SIZE", 1, minimum=1)
+    index = shard_index if shard_index is not None else launcher_variable("RANK", 0, minimum=0)
     if shards < 1 or not 0 <= index < shards:
         raise ExaugError(f"--shard-index must be in 0..{shards - 1} for --num-shards {shards} (got {index})")
     return shards, index

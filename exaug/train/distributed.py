@@ -3,7 +3,6 @@ processes agree (barriers, a shared stop flag)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from exaug.device import resolve_device
+from exaug.device import launcher_variable, resolve_device
 
 
 @dataclass(frozen=True)
@@ -31,12 +30,12 @@ class World:
     def from_env(cls, device: str) -> World:
         """Join torchrun's process group (``WORLD_SIZE`` > 1): NCCL with one GPU per process on CUDA,
         gloo on CPU. Without torchrun, a world of one on ``device``."""
-        size = int(os.environ.get("WORLD_SIZE", "1"))
+        size = launcher_variable("WORLD_SIZE", 1, minimum=1)
         resolved = resolve_device(device)
         if size == 1:
             return cls(0, 1, resolved)
         if resolved.type == "cuda":
-            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            resolved = torch.device("cuda", launcher_variable("LOCAL_RANK", 0, minimum=0))
             torch.cuda.set_device(resolved)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
