@@ -15,6 +15,7 @@ from exaug.io.images import load_image
 from exaug.model import (Discriminator, ExpressionClassifier, ExpressionGenerator, Generator, ModelConfig,
                          load_generator, load_state, save_generator, save_state)
 from exaug.model.checkpoint import generator_metadata
+from exaug.model.networks import IMAGE_SIZES
 
 SIZE = 64
 
@@ -51,7 +52,7 @@ def _cbcr(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([-0.168736 * r - 0.331264 * g + 0.5 * b, 0.5 * r - 0.418688 * g - 0.081312 * b], 1)
 
 
-@pytest.mark.parametrize("size", [64, 128, 256])
+@pytest.mark.parametrize("size", IMAGE_SIZES)
 def test_network_shapes_follow_the_config(size):
     config = ModelConfig(image_size=size, channels=1, conv_dim=4, repeat_num=1)
     x = torch.rand(2, 1, size, size) * 2 - 1
@@ -59,7 +60,7 @@ def test_network_shapes_follow_the_config(size):
     assert out.shape == x.shape and mask.shape == (2, 1, size, size)
     assert out.abs().max() <= 1 and 0 <= mask.min() and mask.max() <= 1
     src, cls = Discriminator(config)(x)
-    patches = 2 if size < 256 else 4
+    patches = max(2, size // 64)  # D stops at 2x2 patches, or after StarGAN's six halvings
     assert src.shape == (2, 1, patches, patches) and cls.shape == (2, 8)
     assert Generator(ModelConfig(image_size=size, attention=False, conv_dim=4))(
         torch.zeros(1, 3, size, size), torch.eye(8)[:1])[1] is None

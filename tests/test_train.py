@@ -277,3 +277,12 @@ def test_cli_checks_its_arguments(tmp_path):
     assert isinstance(missing.exception, ExaugError) and "config.json" in str(missing.exception)
     help_text = runner.invoke(app, ["--help"]).output
     assert "--val-subjects" in help_text and "--balance" in help_text
+    words = " ".join(help_text.replace("│", " ").split())  # the help's table, its cells' lines joined
+    assert "(G trains every --n-critic), default 200000; --arch guided: painter steps, default 5000." in words
+    assert "Face size in pixels: 32, 64, 128, 256 or 512." in words  # the sizes the model takes, no fewer
+    for option, value, message in (("--image-size", "100", "--image-size must be one of 32, 64, 128, 256 or 512"),
+                                   ("--conv-dim", "0", "--conv-dim must be at least 1, not 0"),
+                                   ("--repeat-num", "-1", "--repeat-num must be 0 or more, not -1"),
+                                   ("--channels", "2", "--channels must be 1 (luma) or 3 (RGB), not 2")):
+        refused = runner.invoke(app, ["data", "-o", str(tmp_path / "run"), option, value])
+        assert isinstance(refused.exception, ExaugError) and str(refused.exception).startswith(message)

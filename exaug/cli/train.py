@@ -11,6 +11,7 @@ import typer
 from exaug.cli.common import DEVICE, DeviceChoice, TemplateChoice, library_defaults
 from exaug.errors import ExaugError
 from exaug.io.outputs import default_output
+from exaug.model.networks import image_sizes
 from exaug.pipelines.training import is_guided_run, resume_guided_model, train_guided_model, train_model
 from exaug.progress import console
 from exaug.train import TrainConfig
@@ -41,7 +42,7 @@ def train_command(
         None, "--resume", metavar="RUN_DIR",
         help="Continue this run from its last checkpoint with its saved options (only --device, --workers and "
              "--iters apply; a larger --iters extends a run, even a finished one)."),
-    image_size: int = typer.Option(DEFAULT["image_size"], help="Face size in pixels: 64, 128 or 256."),
+    image_size: int = typer.Option(DEFAULT["image_size"], help=f"Face size in pixels: {image_sizes()}."),
     channels: int = typer.Option(DEFAULT["channels"],
                                  help="3 (RGB) or 1 (luma: for greyscale data; still edits colour faces)."),
     conv_dim: int = typer.Option(DEFAULT["conv_dim"], help="Width of G's and D's first layer."),
@@ -50,8 +51,9 @@ def train_command(
                                    help="GANimation attention mask: keep the pixels an expression does not touch."),
     iters: Optional[int] = typer.Option(
         None, show_default=False,
-        help=f"Discriminator iterations (G trains every --n-critic) [default: {DEFAULT['iters']}]. With --resume: "
-             "the new total; the learning rate follows the new schedule."),
+        help=f"Discriminator iterations (G trains every --n-critic), default {DEFAULT['iters']}; --arch guided: "
+             f"painter steps, default {GuidedTrainConfig.steps}. With --resume: the new total; the learning rate "
+             "follows the new schedule."),
     batch_size: int = typer.Option(DEFAULT["batch_size"], min=1, help="Faces per step and process."),
     lr: float = typer.Option(DEFAULT["lr"], help="Adam learning rate; decays linearly over the second half."),
     n_critic: int = typer.Option(DEFAULT["n_critic"], help="D iterations per G iteration."),

@@ -23,6 +23,17 @@ from torch import Tensor, nn
 
 from exaug.expressions import EXPRESSIONS
 
+IMAGE_SIZES = (32, 64, 128, 256, 512)  # D halves a face down to 2x2 patches: powers of two, 32 to 512
+
+
+class ModelOptionError(ValueError):
+    """A model option out of range, naming its field, so ``exaug train`` can name it as the option
+    the user typed and a checkpoint's check as the metadata field it read."""
+
+    def __init__(self, field: str, value: object, expected: str):
+        super().__init__(f"{field} must be {expected}, not {value}")
+        self.field, self.value, self.expected = field, value, expected
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -41,17 +52,24 @@ class ModelConfig:
     num_expressions: int = len(EXPRESSIONS)
 
     def __post_init__(self) -> None:
-        if self.image_size not in (32, 64, 128, 256, 512):
-            raise ValueError(f"image size must be a power of two from 32 to 512, not {self.image_size}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ModelOptionError("image_size", self.image_size, f"one of {image_sizes()}")
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (luma) or 3 (RGB), not {self.channels}")
-        if self.conv_dim < 1 or self.repeat_num < 0:
-            raise ValueError("conv_dim must be positive and repeat_num non-negative")
+            raise ModelOptionError("channels", self.channels, "1 (luma) or 3 (RGB)")
+        if self.conv_dim < 1:
+            raise ModelOptionError("conv_dim", self.conv_dim, "at least 1")
+        if self.repeat_num < 0:
+            raise ModelOptionError("repeat_num", self.repeat_num, "0 or more")
 
     @property
     def d_repeat_num(self) -> int:
         """D's stride-2 layers: down to 2x2 patches, at most StarGAN's six (4x4 patches at 256px)."""
         return min(6, self.image_size.bit_length() - 2)
+
+
+def image_sizes() -> str:
+    """The face sizes a model can have, as help and errors list them: "32, 64, 128, 256 or 512"."""
+    return f"{', '.join(map(str, IMAGE_SIZES[:-1]))} or {IMAGE_SIZES[-1]}"
 
 
 def _normalized(conv: nn.Module, channels: int) -> list[nn.Module]:

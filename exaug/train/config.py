@@ -12,7 +12,7 @@ from pathlib import Path
 from exaug.errors import ExaugError, require_counts, require_learning_rate
 from exaug.io.atomic import atomic_write
 from exaug.model.checkpoint import load_state, read_latest
-from exaug.model.networks import ModelConfig
+from exaug.model.networks import ModelConfig, ModelOptionError
 
 CONFIG_FILE = "config.json"
 AMP_MODES = ("bf16", "fp16", "none")
@@ -65,8 +65,8 @@ class TrainConfig(ModelConfig):
     def __post_init__(self) -> None:
         try:
             super().__post_init__()
-        except ValueError as err:
-            raise ExaugError(str(err)) from None
+        except ModelOptionError as err:  # said as the option the user typed
+            raise ExaugError(f"--{err.field.replace('_', '-')} must be {err.expected}, not {err.value}") from None
         if self.amp not in AMP_MODES:
             raise ExaugError(f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
         require_counts({f"--{name.replace('_', '-')}": getattr(self, name) for name in (
