@@ -152,7 +152,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, faces_dir, ge
 @pytest.mark.parametrize("batch_size, tolerance", [(1, 0), (16, 1)])
 def test_shards_merged_equal_a_single_run(tmp_path, faces_dir, generator, model_hash, batch_size, tolerance):
     """Exactly equal when batches hold the same faces; otherwise the CPU's convolutions may round a
-    pixel by one grey level depending on how many faces share a forward pass."""
+    pixel by one grey level depending on how many faces share a forward pass. The parts are joined
+    by the shard index each records, whatever order they are given in (named last shard first, they
+    were joined that way); one shard alone is refused, naming the one missing."""
     single = tmp_path / "single.h5"
     augment_dataset(faces_dir, single, generator, model_hash, AugmentOptions(batch_size=batch_size), show_progress=False)
     shards = []
@@ -163,7 +165,11 @@ def test_shards_merged_equal_a_single_run(tmp_path, faces_dir, generator, model_
         shards.append(shard)
     assert 0 < len(read_faces(shards[0])) < 90
     merged = tmp_path / "merged.h5"
-    merge(shards, merged)
+    with pytest.raises(ExaugError, match=r"incomplete set of shards .*: shard 0 of 2 is missing \(.*shard1.h5 is "
+                                         r"shard 1 of 2\)"):
+        merge(shards[1:], merged)
+    assert not merged.exists()
+    merge(shards[::-1], merged)
     merged_data, single_data = _datasets(merged), _datasets(single)
     assert merged_data.keys() == single_data.keys()
     for name in single_data:
@@ -220,7 +226,8 @@ def test_cli_preview_sheet(tmp_path, test_checkpoint):
 def test_the_short_command_writes_input_augmented_h5_in_the_current_folder(tmp_path, test_checkpoint):
     """`exaug augment ./faces --all-emotions` with no -o: the input's name + .augmented.h5 where the
     user is, the input untouched; run again, the same file is found and resumed; shards get parts,
-    which `exaug merge` without -o joins into the name a single run gets."""
+    which `exaug merge` without -o joins, in whatever order they are named, into the name a single run
+    gets; one part alone is refused in one line naming the shard missing."""
     examples = sorted(path.name for path in (REPO / "examples").iterdir())
     command = [sys.executable, "-m", "exaug", "augment", str(REPO / "examples"), "--emotion", "happy",
                "--model", str(test_checkpoint), "-q"]
@@ -238,11 +245,15 @@ def test_the_short_command_writes_input_augmented_h5_in_the_current_folder(tmp_p
                               capture_output=True, text=True, timeout=600)
         assert part.returncode == 0, part.stderr
     parts = [f"examples.augmented.part{index}of2.h5" for index in (0, 1)]
-    merged = subprocess.run([sys.executable, "-m", "exaug", "merge", *parts], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600)
+    alone = subprocess.run([sys.executable, "-m", "exaug", "merge", parts[0]], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert alone.returncode == 2 and len(alone.stderr.strip().splitlines()) == 1, alone.stderr
+    assert "shard 1 of 2 is missing" in alone.stderr and not (tmp_path / "examples.augmented.h5").exists()
+    merged = subprocess.run([sys.executable, "-m", "exaug", "merge", *parts[::-1]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
     assert merged.returncode == 0, merged.stderr
     with read_faces(tmp_path / "examples.augmented.h5") as joined, read_faces(tmp_path / "single.h5") as single:
-        assert sorted(joined.source) == sorted(single.source) and len(joined) == len(single)
+        assert list(joined.source) == list(single.source) and len(joined) == len(single)
     odd = subprocess.run([sys.executable, "-m", "exaug", "merge", parts[0], "single.h5"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)
     assert odd.returncode == 2 and "give --output" in odd.stderr and len(odd.stderr.strip().splitlines()) == 1

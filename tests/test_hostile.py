@@ -812,6 +812,35 @@ def test_merge_takes_only_finished_distinct_compatible_parts(tmp_path):
         assert list(merged.source) == ["a.jpg", "b.jpg", "c.jpg"]
 
 
+def test_merge_joins_shards_by_their_index_and_refuses_an_incomplete_set(tmp_path):
+    """Each shard records (index, count) in its run key: a run's shards are joined by index wherever
+    they are named, outputs that are not shards (one-shard runs included) where they are named; a set
+    lacking a shard, holding one twice, or mixing --num-shards counts is refused in one line naming it."""
+    from exaug.errors import ExaugError
+    from exaug.io.store import merge, read_faces
+
+    def shard(name: str, sources: list[str], index: int, count: int, input_path: str = "/data") -> Path:
+        return _table(tmp_path / name, sources, {"input": input_path, "expressions": ["happy"],
+                                                 "shard": [index, count]})
+
+    s0, s1, s2 = shard("s0.h5", ["a.jpg"], 0, 3), shard("s1.h5", ["b.jpg"], 1, 3), shard("s2.h5", ["c.jpg"], 2, 3)
+    other = shard("other.h5", ["d.jpg"], 0, 1, "/more")  # a whole run of another folder: no shard of a set
+    plain = _table(tmp_path / "plain.h5", ["e.jpg"], {"input": "/old", "expressions": ["happy"]})  # no shard key
+    cases = {(s2, s0): r"incomplete set of shards of /data: shard 1 of 3 is missing \(.*s0.h5 is shard 0 of 3, "
+                       r".*s2.h5 is shard 2 of 3\); give all 3 parts",
+             (s1,): "shards 0, 2 of 3 are missing",
+             (s0, s1, s2, shard("half.h5", ["f.jpg"], 1, 2)): "shards of /data split 2 and 3 ways",
+             (s0, s1, s2, shard("again.h5", [], 1, 3)): "shard 1 of 3 of /data twice"}
+    for inputs, reason in cases.items():
+        with pytest.raises(ExaugError, match=reason):
+            merge(list(inputs), tmp_path / "merged.h5")
+        assert not (tmp_path / "merged.h5").exists()
+    merge([plain, s2, other, s0, s1], tmp_path / "merged.h5")
+    with read_faces(tmp_path / "merged.h5") as merged:
+        assert list(merged.source) == ["e.jpg", "a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+        assert merged.attrs["merged_from"] == [str(path) for path in (plain, s0, s1, s2, other)]
+
+
 # ------------------------------------------------------------------------- every command, one folder
 
 

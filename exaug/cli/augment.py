@@ -73,7 +73,9 @@ def augment_command(
 
 
 def merge_command(
-    parts: list[Path] = typer.Argument(..., metavar="PARTS...", help="Finished outputs of the shards, in shard order."),
+    parts: list[Path] = typer.Argument(..., metavar="PARTS...",
+                                       help="Finished outputs: a run's shards in any order (joined by shard index), "
+                                            "other outputs in the order given."),
     output: Path = typer.Option(None, "--output", "-o",
                                 help="The joined .h5 file (default, for parts named NAME.partKofN.h5 as augment "
                                      "names them without -o: NAME.h5 in the current folder)."),

@@ -52,8 +52,8 @@ def read_faces(path: Path | str) -> FaceTable:
 
 def merge(parts: Sequence[Path | str], output: Path | str) -> None:
     """Join finished outputs (e.g. the shards of ``exaug augment --num-shards``) into one HDF5 file:
-    rows in the order given, identity and source indices remapped, failures concatenated, attrs of
-    the first input plus ``merged_from``."""
+    rows in :func:`_merge_order` (shards by shard index, other outputs as given), identity and source
+    indices remapped, failures concatenated, attrs of the first input plus ``merged_from``."""
     output = Path(output)
     if output.suffix.lower() not in HDF5_SUFFIXES:
         raise ExaugError(f"{output}: merge writes HDF5; name the output .h5 or .hdf5")
@@ -76,9 +76,11 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
     try:
         tables += [read_faces(part) for part in parts]
         _check_mergeable(parts, tables)
-        attrs = {**tables[0].attrs, "merged_from": [str(part) for part in parts]}
+        order = _merge_order(parts, tables)
+        ordered = [tables[number] for number in order]
+        attrs = {**ordered[0].attrs, "merged_from": [str(parts[number]) for number in order]}
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_final(output, tables, attrs, {"merged": [table.run_key for table in tables]})
+        write_final(output, ordered, attrs, {"merged": [table.run_key for table in ordered]})
     finally:
         for table in tables:
             table.close()
@@ -102,3 +104,50 @@ def _check_mergeable(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -
         if len({json.dumps(value) for value in values}) > 1:
             listing = ", ".join(f"{part} has {value}" for part, value in zip(parts, values))
             raise ExaugError(f"cannot merge outputs whose {what} differs: {listing}")
+
+
+def _shard(table: FaceTable) -> tuple[int, int] | None:
+    """(index, count) of an output of ``exaug augment --num-shards`` with more than one shard; None
+    for a whole run's output (one shard, align, an earlier merge: no ``shard`` in its run key)."""
+    index, count = (table.run_key or {}).get("shard", (0, 1))
+    return (index, count) if count > 1 else None
+
+
+def _merge_order(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -> list[int]:
+    """Positions of ``tables`` in the order they are joined: the shards of one input by shard index,
+    where the first of them was given, so the merge holds a single run's rows whatever order the
+    shards were named in; any other output where it was given (unsharded outputs merged on purpose)."""
+    shards = [_shard(table) for table in tables]
+    order: list[int | str] = []  # a whole output's position, or the input whose shards go there
+    shards_of: dict[str, list[int]] = {}
+    for number, (table, shard) in enumerate(zip(tables, shards)):
+        if shard is None:
+            order.append(number)
+            continue
+        input_path = table.run_key["input"]
+        if input_path not in shards_of:
+            order.append(input_path)
+        shards_of.setdefault(input_path, []).append(number)
+    for input_path, members in shards_of.items():
+        members.sort(key=lambda number: shards[number])
+        _check_complete(input_path, [(parts[number], shards[number]) for number in members])
+    return [number for item in order for number in (shards_of[item] if isinstance(item, str) else [item])]
+
+
+def _check_complete(input_path: str, shards: Sequence[tuple[Path | str, tuple[int, int]]]) -> None:
+    """The shards of one input, in index order, must be all of one ``--num-shards N``, each index
+    once: a set that lacks one or mixes counts is not a single run's rows (one line naming what is
+    missing)."""
+    given = ", ".join(f"{part} is shard {index} of {count}" for part, (index, count) in shards)
+    counts = sorted({count for _, (_, count) in shards})
+    if len(counts) > 1:
+        raise ExaugError(f"cannot merge shards of {input_path} split {' and '.join(map(str, counts))} ways "
+                         f"({given}); merge the parts of one --num-shards")
+    indices = [index for _, (index, _) in shards]
+    if twice := sorted({index for index in indices if indices.count(index) > 1}):
+        raise ExaugError(f"cannot merge shard {twice[0]} of {counts[0]} of {input_path} twice ({given}); "
+                         "merge each part once")
+    if missing := sorted(set(range(counts[0])) - set(indices)):
+        raise ExaugError(f"cannot merge an incomplete set of shards of {input_path}: shard"
+                         f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {counts[0]} "
+                         f"{'are' if len(missing) > 1 else 'is'} missing ({given}); give all {counts[0]} parts")
