@@ -259,6 +259,31 @@ def test_the_short_command_writes_input_augmented_h5_in_the_current_folder(tmp_p
     assert odd.returncode == 2 and "give --output" in odd.stderr and len(odd.stderr.strip().splitlines()) == 1
 
 
+def _refused(tmp_path: Path, test_checkpoint: Path, *options: str) -> str:
+    """Run ``exaug augment`` on the examples with ``options``: the one-line error it stops with
+    (exit code 2 in a terminal), having written nothing."""
+    from typer.testing import CliRunner
+
+    from exaug.cli import app
+
+    result = CliRunner().invoke(app, ["augment", str(REPO / "examples"), "-o", str(tmp_path / "o.h5"), "--model",
+                                      str(test_checkpoint), "-q", *options])
+    assert isinstance(result.exception, ExaugError), result.output
+    assert list(tmp_path.iterdir()) == []
+    message = str(result.exception)
+    assert "\n" not in message
+    return message
+
+
+def test_cli_shard_counts_below_one_are_refused_as_such(tmp_path, test_checkpoint):
+    """--num-shards 0 said "--shard-index must be in 0..-1": the count is what is wrong."""
+    for count in ("0", "-1"):
+        refused = _refused(tmp_path, test_checkpoint, "--num-shards", count)
+        assert refused == f"--num-shards must be at least 1, not {count}"
+    assert _refused(tmp_path, test_checkpoint, "--num-shards", "2", "--shard-index", "2") == \
+        "--shard-index must be in 0..1 for --num-shards 2 (got 2)"
+
+
 def test_cli_detection_options_reach_the_detector(tmp_path, test_checkpoint):
     """The examples' faces are about 200 px: a 1000 px minimum finds none, and says so for each image."""
     output = tmp_path / "o.h5"

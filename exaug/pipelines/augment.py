@@ -17,7 +17,7 @@ import torch
 
 from exaug import __version__
 from exaug.device import launcher_variable
-from exaug.errors import ExaugError
+from exaug.errors import ExaugError, require_counts
 from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, check_face_size, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
@@ -56,7 +56,8 @@ def shard_from_environment(num_shards: int | None, shard_index: int | None) -> t
     """Explicit values win; under torchrun (or any launcher setting WORLD_SIZE/RANK) use those."""
     shards = num_shards if num_shards is not None else launcher_variable("WORLD_SIZE", 1, minimum=1)
     index = shard_index if shard_index is not None else launcher_variable("RANK", 0, minimum=0)
-    if shards < 1 or not 0 <= index < shards:
+    require_counts({"--num-shards": shards})  # before the index's range, which a count below 1 leaves empty
+    if not 0 <= index < shards:
         raise ExaugError(f"--shard-index must be in 0..{shards - 1} for --num-shards {shards} (got {index})")
     return shards, index
 
