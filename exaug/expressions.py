@@ -62,5 +62,5 @@ def parse_expressions(spec: str) -> list[str]:
         return list(EXPRESSIONS)
     names = [EXPRESSIONS[expression_index(part)] for part in spec.split(",") if part.strip()]
     if not names:
-        raise ValueError("no expression given")
+        raise ValueError(f"no expression given; name one or more of {', '.join(EXPRESSIONS)}")
     return list(dict.fromkeys(names))

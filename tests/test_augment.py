@@ -284,6 +284,17 @@ def test_cli_shard_counts_below_one_are_refused_as_such(tmp_path, test_checkpoin
         "--shard-index must be in 0..1 for --num-shards 2 (got 2)"
 
 
+def test_cli_an_empty_emotion_list_is_refused_not_taken_for_all_eight(tmp_path, test_checkpoint):
+    """`--emotion ""` (an empty shell variable) wrote all eight expressions; --all-emotions asks for those."""
+    for spec in ("", " , "):
+        assert _refused(tmp_path, test_checkpoint, "--emotion", spec).startswith(
+            "--emotion: no expression given; name one or more of neutral, happy,")
+    assert _refused(tmp_path, test_checkpoint, "--emotion", "", "--all-emotions") == \
+        "give either --all-emotions or --emotion, not both"
+    assert "without --emotion" in _refused(tmp_path, test_checkpoint, "--emotion", "", "--like",
+                                           str(REPO / "examples" / "astronaut.png"))
+
+
 def test_cli_detection_options_reach_the_detector(tmp_path, test_checkpoint):
     """The examples' faces are about 200 px: a 1000 px minimum finds none, and says so for each image."""
     output = tmp_path / "o.h5"

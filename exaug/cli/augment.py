@@ -47,13 +47,14 @@ def augment_command(
     quiet: bool = QUIET,
 ) -> None:
     """Write every face of INPUT as it is and in each target expression (or in the expression of --like's face)."""
-    if all_emotions and emotion:
+    # `--emotion ""` (an empty shell variable) is a list naming nothing, refused below, not a missing option
+    if all_emotions and emotion is not None:
         raise ExaugError("give either --all-emotions or --emotion, not both")
-    if like is not None and (all_emotions or emotion):
+    if like is not None and (all_emotions or emotion is not None):
         raise ExaugError("--like renders each face in the reference's expression: give it without --emotion "
                          "or --all-emotions")
     try:
-        expressions = parse_expressions(emotion) if emotion else list(EXPRESSIONS)
+        expressions = parse_expressions(emotion) if emotion is not None else list(EXPRESSIONS)
     except ValueError as err:
         raise ExaugError(f"--emotion: {err}") from err
     shards, index = shard_from_environment(num_shards, shard_index)
