@@ -295,6 +295,36 @@ def test_cli_an_empty_emotion_list_is_refused_not_taken_for_all_eight(tmp_path, 
                                            str(REPO / "examples" / "astronaut.png"))
 
 
+def test_an_emotion_list_is_a_set_stored_in_canonical_order_whatever_order_it_is_typed(tmp_path, test_checkpoint):
+    """`--emotion angry,surprised,Happiness` wrote each face's rows as anger, surprise, happy, not in
+    the canonical order the output format promises, and the same set typed in another order was
+    refused on resume. Its run key is now what a list typed in canonical order always wrote, so such
+    outputs resume too."""
+    from typer.testing import CliRunner
+
+    from exaug.cli import app
+
+    output = tmp_path / "o.h5"
+
+    def augment(emotions: str) -> None:
+        result = CliRunner().invoke(app, ["augment", str(REPO / "examples"), "-o", str(output), "--emotion", emotions,
+                                          "--model", str(test_checkpoint), "-q"])
+        assert result.exit_code == 0 and result.exception is None, result.output
+
+    augment("angry,surprised,Happiness")
+    happy, surprise, anger = (EXPRESSIONS.index(name) for name in ("happy", "surprise", "anger"))
+    with read_faces(output) as table:
+        assert table.expression.tolist() == [-1, happy, surprise, anger] * 2  # the two example faces
+        assert table.run_key["expressions"] == ["happy", "surprise", "anger"]
+        written = table.images[0:len(table)]
+    modified = output.stat().st_mtime_ns
+    for emotions in ("happy,surprise,anger", "anger,happy,surprise"):  # resumed: finished, left as it was
+        augment(emotions)
+        assert output.stat().st_mtime_ns == modified
+    with read_faces(output) as table:
+        assert np.array_equal(table.images[0:len(table)], written)
+
+
 def test_cli_detection_options_reach_the_detector(tmp_path, test_checkpoint):
     """The examples' faces are about 200 px: a 1000 px minimum finds none, and says so for each image."""
     output = tmp_path / "o.h5"

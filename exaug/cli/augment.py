@@ -27,7 +27,8 @@ def augment_command(
                                 help="A .h5/.hdf5 file, or a folder (ImageFolder layout); default: INPUT's name "
                                      "+ .augmented.h5 in the current folder."),
     all_emotions: bool = typer.Option(False, "--all-emotions", help="All eight expressions (the default when --emotion is not given)."),
-    emotion: str = typer.Option(None, "--emotion", help=f"Comma list of targets: {', '.join(EXPRESSIONS)}."),
+    emotion: str = typer.Option(None, "--emotion",
+                                help=f"Comma list of targets, in any order (written in this one): {', '.join(EXPRESSIONS)}."),
     like: Path = typer.Option(None, "--like", metavar="REF", help=LIKE_HELP),
     model: Path = typer.Option(None, "--model", help="Generator file or training run folder (default: the bundled model)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Generator faces per forward pass (default: 128 on CUDA, 16 on CPU)."),

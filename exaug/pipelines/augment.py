@@ -50,6 +50,9 @@ class AugmentOptions:
 
     def __post_init__(self) -> None:
         check_face_size(self.size)
+        # A set of targets, in EXPRESSIONS' order however it was listed: rows come in the canonical order
+        # the output format promises, and the same set has the same run key, so it resumes in any order.
+        self.expressions = sorted(set(self.expressions), key=EXPRESSIONS.index)
 
 
 def shard_from_environment(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
