@@ -656,6 +656,22 @@ def test_an_unwritable_output_folder_is_one_line(many_photos, tmp_path):
         _one_line_error(_exaug("align", many_photos, "-o", output, "-q"), str(output), "cannot write")
 
 
+def test_a_file_where_the_output_needs_a_folder_is_named(many_photos, tmp_path):
+    """`-o prev1.png/x.h5`, prev1.png a file (an earlier preview sheet), said only "cannot write (File
+    exists)"; the line says which name is a file, for every form of output and for a PNG (--preview)."""
+    from exaug.errors import ExaugError
+    from exaug.io.images import save_png
+    sheet = tmp_path / "prev1.png"
+    save_png(np.full((8, 8, 3), 7, np.uint8), sheet)
+    for output in (sheet / "x.h5", sheet / "x", sheet / "deeper" / "x.h5"):
+        _one_line_error(_exaug("align", many_photos, "-o", output, "-q"),
+                        f"{output}: cannot write ({sheet} is a file, not a folder)")
+    refusal = f"{sheet / 'p.png'}: cannot write ({sheet} is a file, not a folder)"
+    with pytest.raises(ExaugError, match=re.escape(refusal)):
+        save_png(np.full((8, 8, 3), 7, np.uint8), sheet / "p.png")
+    assert [path.name for path in tmp_path.iterdir()] == ["prev1.png"] and sheet.is_file()
+
+
 @pytest.fixture(scope="module")
 def tiny_video(tmp_path_factory, photo) -> Path:
     """Two seconds of a small face at 160x160: quick to edit."""

@@ -13,6 +13,7 @@ file and the reason: one line for the user, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,7 +66,20 @@ def replacing(path: Path) -> Iterator[Path]:
 def write_failure(path: Path | str, err: OSError) -> ExaugError:
     """The one line a failed write of ``path`` becomes."""
     reason = os.strerror(err.errno) if err.errno else str(err)
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):  # the system's "File exists" hides which name is in the way
+        existing = next((folder for folder in Path(path).parents if os.path.lexists(folder)), None)
+        if existing is not None and existing.exists() and not existing.is_dir():
+            reason = f"{existing} is a file, not a folder"
     return ExaugError(f"{path}: cannot write ({reason})")
+
+
+def make_folder_for(path: Path) -> None:
+    """Make ``path``'s folder, and those above it, where missing: a failure (a file where a folder
+    should be, a read-only parent) is :func:`write_failure`'s one line, not the system's bare reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failure(path, err) from err
 
 
 class _RecordingWriter:
@@ -91,10 +105,7 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` through :func:`replacing`, then fsync the folder so the rename itself
     survives a power cut (a checkpoint's ``latest`` pointer must never name a missing file)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise write_failure(path, err) from err
+    make_folder_for(path)
     with replacing(path) as temporary, open(temporary, "wb") as handle:
         recording = _RecordingWriter(handle)
         try:

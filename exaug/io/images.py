@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from exaug.errors import ImageLoadError
-from exaug.io.atomic import replacing
+from exaug.io.atomic import make_folder_for, replacing
 
 IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jp2 .ico .tga "
@@ -101,6 +101,6 @@ def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
 def save_png(image: np.ndarray | Image.Image, path: Path) -> None:
     """Write ``image`` (HxWx3 uint8 RGB, or a PIL image) as a PNG at ``path``, replaced whole or not
     at all (:mod:`exaug.io.atomic`: a reader never sees half a PNG); its folder is made if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder_for(path)
     with replacing(path) as temporary:
         (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(temporary, format="PNG")

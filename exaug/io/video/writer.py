@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from exaug.errors import ExaugError
-from exaug.io.atomic import Replacement, write_failure
+from exaug.io.atomic import Replacement, make_folder_for
 from exaug.io.outputs import OutputLock
 from exaug.io.video.reading import VideoInfo, ffmpeg_reason
 
@@ -111,10 +111,7 @@ class VideoWriter:
         """Create the temp file and its streams (done by ``with``; public for non-``with`` use)."""
         if self.path.is_dir():  # found here, not when the finished video cannot be moved onto it
             raise ExaugError(f"{self.path}: is a folder; name the video file (.mp4, .mov or .mkv) to write")
-        try:  # a folder not there yet is made, as align, augment and eval make theirs
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise write_failure(self.path, err) from err
+        make_folder_for(self.path)  # a folder not there yet is made, as align, augment and eval make theirs
         self._lock = OutputLock(self.path)
         # The suffix stays last so FFmpeg picks the container from it.
         self._replacement = Replacement(self.path, keep_suffix=True)
