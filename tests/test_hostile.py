@@ -927,7 +927,7 @@ def test_every_command_against_a_folder_of_hostile_inputs(tmp_path, photo, test_
         "a part twice": (["merge", out / "augmented.h5", out / "augmented.h5", "-o", out / "merged.h5"], "given twice"),
         "a part as the output": (["merge", out / "augmented.h5", "-o", out / "augmented.h5"], "is the input"),
         "a manifest leaving its folder": (["merge", escape, "-o", out / "merged.h5"], "leaves the folder"),
-        "a video to a text file": (["video", tiny_video, "-o", out / "notes.txt", *model_args], "not a video file"),
+        "a video to a text file": (["video", tiny_video, "-o", out / "notes.txt", *model_args], "exaug writes .mp4"),
         "training on no expression folders": (["train", data, "-o", out / "run", "--no-align", "--device", "cpu"],
                                               "no readable face in an expression sub-folder"),
     }
