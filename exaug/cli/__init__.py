@@ -62,6 +62,9 @@ def _register() -> None:
 _register()
 
 
+INTERRUPTED = 130  # Ctrl-C's exit status (128 + SIGINT); Typer turns a KeyboardInterrupt into it
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, not a traceback."""
     try:
@@ -85,9 +88,6 @@ def main() -> None:
         console.print(f"[bold red]error:[/] exaug failed unexpectedly ({type(err).__name__}: {_one_line(err)}); "
                       f"this is a bug, please report it with the traceback in {_keep_traceback()}", highlight=False)
         sys.exit(3)
-
-
-INTERRUPTED = 130  # Ctrl-C's exit status (128 + SIGINT); Typer turns a KeyboardInterrupt into it
 
 
 def _exit_at_once(status: int) -> None:
