@@ -656,11 +656,14 @@ def test_an_unwritable_output_folder_is_one_line(many_photos, tmp_path):
         _one_line_error(_exaug("align", many_photos, "-o", output, "-q"), str(output), "cannot write")
 
 
-def test_a_file_where_the_output_needs_a_folder_is_named(many_photos, tmp_path):
+def test_a_file_where_the_output_needs_a_folder_is_named(many_photos, ckplus_dir, tmp_path, tmp_path_factory):
     """`-o prev1.png/x.h5`, prev1.png a file (an earlier preview sheet), said only "cannot write (File
-    exists)"; the line says which name is a file, for every form of output and for a PNG (--preview)."""
+    exists)"; the line says which name is a file, for every form of output, for a PNG (--preview) and
+    for a training run's folder."""
+    from conftest import ck_subject_folder
     from exaug.errors import ExaugError
     from exaug.io.images import save_png
+    from exaug.train import TrainConfig, train
     sheet = tmp_path / "prev1.png"
     save_png(np.full((8, 8, 3), 7, np.uint8), sheet)
     for output in (sheet / "x.h5", sheet / "x", sheet / "deeper" / "x.h5"):
@@ -669,6 +672,12 @@ def test_a_file_where_the_output_needs_a_folder_is_named(many_photos, tmp_path):
     refusal = f"{sheet / 'p.png'}: cannot write ({sheet} is a file, not a folder)"
     with pytest.raises(ExaugError, match=re.escape(refusal)):
         save_png(np.full((8, 8, 3), 7, np.uint8), sheet / "p.png")
+    faces = ck_subject_folder(ckplus_dir, tmp_path_factory.mktemp("ck"), 4)
+    for run in (sheet / "run", sheet):
+        config = TrainConfig(data=str(faces), output=str(run), image_size=64, channels=1, conv_dim=8, repeat_num=1,
+                             iters=1, batch_size=4, n_critic=1, align=False, workers=0, device="cpu", val_subjects="0")
+        with pytest.raises(ExaugError, match=re.escape(f"{run}: cannot write ({sheet} is a file, not a folder)")):
+            train(config)
     assert [path.name for path in tmp_path.iterdir()] == ["prev1.png"] and sheet.is_file()
 
 

@@ -67,19 +67,25 @@ def write_failure(path: Path | str, err: OSError) -> ExaugError:
     """The one line a failed write of ``path`` becomes."""
     reason = os.strerror(err.errno) if err.errno else str(err)
     if err.errno in (errno.EEXIST, errno.ENOTDIR):  # the system's "File exists" hides which name is in the way
-        existing = next((folder for folder in Path(path).parents if os.path.lexists(folder)), None)
+        existing = next((folder for folder in (Path(path), *Path(path).parents) if os.path.lexists(folder)), None)
         if existing is not None and existing.exists() and not existing.is_dir():
             reason = f"{existing} is a file, not a folder"
     return ExaugError(f"{path}: cannot write ({reason})")
 
 
-def make_folder_for(path: Path) -> None:
-    """Make ``path``'s folder, and those above it, where missing: a failure (a file where a folder
-    should be, a read-only parent) is :func:`write_failure`'s one line, not the system's bare reason."""
+def make_folder(folder: Path, named: Path | None = None) -> None:
+    """Make ``folder``, and those above it, where missing: a failure (a file where a folder should be,
+    a read-only parent) is :func:`write_failure`'s one line on ``named`` (default: the folder), not the
+    system's bare reason."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise write_failure(path, err) from err
+        raise write_failure(named or folder, err) from err
+
+
+def make_folder_for(path: Path) -> None:
+    """Make ``path``'s folder (:func:`make_folder`), a failure said of ``path``."""
+    make_folder(path.parent, named=path)
 
 
 class _RecordingWriter:

@@ -17,7 +17,7 @@ import torch
 
 from exaug.errors import ExaugError
 from exaug.faces.detect import DetectionOptions
-from exaug.io.atomic import atomic_write
+from exaug.io.atomic import atomic_write, make_folder
 from exaug.io.sources import discover_sources
 from exaug.io.store import is_face_table
 from exaug.model.checkpoint import GUIDED_RUN_FILES, LATEST
@@ -133,7 +133,7 @@ def _train_guided(run: Path, data: str, config: GuidedTrainConfig, val_subjects:
     if state.exists():
         checked_state(state, config)  # a refused --resume changes none of the run's files
     created = not run.exists()
-    run.mkdir(parents=True, exist_ok=True)
+    make_folder(run)
     settings = {"data": data, "val_subjects": val_subjects, "cache_dir": cache_dir, "config": asdict(config)}
     atomic_write(run / GUIDED_RUN, lambda handle: handle.write(json.dumps(settings, indent=1).encode()))
     try:

@@ -27,7 +27,7 @@ import torch
 
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
-from exaug.io.atomic import atomic_write
+from exaug.io.atomic import atomic_write, make_folder
 from exaug.model.checkpoint import (generator_metadata, load_state, read_latest, save_generator,
                                     save_state, write_latest)
 from exaug.io.images import save_png
@@ -117,7 +117,7 @@ class TrainingRun:
                            show_progress=world.is_main, source=config.data)
         train_pos, val_pos, note = split_validation(faces, config.val_subjects, config.seed)
         if world.is_main:  # only once the data and its split are known to be usable: a refused run leaves no folder
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.run_dir)
             config.save(self.run_dir)  # on resume too: an extended --iters is the run's schedule from now on
         self.train_set = faces.subset(train_pos)
         self.val_set = faces.subset(val_pos) if len(val_pos) else self.train_set

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 
 from exaug.errors import ExaugError, InputError
+from exaug.io.atomic import make_folder_for
 from exaug.io.outputs import OutputLock, check_not_input
 from exaug.io.store.folder import FOLDER_INFO, FOLDER_PARTS, read_folder_table
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, write_final
@@ -79,7 +80,7 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
         order = _merge_order(parts, tables)
         ordered = [tables[number] for number in order]
         attrs = {**ordered[0].attrs, "merged_from": [str(parts[number]) for number in order]}
-        output.parent.mkdir(parents=True, exist_ok=True)
+        make_folder_for(output)
         write_final(output, ordered, attrs, {"merged": [table.run_key for table in ordered]})
     finally:
         for table in tables:

@@ -12,7 +12,7 @@ from typing import Any
 import h5py
 
 from exaug.expressions import label_name
-from exaug.io.atomic import replacing
+from exaug.io.atomic import make_folder, make_folder_for, replacing
 from exaug.io.images import save_png
 from exaug.io.store.folder import (FOLDER_INFO, MANIFEST_COLUMNS, manifest_cell, png_paths, write_csv)
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, read_header, write_final, write_master
@@ -60,7 +60,7 @@ class H5Writer(FaceWriter):
         write_master(self.output, self._ledger, self._parts, size, self.attrs, self.run_key)
 
     def _finalize(self) -> None:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
+        make_folder_for(self.output)
         tables = [read_h5_table(part) for part, _ in self._parts]
         try:
             write_final(self.output, tables, self.attrs, self.run_key)
@@ -99,7 +99,7 @@ class FolderWriter(FaceWriter):
     def _publish(self) -> None:
         """exaug.json first: it says how to read the extra columns the manifest is about to list."""
         ledger = self._ledger
-        self.output.mkdir(parents=True, exist_ok=True)
+        make_folder(self.output)
         columns = {name: {"dtype": str(values.dtype), "shape": list(values.shape[1:])}
                    for name, values in ledger.extra.items()}
         with replacing(self.output / FOLDER_INFO) as temporary:
