@@ -118,6 +118,20 @@ def test_bad_files_are_reported_and_the_run_goes_on(tmp_path, people_dir):
     assert all(reason in recorded[name] for name, reason in EXPECTED_FAILURES.items())
 
 
+def test_resuming_reads_unreadable_images_again_but_not_faceless_ones(tmp_path, people_dir):
+    folder = _folder_with_bad_files(tmp_path, people_dir, REPO / "examples")
+    output = tmp_path / "out.h5"
+    align_dataset(folder, output, show_progress=False)
+    shutil.copy(people_dir / "kate_siegel" / "1.jpg", folder / "truncated.jpg")  # the copy finished since
+    summary = align_dataset(folder, output, show_progress=False)
+    assert summary.retried == 4 and summary.resumed == 2  # good.jpg and no_face.png are not read again
+    assert summary.faces == 1 and len(summary.failures) == 3
+    with read_faces(output) as table:
+        assert list(table.source) == ["good.jpg", "truncated.jpg"]
+        assert set(dict(table.failures)) == set(EXPECTED_FAILURES) - {"truncated.jpg"}
+        assert len(table.failures) == 4  # each still-failing image recorded once, with this run's reason
+
+
 def test_running_again_resumes_and_changes_nothing(aligned_h5, faces_dir, tmp_path):
     copy = tmp_path / "again.h5"
     shutil.copy(aligned_h5, copy)

@@ -265,6 +265,34 @@ def test_new_sources_for_a_finished_output_are_appended(tmp_path: Path, batches:
         assert_same_rows(table, expected)
 
 
+@pytest.mark.parametrize("name", FORMS)
+def test_a_failed_source_committed_again_replaces_its_failure(tmp_path: Path, batches: list[Batch],
+                                                             name: str) -> None:
+    """A resumed run retries an unreadable image: its rows (or its new failure) replace the old record,
+    whether the first run finished or was killed, and the source is listed done once."""
+    output = tmp_path / name
+    write(output, batches)  # bob/broken.jpg failed
+    fixed = face_rows(batches[2][0].images[:1], ["bob"], [SAD], ["bob/broken.jpg"], [False], seed=4)
+    with open_writer(output, run_key=RUN_KEY, attrs=ATTRS) as writer:
+        assert writer.failures == {"bob/broken.jpg": "cannot identify image file"}
+        writer.commit(fixed, ["bob/broken.jpg"])
+        with pytest.raises(ValueError, match="committed before"):  # only a failure may be committed again
+            writer.commit(fixed, ["bob/broken.jpg"])
+    with read_faces(output) as table:
+        assert table.failures == []
+        assert table.source.tolist()[-1] == "bob/broken.jpg" and table.identity.tolist()[-1] == "bob"
+        np.testing.assert_array_equal(table.images[len(table) - 1], fixed.images[0])
+        assert table.completed_sources().count("bob/broken.jpg") == 1
+
+    again = tmp_path / "again" / name  # killed before finishing, then the retry fails once more
+    write(again, batches, finish=False)
+    with open_writer(again, run_key=RUN_KEY, attrs=ATTRS) as writer:
+        writer.commit(FaceRows.empty(), ["bob/broken.jpg"], [("bob/broken.jpg", "truncated file")])
+    with read_faces(again) as table:
+        assert table.failures == [("bob/broken.jpg", "truncated file")]
+        assert len(table) == sum(len(rows) for rows, _, _ in batches)
+
+
 def test_commit_must_hold_whole_new_sources(tmp_path: Path, batches: list[Batch]) -> None:
     writer = open_writer(tmp_path / "faces.h5", run_key=RUN_KEY, attrs=ATTRS)
     rows, done, failures = batches[0]

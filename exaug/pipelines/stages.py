@@ -231,6 +231,7 @@ class RunSummary:
     output: Path
     sources: int = 0  # images found under INPUT (this shard's)
     resumed: int = 0  # of those, done by an earlier run and skipped
+    retried: int = 0  # of those, unreadable in an earlier run and read again (a face not found is not looked for again)
     faces: int = 0  # rows written by this run
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), this run
     seconds: float = 0.0
@@ -244,12 +245,17 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
                      rows_of: Callable[[AlignedBatch], FaceRows], *, run_key: dict[str, Any], attrs: dict[str, Any],
                      overwrite: bool, description: str, show_progress: bool) -> RunSummary:
     """The run loop of align and augment: skip what an earlier run finished, then commit each
-    batch's rows (and the sources it completes) atomically, so a killed run resumes here."""
+    batch's rows (and the sources it completes) atomically, so a killed run resumes here.
+
+    An image an earlier run could not read is tried again (it may have been fixed or finished
+    copying since); one in which no face was found is not (the same detector finds none again)."""
     summary = RunSummary(output, sources=len(sources))
     started = time.perf_counter()
     with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
-        todo = [source for source in sources if source.relpath not in writer.done_sources]
+        retry = {source for source, reason in writer.failures.items() if reason != NO_FACE}
+        todo = [source for source in sources if source.relpath not in writer.done_sources - retry]
         summary.resumed = len(sources) - len(todo)
+        summary.retried = len(retry.intersection(source.relpath for source in todo))
         with progress_bar("images", disable=not show_progress or not todo) as bar:
             task = bar.add_task(description, total=len(todo), info="")
             try:

@@ -65,6 +65,12 @@ class FaceWriter(ABC):
         """Sources an earlier run with this run key completed (with rows, none, or a failure)."""
         return set(self._done)
 
+    @property
+    def failures(self) -> dict[str, str]:
+        """Why each failed source failed, as last recorded. A failed source may be committed again
+        (a retry); its new outcome replaces the failure."""
+        return dict(self._ledger.failures if self._finished is None else self._finished.failures)
+
     def __enter__(self) -> FaceWriter:
         return self
 
@@ -171,7 +177,7 @@ class FaceWriter(ABC):
 
     def _check_commit(self, rows: FaceRows, completed: list[str]) -> None:
         """Everything that could make a part unusable is checked before the part is written."""
-        if again := self._done.intersection(completed):
+        if again := self._done.intersection(completed).difference(self.failures):
             raise ValueError(f"sources committed before: {sorted(again)[:5]}")
         if partial := set(rows.source).difference(completed):
             raise ValueError(f"rows of sources not in done (commit whole sources): {sorted(partial)[:5]}")

@@ -102,10 +102,21 @@ def concat_tables(tables: Sequence[FaceTable]) -> FaceTable:
         face=joined([t.face for t in filled], np.int16),
         synthetic=joined([t.synthetic for t in filled], bool),
         extra={name: np.concatenate([t.extra[name] for t in filled]) for name in (filled[0].extra if filled else {})},
-        failures=[failure for table in tables for failure in table.failures],
+        failures=standing_failures(tables),
         paths=[path for t in filled for path in t.paths] if all(t.paths is not None for t in filled) else None,
         done=list(dict.fromkeys(source for table in tables for source in table.completed_sources())),
     )
+
+
+def standing_failures(tables: Sequence[FaceTable]) -> list[tuple[str, str]]:
+    """The tables' failures, less those a later table completes again: a resumed run retries an
+    image that could not be read, and its new outcome replaces the old record."""
+    standing: list[tuple[str, str]] = []
+    completed_later: set[str] = set()
+    for table in reversed(tables):
+        standing[:0] = [failure for failure in table.failures if failure[0] not in completed_later]
+        completed_later.update(table.completed_sources())
+    return standing
 
 
 def size_from_attrs(attrs: dict[str, Any]) -> tuple[int, int]:
