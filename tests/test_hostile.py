@@ -644,16 +644,38 @@ def test_photos_without_expression_folders_are_one_line_naming_them_not_the_cach
     assert not (tmp_path / "run").exists()
 
 
-def test_an_unwritable_output_folder_is_one_line(many_photos, tmp_path):
+def _unwritable_folder(tmp_path: Path) -> Path:
     if os.geteuid() == 0:
         folder = Path("/sys/exaug-test")  # read-only even for root
         if os.access("/sys", os.W_OK) and Path("/sys").stat().st_dev == 0:
             pytest.skip("no read-only folder for root here")
-    else:
-        folder = tmp_path / "read-only"
-        folder.mkdir(mode=0o555)
+        return folder
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    return folder
+
+
+def test_an_unwritable_output_folder_is_one_line(many_photos, tmp_path):
+    folder = _unwritable_folder(tmp_path)
     for output in (folder / "out.h5", folder / "out"):
         _one_line_error(_exaug("align", many_photos, "-o", output, "-q"), str(output), "cannot write")
+
+
+def test_a_sheet_or_report_that_cannot_be_written_is_refused_before_the_work(many_photos, ckplus_dir,
+                                                                            test_checkpoint, tmp_path):
+    """A --preview, --json or --save-classifier written at the end used to fail after the whole run."""
+    folder = _unwritable_folder(tmp_path)
+    output = tmp_path / "out.h5"
+    _one_line_error(_exaug("augment", many_photos, "-o", output, "--model", test_checkpoint, "--emotion", "happy",
+                           "--preview", folder / "sheet.png", "-q"), f"{folder / 'sheet.png'}: cannot write")
+    assert not output.exists() and not output.with_name("out.h5.parts").exists()
+    for option in ("--json", "--save-classifier"):
+        report = folder / "report.out"
+        _one_line_error(_exaug("eval", ckplus_dir, "--model", test_checkpoint, option, report, "--no-align",
+                               "--cache-dir", tmp_path / "cache", "-q"), f"{report}: cannot write")
+    assert not (tmp_path / "cache").exists()  # refused before the data was read
+    _one_line_error(_exaug("eval", ckplus_dir, "--model", test_checkpoint, "--json", tmp_path, "--no-align", "-q"),
+                    f"{tmp_path}: is a folder")
 
 
 def test_a_file_where_the_output_needs_a_folder_is_named(many_photos, ckplus_dir, tmp_path, tmp_path_factory):

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from exaug.cli.common import DEVICE, QUIET, DeviceChoice, library_defaults
-from exaug.io.atomic import atomic_write
+from exaug.io.atomic import atomic_write, check_writable
 from exaug.model.default import model_path
 from exaug.model.generator import ExpressionGenerator
 from exaug.expressions import EXPRESSIONS
@@ -54,6 +54,8 @@ def eval_command(
                           device=device.value, classifier=classifier or None, save_classifier=save_classifier,
                           align=align, cache_dir=None if cache_dir is None else str(cache_dir),
                           show_progress=not quiet)
+    if json_output is not None:
+        check_writable(json_output)
     generator = ExpressionGenerator.load(model_path(model), device.value)
     report = evaluate(generator, data, options)
     console.print(report_table(report))

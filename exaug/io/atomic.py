@@ -88,6 +88,23 @@ def make_folder_for(path: Path) -> None:
     make_folder(path.parent, named=path)
 
 
+def check_writable(path: Path | str) -> None:
+    """Refuse, before the work, a file written only at its end (a preview sheet, a report): its folder
+    is made and its temporary created and removed, so a read-only folder or a place like /proc is
+    named at once instead of after minutes of work. A full disk can still fail later, said alike."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExaugError(f"{path}: is a folder; name the file to write")
+    make_folder_for(path)
+    replacement = Replacement(path)
+    try:
+        replacement.temporary.open("wb").close()
+    except OSError as err:
+        raise write_failure(path, err) from err
+    finally:
+        replacement.discard()
+
+
 class _RecordingWriter:
     """The handle :func:`atomic_write` gives its callback: it keeps the first OSError of a write,
     which torch.save reports only as an unspecific RuntimeError of its own."""

@@ -32,6 +32,7 @@ from exaug.device import resolve_device
 from exaug.errors import ExaugError, require_counts
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
+from exaug.io.atomic import check_writable
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.judge import Judge, JudgePanel, load_judge, panel_of
 from exaug.pipelines.training import training_data
@@ -101,6 +102,8 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
     started = time.perf_counter()
     if tuple(generator.expressions) != EXPRESSIONS:
         raise ExaugError(f"the generator's expressions {generator.expressions} are not exaug's {EXPRESSIONS}")
+    if options.save_classifier is not None:
+        check_writable(options.save_classifier)
     faces = _load(generator, Path(data_path), options)
     train_pos, held_pos, split = _split(faces, generator.meta, options)
     rng = np.random.default_rng(options.seed)
