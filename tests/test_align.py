@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from conftest import REPO, cuda_only
 from exaug.cli import app
 from exaug.expressions import EXPRESSIONS
+from exaug.faces.detect import DetectionOptions
 from exaug.io.store import read_faces
 from exaug.pipelines.align import AlignOptions, align_dataset
 
@@ -130,6 +131,24 @@ def test_resuming_reads_unreadable_images_again_but_not_faceless_ones(tmp_path, 
         assert list(table.source) == ["good.jpg", "truncated.jpg"]
         assert set(dict(table.failures)) == set(EXPECTED_FAILURES) - {"truncated.jpg"}
         assert len(table.failures) == 4  # each still-failing image recorded once, with this run's reason
+
+
+def test_several_faces_given_one_identity_are_reported(tmp_path, faces_dir):
+    """A group photo in an identity folder makes strangers that person; the run says which images.
+    In expression folders the faces have no identity to share."""
+    for layout, (group, single) in {"ids": ("team", "team"), "expressions": ("happy", "sad")}.items():
+        for folder, name, photo in ((group, "group.jpg", faces_dir / "groups" / "multiface.jpg"),
+                                    (single, "paul.jpg", faces_dir / "people" / "paul_rudd" / "1.jpg")):
+            (tmp_path / layout / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, tmp_path / layout / folder / name)
+    summary = align_dataset(tmp_path / "ids", tmp_path / "ids.h5", show_progress=False)
+    assert summary.crowded == ["team/group.jpg"] and summary.faces == 7
+    largest = align_dataset(tmp_path / "ids", tmp_path / "largest.h5",
+                            AlignOptions(detection=DetectionOptions(faces="largest")), show_progress=False)
+    assert largest.crowded == [] and largest.faces == 2
+    assert align_dataset(tmp_path / "expressions", tmp_path / "expressions.h5", show_progress=False).crowded == []
+    result = _exaug("align", str(tmp_path / "ids"), "-o", str(tmp_path / "cli.h5"))
+    assert "1 image holds several faces, each given the image's identity (team/group.jpg)" in result.stderr
 
 
 def test_running_again_resumes_and_changes_nothing(aligned_h5, faces_dir, tmp_path):

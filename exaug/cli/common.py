@@ -81,6 +81,12 @@ def print_summary(summary: RunSummary, what: str = "faces", max_failures: int = 
     table.add_row("failed or faceless images", str(len(summary.failures)))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")
     console.print(table)
+    if summary.crowded:
+        shown = ", ".join(summary.crowded[:3]) + (", ..." if len(summary.crowded) > 3 else "")
+        count = len(summary.crowded)
+        console.print(f"[yellow]note[/]: {count} image{'s hold' if count > 1 else ' holds'} several faces, each "
+                      f"given the image's identity ({shown}); --faces largest keeps one face an image",
+                      highlight=False)
     for source, reason in summary.failures[:max_failures]:
         console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
     if len(summary.failures) > max_failures:

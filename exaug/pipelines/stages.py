@@ -234,11 +234,20 @@ class RunSummary:
     retried: int = 0  # of those, unreadable in an earlier run and read again (a face not found is not looked for again)
     faces: int = 0  # rows written by this run
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), this run
+    crowded: list[str] = field(default_factory=list)  # sources of several faces given one identity, this run
     seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
         return (self.sources - self.resumed) / self.seconds if self.seconds else 0.0
+
+
+def crowded_sources(rows: FaceRows) -> list[str]:
+    """Sources whose several faces all took the one identity their folder or name gives: in a set
+    made to train face recognition, strangers beside the person become that person."""
+    originals = ~rows.synthetic & (rows.face > 0)
+    return list(dict.fromkeys(source for source, identity, more in zip(rows.source, rows.identity, originals)
+                              if more and identity))
 
 
 def write_face_table(output: Path, sources: list[Source], batches_for: BatchSource,
@@ -264,6 +273,7 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
                     writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
                     summary.faces += len(rows.identity)
                     summary.failures += batch.failures
+                    summary.crowded += crowded_sources(rows)
                     bar.update(task, advance=len(batch.sources), info=f"{summary.faces} faces")
             except KeyboardInterrupt:
                 if summary.resumed or summary.faces or summary.failures:
