@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich's boxes left the options' help 24 of 80 columns
 )
 
 
@@ -51,12 +52,10 @@ def _register() -> None:
     from exaug.cli.train import train_command
     from exaug.cli.video import video_command
 
-    app.command("align")(align_command)
-    app.command("train")(train_command)
-    app.command("augment")(augment_command)
-    app.command("merge")(merge_command)
-    app.command("video")(video_command)
-    app.command("eval")(eval_command)
+    for name, command in (("align", align_command), ("train", train_command), ("augment", augment_command),
+                          ("merge", merge_command), ("video", video_command), ("eval", eval_command)):
+        summary = " ".join(command.__doc__.split("\n\n")[0].split())  # whole: click cuts its own at 45 characters
+        app.command(name, short_help=summary)(command)
 
 
 _register()
