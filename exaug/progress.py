@@ -19,7 +19,9 @@ class RateColumn(ProgressColumn):
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        # rich's own estimate needs two updates within its window; a run of one or two batches has
+        # none, and its finished bar said "- images/s": then the mean rate since the start
+        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
         return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
 
 
