@@ -120,6 +120,7 @@ def test_bad_files_are_reported_and_the_run_goes_on(tmp_path, people_dir):
 
 
 def test_resuming_reads_unreadable_images_again_but_not_faceless_ones(tmp_path, people_dir):
+    """Fixed since, an image is added; failing as before, it leaves a finished output as it was."""
     folder = _folder_with_bad_files(tmp_path, people_dir, REPO / "examples")
     output = tmp_path / "out.h5"
     align_dataset(folder, output, show_progress=False)
@@ -131,6 +132,10 @@ def test_resuming_reads_unreadable_images_again_but_not_faceless_ones(tmp_path, 
         assert list(table.source) == ["good.jpg", "truncated.jpg"]
         assert set(dict(table.failures)) == set(EXPECTED_FAILURES) - {"truncated.jpg"}
         assert len(table.failures) == 4  # each still-failing image recorded once, with this run's reason
+    before = (output.read_bytes(), output.stat().st_mtime_ns)
+    third = align_dataset(folder, output, show_progress=False)  # the same three fail again, as they did
+    assert third.retried == 3 and len(third.failures) == 3 and third.faces == 0
+    assert (output.read_bytes(), output.stat().st_mtime_ns) == before  # nothing new: the output is not rewritten
 
 
 def test_several_faces_given_one_identity_are_reported(tmp_path, faces_dir):

@@ -270,7 +270,12 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
             try:
                 for batch in in_background(batches_for(todo)):
                     rows = rows_of(batch)
-                    writer.commit(rows, done=[source.relpath for source in batch.sources], failures=batch.failures)
+                    # An image that fails again as it did is left as recorded: with nothing new to
+                    # commit a finished output is not rewritten (a re-run would copy it whole)
+                    again = {source for source, reason in batch.failures if writer.failures.get(source) == reason}
+                    done = [source.relpath for source in batch.sources if source.relpath not in again]
+                    if done:
+                        writer.commit(rows, done=done, failures=[f for f in batch.failures if f[0] not in again])
                     summary.faces += len(rows.identity)
                     summary.failures += batch.failures
                     summary.crowded += crowded_sources(rows)
