@@ -184,6 +184,33 @@ def test_unfinished_output_opens_with_every_committed_part(tmp_path: Path, batch
             assert h5["images"].is_virtual and h5["images"].shape == (5, SIZE, SIZE, 3)
 
 
+@pytest.mark.parametrize("name", FORMS)
+def test_a_costly_publish_waits_but_every_part_is_kept_and_a_stopped_run_shows_all(
+        tmp_path: Path, batches: list[Batch], name: str, monkeypatch) -> None:
+    """Republishing grows with the output; when it is dear next to the time between commits it is
+    deferred (here: always, after the first). The parts still hold every batch: a resumed run, a
+    run stopped by an exception and a finished one all show every committed batch."""
+    import exaug.io.store.parts as parts
+    monkeypatch.setattr(parts, "PUBLISH_ALWAYS", 0.0)
+    monkeypatch.setattr(parts, "PUBLISH_SHARE", 1e-12)
+    output = tmp_path / name
+    write(output, batches, finish=False)
+    with read_faces(output) as table:
+        assert_table_holds(table, batches[:1])  # only the first commit was published
+    with open_writer(output, run_key=RUN_KEY, attrs=ATTRS) as writer:  # resuming reads the parts
+        assert writer.done_sources >= {"bob/a.png", "bob/broken.jpg", "x.jpg", "y.jpg"}
+        with read_faces(output) as table:  # and republishes them all
+            assert_table_holds(table, batches)
+
+    stopped = tmp_path / "stopped" / name
+    with pytest.raises(KeyboardInterrupt), open_writer(stopped, run_key=RUN_KEY, attrs=ATTRS) as writer:
+        for rows, done, failures in batches:
+            writer.commit(rows, done, failures)
+        raise KeyboardInterrupt
+    with read_faces(stopped) as table:
+        assert_table_holds(table, batches)
+
+
 def test_sigkilled_run_leaves_an_output_that_opens_and_resumes(tmp_path: Path) -> None:
     output = tmp_path / "killed.h5"
     script = (

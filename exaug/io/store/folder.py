@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set as AbstractSet
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -89,19 +89,20 @@ def _fitting(name: str) -> str:
     return encoded[:_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore") + "~" + digest
 
 
-def png_paths(rows: FaceRows, taken: set[str]) -> list[str]:
+def png_paths(rows: FaceRows, taken: AbstractSet[str]) -> list[str]:
     """``<identity>/<source stem>_f<face>_<original|expression|like>.png`` (``like``: generated with a
     reference face's expression, which has no name); a name already taken (two sources with one stem)
-    gets ``-2``, ``-3``... after the stem, the same on every resume."""
-    paths = []
+    gets ``-2``, ``-3``... after the stem, the same on every resume. ``taken`` is left as it is."""
+    paths: list[str] = []
+    mine: set[str] = set()
     for identity, source, face, expression, synthetic in zip(rows.identity, rows.source, rows.face.tolist(),
                                                               rows.expression.tolist(), rows.synthetic.tolist()):
         folder, stem = _folder_name(identity, expression), _fitting(PurePosixPath(source).stem)
         suffix = "original" if not synthetic else EXPRESSIONS[expression] if expression >= 0 else "like"
         path, copy = f"{folder}/{stem}_f{face}_{suffix}.png", 1
-        while path in taken:
+        while path in taken or path in mine:
             copy += 1
             path = f"{folder}/{stem}-{copy}_f{face}_{suffix}.png"
-        taken.add(path)
+        mine.add(path)
         paths.append(path)
     return paths

@@ -1,5 +1,6 @@
 """Committing parts: :class:`FaceWriter`, the resumable mechanism both output forms share. A run
-commits whole sources as atomic parts, republishes the visible output after each, resumes from its
+commits whole sources as atomic parts, republishes the visible output after each (or, once that
+grows dear, after some: :data:`PUBLISH_SHARE`), resumes from its
 parts, and consolidates at ``finish()``; what differs between the forms is left to nine hooks
 (implemented in :mod:`exaug.io.store.writers`)."""
 
@@ -8,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
 from exaug.errors import ExaugError
 from exaug.io.atomic import replacing
@@ -23,9 +27,18 @@ from exaug.io.store.reading import parts_folder, read_faces
 from exaug.io.store.rows import FaceRows, check_same_extras
 from exaug.io.store.table import FaceTable, concat_tables, rows_table
 
+# Republishing the visible output after a commit costs time in proportion to everything committed
+# so far (the HDF5 master maps every part and holds every row's columns; the folder's manifest lists
+# every row), so a large run spent most of its time there: 190 ms a commit after 1,500 commits of 16
+# faces with meshes, and growing. A publish cheaper than PUBLISH_ALWAYS still follows every commit;
+# a dearer one waits until it costs at most PUBLISH_SHARE of the time since the last (its parts,
+# which the next run resumes from, are written at every commit all the same).
+PUBLISH_ALWAYS = 0.05  # seconds
+PUBLISH_SHARE = 0.1
+
 
 class FaceWriter(ABC):
-    """Commits parts and republishes the visible output after each (see the module docstring).
+    """Commits parts and republishes the visible output (see the module docstring).
 
     Leaving a ``with`` block normally finishes the output; leaving it by an exception keeps the
     parts, so the next run with the same run key resumes where this one stopped. From opening to
@@ -38,9 +51,14 @@ class FaceWriter(ABC):
         self.output = output
         self.run_key: dict[str, Any] = json.loads(json.dumps(run_key))  # as it reads back from disk
         self.attrs = dict(attrs)
-        self._ledger = concat_tables([])  # metadata of every committed row, in commit order
+        self._tables: list[FaceTable] = []  # each part's metadata (no images), in commit order
+        self._joined: FaceTable | None = None  # _tables joined, until the next commit
         self._parts: list[tuple[Path, int]] = []  # (part file, rows)
         self._done: set[str] = set()
+        self._failed: dict[str, str] = {}  # source -> reason, for sources whose last outcome is a failure
+        self._paths: set[str] = set()  # the folder form's image files, relative to the output
+        self._extra: dict[str, np.ndarray] | None = None  # the first committed rows' extra columns
+        self._published_at, self._publish_cost, self._stale = time.monotonic(), 0.0, False
         self._size: tuple[int, int] | None = None  # (height, width) of the committed faces
         self._finished: FaceTable | None = None  # this run key's finished output, until commit adopts it
         self._closed = False
@@ -69,7 +87,14 @@ class FaceWriter(ABC):
     def failures(self) -> dict[str, str]:
         """Why each failed source failed, as last recorded. A failed source may be committed again
         (a retry); its new outcome replaces the failure."""
-        return dict(self._ledger.failures if self._finished is None else self._finished.failures)
+        return dict(self._failed if self._finished is None else self._finished.failures)
+
+    @property
+    def _ledger(self) -> FaceTable:
+        """Metadata of every committed row, in commit order (joined when asked for: publishing)."""
+        if self._joined is None:
+            self._joined = concat_tables(self._tables)
+        return self._joined
 
     def __enter__(self) -> FaceWriter:
         return self
@@ -77,7 +102,13 @@ class FaceWriter(ABC):
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.finish()
-        else:
+            return
+        try:
+            if self._stale:  # a stopped run's output shows every committed batch
+                self._publish_timed()
+        except (OSError, ExaugError):  # the disk that stopped the run; the parts hold every batch
+            pass
+        finally:
             self._lock.release()
 
     def commit(self, rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]] = ()) -> None:
@@ -93,7 +124,11 @@ class FaceWriter(ABC):
         self._append_part(table, lambda h5: self._store_images(h5, rows, table))
         if len(rows):
             self._size = self._size or (rows.images.shape[1], rows.images.shape[2])
-        self._publish()
+        if self._publish_cost < PUBLISH_ALWAYS or time.monotonic() - self._published_at >= \
+                self._publish_cost / PUBLISH_SHARE:
+            self._publish_timed()
+        else:
+            self._stale = True
 
     def finish(self) -> None:
         """Make the output final and self-contained, then remove the parts. Does nothing the second
@@ -157,12 +192,11 @@ class FaceWriter(ABC):
 
     def _load_parts(self) -> None:
         parts = sorted(self.parts_dir.glob("part-*.h5"), key=lambda part: int(part.stem.split("-")[1]))
-        tables = [read_h5_table(part) for part in parts]
-        self._ledger = concat_tables(tables)
-        self._parts = [(part, len(table)) for part, table in zip(parts, tables)]
-        self._done = set(self._ledger.completed_sources())
-        self._size = next((table.image_size for table in tables if len(table) and table.image_size), None)
-        self._publish()
+        for part in parts:
+            table = read_h5_table(part)
+            self._size = self._size or (table.image_size if len(table) else None)
+            self._register(part, table)
+        self._publish_timed()
 
     def _adopt_finished(self) -> None:
         """New sources for a finished output: its rows become the first part and the run goes on."""
@@ -171,7 +205,7 @@ class FaceWriter(ABC):
         self._start_parts()
         self._adopt(finished)
         self._size = finished.image_size if len(finished) else None
-        self._publish()
+        self._publish_timed()
 
     # -- committing
 
@@ -184,8 +218,8 @@ class FaceWriter(ABC):
         size = (rows.images.shape[1], rows.images.shape[2])
         if len(rows) and self._size and size != self._size:
             raise ValueError(f"faces are {size[0]}x{size[1]}, earlier ones {self._size[0]}x{self._size[1]}")
-        if len(rows) and len(self._ledger):
-            check_same_extras([self._ledger.extra, rows.extra])
+        if len(rows) and self._extra is not None:
+            check_same_extras([self._extra, rows.extra])
 
     def _start_parts(self) -> None:
         run_file = self.parts_dir / "run.json"
@@ -206,9 +240,24 @@ class FaceWriter(ABC):
         self._register(part, table)
 
     def _register(self, part: Path, table: FaceTable) -> None:
-        self._ledger = concat_tables([self._ledger, table])
+        """Record a written part; nothing here grows with the parts before it."""
+        self._tables.append(replace(table, images=None))  # its size is kept; a part file is not held open
+        self._joined = None
         self._parts.append((part, len(table)))
-        self._done.update(table.completed_sources())
+        completed = table.completed_sources()
+        self._done.update(completed)
+        for source in completed:
+            self._failed.pop(source, None)
+        self._failed.update(table.failures)
+        self._paths.update(table.paths or ())
+        if len(table) and self._extra is None:
+            self._extra = table.extra
+
+    def _publish_timed(self) -> None:
+        started = time.monotonic()
+        self._publish()
+        self._published_at = time.monotonic()
+        self._publish_cost, self._stale = self._published_at - started, False
 
     # -- what differs between the forms
 

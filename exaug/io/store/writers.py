@@ -89,7 +89,7 @@ class FolderWriter(FaceWriter):
         self._append_part(finished, lambda h5: None)  # its PNGs are already in place
 
     def _row_paths(self, rows: FaceRows) -> list[str]:
-        return png_paths(rows, set(self._ledger.paths or ()))
+        return png_paths(rows, self._paths)
 
     def _store_images(self, h5: h5py.File, rows: FaceRows, table: FaceTable) -> None:
         """Threads: PNG encoding releases the GIL, and concurrent fsyncs share one journal commit."""
