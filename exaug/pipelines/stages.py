@@ -261,7 +261,8 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
     summary = RunSummary(output, sources=len(sources))
     started = time.perf_counter()
     with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
-        retry = {source for source, reason in writer.failures.items() if reason != NO_FACE}
+        failed_before = writer.failures
+        retry = {source for source, reason in failed_before.items() if reason != NO_FACE}
         todo = [source for source in sources if source.relpath not in writer.done_sources - retry]
         summary.resumed = len(sources) - len(todo)
         summary.retried = len(retry.intersection(source.relpath for source in todo))
@@ -272,7 +273,7 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
                     rows = rows_of(batch)
                     # An image that fails again as it did is left as recorded: with nothing new to
                     # commit a finished output is not rewritten (a re-run would copy it whole)
-                    again = {source for source, reason in batch.failures if writer.failures.get(source) == reason}
+                    again = {source for source, reason in batch.failures if failed_before.get(source) == reason}
                     done = [source.relpath for source in batch.sources if source.relpath not in again]
                     if done:
                         writer.commit(rows, done=done, failures=[f for f in batch.failures if f[0] not in again])

@@ -6,15 +6,15 @@ sources at a time as an atomic *part* (``<output>.parts/`` beside an HDF5 output
 atomically: an HDF5 *master* whose ``images`` is a virtual dataset over the parts, or the PNGs'
 ``manifest.csv``. A killed run therefore leaves an output that opens and holds every part committed
 up to its last republishing (which waits once it grows dear: :mod:`.parts`), and the parts are the
-truth a resumed run starts from. ``finish()`` consolidates (HDF5: one
-self-contained compressed file) and removes the parts.
+truth a resumed run starts from. ``finish()`` consolidates (HDF5: one self-contained compressed
+file) and removes the parts.
 
 Parts, masters and final files share one HDF5 table layout (the contract in docs/DESIGN.md), so the
 same code writes all three, and consolidating parts is the same operation as merging finished
 outputs. Republishing rewrites every small column, so it costs O(rows so far): commit batches of
-many sources, not single faces (and a large run republishes less often than it commits). Extra columns are whatever the first non-empty batch had; an empty
-output has no extra columns and takes its image size from ``attrs['size']`` (an int for square faces
-or ``[height, width]``; ``(0, 0)`` when missing).
+many sources, not single faces (a large run republishes less often than it commits). Extra columns
+are whatever the first non-empty batch had; an empty output has no extra columns and takes its image
+size from ``attrs['size']`` (an int for square faces or ``[height, width]``; ``(0, 0)`` when missing).
 
 The package, one module per part: :mod:`.rows` (the row schema), :mod:`.image_columns` (images
 read on demand), :mod:`.table` (the table model), :mod:`.hdf5` and :mod:`.folder` (the two forms

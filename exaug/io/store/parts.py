@@ -1,8 +1,8 @@
 """Committing parts: :class:`FaceWriter`, the resumable mechanism both output forms share. A run
 commits whole sources as atomic parts, republishes the visible output after each (or, once that
-grows dear, after some: :data:`PUBLISH_SHARE`), resumes from its
-parts, and consolidates at ``finish()``; what differs between the forms is left to nine hooks
-(implemented in :mod:`exaug.io.store.writers`)."""
+grows dear, after some: :data:`PUBLISH_SHARE`), resumes from its parts, and consolidates at
+``finish()``; what differs between the forms is left to nine hooks (implemented in
+:mod:`exaug.io.store.writers`)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ class FaceWriter(ABC):
 
     def _check_commit(self, rows: FaceRows, completed: list[str]) -> None:
         """Everything that could make a part unusable is checked before the part is written."""
-        if again := self._done.intersection(completed).difference(self.failures):
+        if again := self._done.intersection(completed).difference(self._failed):
             raise ValueError(f"sources committed before: {sorted(again)[:5]}")
         if partial := set(rows.source).difference(completed):
             raise ValueError(f"rows of sources not in done (commit whole sources): {sorted(partial)[:5]}")

@@ -114,9 +114,9 @@ def standing_failures(tables: Sequence[FaceTable]) -> list[tuple[str, str]]:
     standing: list[tuple[str, str]] = []
     completed_later: set[str] = set()
     for table in reversed(tables):
-        standing[:0] = [failure for failure in table.failures if failure[0] not in completed_later]
+        standing += reversed([failure for failure in table.failures if failure[0] not in completed_later])
         completed_later.update(table.completed_sources())
-    return standing
+    return standing[::-1]
 
 
 def size_from_attrs(attrs: dict[str, Any]) -> tuple[int, int]:
