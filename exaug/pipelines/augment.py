@@ -21,8 +21,8 @@ from exaug.errors import ExaugError, require_counts
 from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, check_face_size, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
-from exaug.io.images import MAX_PIXELS, save_png
 from exaug.io.atomic import check_writable
+from exaug.io.images import MAX_PIXELS, save_png
 from exaug.io.outputs import check_not_input, check_sheet_path
 from exaug.io.sheets import labelled_grid
 from exaug.io.sources import Source, discover_sources
