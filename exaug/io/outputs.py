@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exaug.errors import ExaugError
-from exaug.io.atomic import write_failure
+from exaug.io.atomic import check_writable, write_failure
 
 
 def check_not_input(input_path: Path | str, output: Path | str) -> None:
@@ -33,7 +33,8 @@ def check_not_input(input_path: Path | str, output: Path | str) -> None:
 def check_sheet_path(sheet: Path | str, input_path: Path | str, output: Path | str) -> None:
     """Refuse a sheet (``--preview``) that would overwrite what the run reads or writes: the input or
     a file in its folder (the next run would read the sheet as a photo), the output or a file in its
-    folder, or an existing file that is not a PNG. Given the input photo, the sheet replaced it."""
+    folder, or an existing file that is not a PNG (given the input photo, the sheet replaced it); and
+    one that could not be written (:func:`~exaug.io.atomic.check_writable`): it is written last."""
     sheet, input_path, output = Path(sheet), Path(input_path), Path(output)
     if sheet.suffix.lower() != ".png":
         raise ExaugError(f"{sheet}: the preview is a PNG; name it .png")
@@ -49,6 +50,7 @@ def check_sheet_path(sheet: Path | str, input_path: Path | str, output: Path | s
         with open(sheet, "rb") as file:
             if file.read(8) != b"\x89PNG\r\n\x1a\n":
                 raise ExaugError(f"{sheet}: exists and is not a PNG; the preview would replace it, choose another path")
+    check_writable(sheet)
 
 
 def default_output(input_path: Path | str, tag: str, suffix: str) -> Path:

@@ -21,7 +21,6 @@ from exaug.errors import ExaugError, require_counts
 from exaug.expressions import EXPRESSIONS, label_index, label_name
 from exaug.faces.align import AlignedFaces, FaceAligner, check_face_size, resize_faces
 from exaug.faces.detect import DetectionOptions, ImageFaces
-from exaug.io.atomic import check_writable
 from exaug.io.images import MAX_PIXELS, save_png
 from exaug.io.outputs import check_not_input, check_sheet_path
 from exaug.io.sheets import labelled_grid
@@ -86,7 +85,6 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     check_not_input(input_path, output)
     if options.preview:  # before the work, not after it
         check_sheet_path(options.preview, input_path, output)
-        check_writable(options.preview)
     check_intensity(generator, options.intensity)
     reference = None if options.like is None else load_reference(options.like, generator, options.detection,
                                                                   options.max_pixels)
