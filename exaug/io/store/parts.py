@@ -87,7 +87,7 @@ class FaceWriter(ABC):
     def failures(self) -> dict[str, str]:
         """Why each failed source failed, as last recorded. A failed source may be committed again
         (a retry); its new outcome replaces the failure."""
-        return dict(self._failed if self._finished is None else self._finished.failures)
+        return dict(self._failed)
 
     @property
     def _ledger(self) -> FaceTable:
@@ -156,6 +156,7 @@ class FaceWriter(ABC):
             self._check_run_key(self._existing_run_key(), "was written with")
             self._finished = read_faces(self.output)
             self._done = set(self._finished.completed_sources())
+            self._failed = dict(self._finished.failures)
 
     def _check_run_key(self, found: dict[str, Any] | None, how: str) -> None:
         if found == self.run_key:
