@@ -20,6 +20,7 @@ from PIL import Image
 from exaug.data import AugmentedFaces
 from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
+from exaug.io.digest import file_stamp, same_file
 from exaug.io.store import FaceRows, FaceTable, is_face_table, merge, open_writer, read_faces
 
 SIZE = 16
@@ -277,8 +278,9 @@ def test_finished_output_of_the_same_run_is_left_alone(tmp_path: Path, batches: 
     write(output, batches)
     before = snapshot(output)
     with open_writer(output, run_key=RUN_KEY, attrs=ATTRS) as writer:
+        # every completed source is recorded, one that gave neither rows nor a failure too
         assert writer.done_sources == {source for _, done, failures in batches
-                                       for source in [*done, *(s for s, _ in failures)]} - {"bob/none.png"}
+                                       for source in [*done, *(s for s, _ in failures)]}
     assert snapshot(output) == before
 
 
@@ -318,6 +320,56 @@ def test_a_failed_source_committed_again_replaces_its_failure(tmp_path: Path, ba
     with read_faces(again) as table:
         assert table.failures == [("bob/broken.jpg", "truncated file")]
         assert len(table) == sum(len(rows) for rows, _, _ in batches)
+
+
+@pytest.mark.parametrize("name", FORMS)
+def test_a_changed_source_committed_again_replaces_its_rows(tmp_path: Path, batches: list[Batch], name: str) -> None:
+    """An image replaced since its faces were written is read again: once the writer is told
+    (``redo``), its new rows replace the old ones in the visible output of a killed run, in the
+    final output and in the stamps, the rest untouched; in a folder its old PNGs are deleted."""
+    stamps = {"alice/img1.jpg": "10 1 " + "a" * 64, "alice/img2.jpg": "20 2 " + "b" * 64}
+    new_face = face_rows(batches[2][0].images[:1], ["alice"], [-1], ["alice/img1.jpg"], [False], seed=5)
+    first = batches[0][0]  # its row 1 is alice/img2.jpg, which stays
+    img2 = FaceRows(first.images[1:2], first.identity[1:2], first.expression[1:2], first.source[1:2], first.face[1:2],
+                    first.synthetic[1:2], {name: values[1:2] for name, values in first.extra.items()})
+    expected = FaceRows.concat([img2, batches[1][0], batches[2][0], new_face])
+
+    def redo(output: Path, finish: bool) -> None:
+        writer = open_writer(output, run_key=RUN_KEY, attrs=ATTRS)
+        assert writer.stamps == stamps
+        with pytest.raises(ValueError, match="committed before"):  # only once told it changed
+            writer.commit(new_face, ["alice/img1.jpg"])
+        writer.redo({"alice/img1.jpg"})
+        writer.commit(new_face, ["alice/img1.jpg"], stamps={"alice/img1.jpg": "11 3 " + "c" * 64})
+        if finish:
+            writer.finish()
+        else:
+            writer._lock.release()  # killed: the parts and the visible output stay as they are
+
+    def assert_replaced(output: Path) -> None:
+        with read_faces(output) as table:
+            assert len(table) == len(expected)
+            np.testing.assert_array_equal(table.images[:], expected.images)
+            assert table.source.tolist() == expected.source and table.identity.tolist() == expected.identity
+            np.testing.assert_array_equal(table.extra["prob"], expected.extra["prob"])
+            assert table.completed_sources().count("alice/img1.jpg") == 1
+            assert table.stamps == {**stamps, "alice/img1.jpg": "11 3 " + "c" * 64}
+            if table.paths is not None:  # the folder holds exactly the PNGs its manifest lists
+                assert sorted(table.paths) == sorted(str(path.relative_to(output)) for path in output.rglob("*.png")
+                                                     if ".exaug-parts" not in path.parts)
+
+    finished, killed = tmp_path / "finished" / name, tmp_path / "killed" / name
+    for output, finish in ((finished, True), (killed, False)):
+        writer = open_writer(output, run_key=RUN_KEY, attrs=ATTRS)
+        for number, (rows, done, failures) in enumerate(batches):
+            writer.commit(rows, done, failures, stamps=stamps if number == 0 else None)
+        writer.finish() if finish else writer._lock.release()
+        redo(output, finish)
+        assert_replaced(output)
+    open_writer(killed, run_key=RUN_KEY, attrs=ATTRS).finish()
+    assert_replaced(killed)
+    with read_faces(finished) as a, read_faces(killed) as b:
+        assert_same_rows(a, b)
 
 
 def test_commit_must_hold_whole_new_sources(tmp_path: Path, batches: list[Batch]) -> None:
@@ -416,3 +468,28 @@ def test_augmented_faces_under_dataloader_workers(tmp_path: Path, batches: list[
     assert identities.tolist() == [0, 0, 0, 1, 1, 2, 2]
     assert expressions.tolist() == expected.expression.tolist()
     assert synthetic.tolist() == expected.synthetic.tolist()
+
+
+def test_a_file_stamp_tells_changed_content_from_a_new_modification_time(tmp_path: Path) -> None:
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"first version")
+    stamp = file_stamp(photo)
+    assert same_file(stamp, photo)
+    os.utime(photo, ns=(1, 1))  # touched, or copied without its times: hashed, the same bytes
+    assert same_file(stamp, photo)
+    photo.write_bytes(b"other version")  # as long, and hashed: other bytes
+    os.utime(photo, ns=(2, 2))
+    assert not same_file(stamp, photo)
+    assert not same_file(stamp, tmp_path / "gone.jpg")  # a file that cannot be read is read again
+    assert not same_file("13 not-a-time", photo)  # a hand-edited stamp too
+
+
+def test_merging_outputs_of_two_inputs_keeps_rows_of_like_named_sources(tmp_path: Path, batches: list[Batch]) -> None:
+    """Relative names repeat across inputs (alice/img1.jpg in two datasets): merge keeps every row,
+    where one run's parts keep only a source's latest."""
+    first, second = tmp_path / "a.h5", tmp_path / "b.h5"
+    write(first, batches, run_key={**RUN_KEY, "input": "/data/a"})
+    write(second, batches, run_key={**RUN_KEY, "input": "/data/b"})
+    merge([first, second], tmp_path / "merged.h5")
+    with read_faces(tmp_path / "merged.h5") as table:
+        assert_table_holds(table, batches + batches)

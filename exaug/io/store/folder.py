@@ -1,5 +1,6 @@
 """The folder form of a face table: one PNG per row, ``manifest.csv`` listing them, ``failures.csv``,
-and ``exaug.json`` (run key, attrs, extra-column shapes; it also marks a folder as exaug's own)."""
+``sources.csv`` (every input image finished, and its file's stamp when read) and ``exaug.json`` (run
+key, attrs, extra-column shapes; it also marks a folder as exaug's own)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from exaug.io.store.table import FaceTable, index_names, size_from_attrs
 FOLDER_PARTS = ".exaug-parts"
 FOLDER_INFO = "exaug.json"
 MANIFEST_COLUMNS = ("path", "identity", "expression", "synthetic", "source", "face")
-_OWN_FILES = frozenset({FOLDER_INFO, "manifest.csv", "failures.csv"})  # identity folders must not take these
+SOURCES_FILE = "sources.csv"
+SOURCES_COLUMNS = ("source", "bytes", "modified_ns", "sha256")  # a stamp's fields (exaug.io.digest.file_stamp)
+# identity folders must not take these names
+_OWN_FILES = frozenset({FOLDER_INFO, "manifest.csv", "failures.csv", SOURCES_FILE})
 _NAME_BYTES = 160  # a stem or folder this long, plus "-N_fN_<expression>.png" and ".<...>.tmp", fits in 255
 
 
@@ -43,6 +47,12 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
         writer.writerows(rows)
 
 
+def source_cells(table: FaceTable) -> list[tuple[str, ...]]:
+    """``sources.csv``'s rows: each completed source and its stamp's fields (empty when unknown)."""
+    return [(source, *(table.stamps[source].split() if source in table.stamps else ("", "", "")))
+            for source in table.completed_sources()]
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as file:
         return list(csv.DictReader(file))
@@ -52,6 +62,7 @@ def read_folder_table(root: Path) -> FaceTable:
     info = json.loads((root / FOLDER_INFO).read_text()) if (root / FOLDER_INFO).is_file() else {}
     rows = _read_csv(root / "manifest.csv")
     failures = _read_csv(root / "failures.csv") if (root / "failures.csv").is_file() else []
+    finished = _read_csv(root / SOURCES_FILE) if (root / SOURCES_FILE).is_file() else None  # older outputs: none
     identities: dict[str, int] = {}
     sources: dict[str, int] = {}
     attrs = info.get("attrs", {})
@@ -67,6 +78,9 @@ def read_folder_table(root: Path) -> FaceTable:
         failures=[(row["source"], row["reason"]) for row in failures],
         attrs=attrs, run_key=info.get("run_key"),
         images=PngImages(root, paths, size_from_attrs(attrs) if "size" in attrs else None), paths=paths,
+        done=[row["source"] for row in finished] if finished is not None else None,
+        stamps={row["source"]: " ".join(row[name] for name in SOURCES_COLUMNS[1:])
+                for row in finished or () if row["sha256"]},
     )
 
 

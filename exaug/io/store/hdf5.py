@@ -19,7 +19,7 @@ from exaug.expressions import EXPRESSIONS
 from exaug.io.atomic import replacing
 from exaug.io.store.image_columns import H5Images
 from exaug.io.store.rows import TABLE_DATASETS
-from exaug.io.store.table import FaceTable, concat_tables, size_from_attrs
+from exaug.io.store.table import FaceTable, concat_tables, latest_rows, size_from_attrs
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 RESERVED_ATTRS = ("run_key", "json_attrs")  # file attributes the store keeps for itself
@@ -98,6 +98,9 @@ def write_columns(h5: h5py.File, table: FaceTable, *, compress: bool) -> None:
     write_strings(h5, "sources", table.sources)
     write_strings(h5, "failed_sources", [source for source, _ in table.failures])
     write_strings(h5, "failure_reasons", [reason for _, reason in table.failures])
+    done = table.completed_sources()
+    write_strings(h5, "done_sources", done)
+    write_strings(h5, "source_stamps", [table.stamps.get(source, "") for source in done])
 
 
 def check_contained(h5: h5py.File, path: Path) -> None:
@@ -137,6 +140,8 @@ def read_h5_table(path: Path) -> FaceTable:
             images=H5Images(path, h5["images"].shape) if "images" in h5 else None,
             paths=read_strings(h5, "path") if "path" in h5 else None,
             done=read_strings(h5, "done_sources") if "done_sources" in h5 else None,
+            stamps={source: stamp for source, stamp in zip(read_strings(h5, "done_sources"),
+                                                             read_strings(h5, "source_stamps")) if stamp},
         )
 
 
@@ -145,26 +150,31 @@ def _image_size(tables: Sequence[FaceTable], attrs: dict[str, Any]) -> tuple[int
     return next((table.image_size for table in tables if table.image_size), None) or size_from_attrs(attrs)
 
 
-def write_final(path: Path, tables: Sequence[FaceTable], attrs: dict[str, Any], run_key: dict[str, Any]) -> None:
-    """One self-contained, compressed file holding ``tables`` in order: consolidation and merge."""
-    joined = concat_tables(tables)
+def write_final(path: Path, tables: Sequence[FaceTable], attrs: dict[str, Any], run_key: dict[str, Any], *,
+                latest: bool = True) -> None:
+    """One self-contained, compressed file holding ``tables`` in order: consolidation (a run's parts:
+    ``latest``, see :func:`~exaug.io.store.table.concat_tables`) and merge (whole outputs)."""
+    joined = concat_tables(tables, latest=latest)
+    kept = latest_rows(tables) if latest else [np.arange(len(table)) for table in tables]
     shape = (len(joined), *_image_size(tables, attrs), 3)
     with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
         write_columns(h5, joined, compress=True)
         images = h5.create_dataset("images", shape=shape, dtype=np.uint8, **_chunked(shape, np.uint8))
         offset = 0
-        for table in tables:
-            for start in range(0, len(table), _COPY_ROWS):
-                block = table.images[start:start + _COPY_ROWS]
-                images[offset:offset + len(block)] = block
-                offset += len(block)
+        for table, rows in zip(tables, kept):
+            for start, stop in row_runs(rows):
+                for first in range(start, stop, _COPY_ROWS):
+                    block = table.images[first:min(first + _COPY_ROWS, stop)]
+                    images[offset:offset + len(block)] = block
+                    offset += len(block)
 
 
-def write_master(path: Path, ledger: FaceTable, parts: Sequence[tuple[Path, int]], size: tuple[int, int],
-                  attrs: dict[str, Any], run_key: dict[str, Any]) -> None:
+def write_master(path: Path, ledger: FaceTable, parts: Sequence[tuple[Path, int]], kept: Sequence[np.ndarray],
+                 size: tuple[int, int], attrs: dict[str, Any], run_key: dict[str, Any]) -> None:
     """The visible output of an unfinished HDF5 run: real small columns, ``images`` a virtual dataset
-    over the part files (relative paths, so it opens from any working directory)."""
+    over the part files (relative paths, so it opens from any working directory): of each part
+    (file, rows), the rows ``kept`` says, which the ``ledger`` lists."""
     shape = (len(ledger), *size, 3)
     with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
@@ -174,9 +184,20 @@ def write_master(path: Path, ledger: FaceTable, parts: Sequence[tuple[Path, int]
             return
         layout = h5py.VirtualLayout(shape=shape, dtype=np.uint8)
         offset = 0
-        for part, rows in parts:
-            if rows:
-                relative = os.path.relpath(part, path.parent)
-                layout[offset:offset + rows] = h5py.VirtualSource(relative, "images", shape=(rows, *shape[1:]))
-                offset += rows
+        for (part, count), rows in zip(parts, kept):
+            if not len(rows):
+                continue
+            source = h5py.VirtualSource(os.path.relpath(part, path.parent), "images", shape=(count, *shape[1:]))
+            for start, stop in row_runs(rows):
+                layout[offset:offset + stop - start] = source[start:stop]
+                offset += stop - start
         h5.create_virtual_dataset("images", layout)
+
+
+def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Ascending row numbers as (start, stop) runs of consecutive rows: one slice each."""
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, stops = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist()))

@@ -25,7 +25,7 @@ from exaug.io.outputs import OutputLock
 from exaug.io.store.hdf5 import RESERVED_ATTRS, read_h5_table, write_columns, write_strings, writing_h5
 from exaug.io.store.reading import parts_folder, read_faces
 from exaug.io.store.rows import FaceRows, check_same_extras
-from exaug.io.store.table import FaceTable, concat_tables, rows_table
+from exaug.io.store.table import FaceTable, concat_tables, latest_rows, rows_table
 
 # Republishing the visible output after a commit costs time in proportion to everything committed
 # so far (the HDF5 master maps every part and holds every row's columns; the folder's manifest lists
@@ -53,9 +53,12 @@ class FaceWriter(ABC):
         self.attrs = dict(attrs)
         self._tables: list[FaceTable] = []  # each part's metadata (no images), in commit order
         self._joined: FaceTable | None = None  # _tables joined, until the next commit
+        self._kept: list[np.ndarray] | None = None  # each part's rows no later part replaces, likewise
         self._parts: list[tuple[Path, int]] = []  # (part file, rows)
         self._done: set[str] = set()
         self._failed: dict[str, str] = {}  # source -> reason, for sources whose last outcome is a failure
+        self._stamps: dict[str, str] = {}  # source -> its file's stamp when it was read, where known
+        self._changed: set[str] = set()  # completed sources that may be completed again (redo())
         self._paths: set[str] = set()  # the folder form's image files, relative to the output
         self._extra: dict[str, np.ndarray] | None = None  # the first committed rows' extra columns
         self._published_at, self._publish_cost, self._stale = time.monotonic(), 0.0, False
@@ -90,11 +93,29 @@ class FaceWriter(ABC):
         return dict(self._failed)
 
     @property
+    def stamps(self) -> dict[str, str]:
+        """Each completed source's file stamp when it was read (:func:`~exaug.io.digest.file_stamp`),
+        for the sources committed with one."""
+        return dict(self._stamps)
+
+    def redo(self, sources: set[str]) -> None:
+        """Let completed ``sources`` be committed again: their files changed since they were read.
+        Their new rows (or failure) replace the old ones in the output."""
+        self._changed |= sources
+
+    @property
     def _ledger(self) -> FaceTable:
-        """Metadata of every committed row, in commit order (joined when asked for: publishing)."""
+        """Metadata of every standing row, in commit order (joined when asked for: publishing)."""
         if self._joined is None:
             self._joined = concat_tables(self._tables)
         return self._joined
+
+    @property
+    def _latest(self) -> list[np.ndarray]:
+        """Each part's rows that the ledger holds: all but those of sources completed again later."""
+        if self._kept is None:
+            self._kept = latest_rows(self._tables)
+        return self._kept
 
     def __enter__(self) -> FaceWriter:
         return self
@@ -111,17 +132,20 @@ class FaceWriter(ABC):
         finally:
             self._lock.release()
 
-    def commit(self, rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]] = ()) -> None:
+    def commit(self, rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]] = (),
+               stamps: dict[str, str] | None = None) -> None:
         """Atomically add ``rows`` and mark ``done`` complete; a failed source counts as done too.
-        Commit whole sources: every row's source must be in ``done``."""
+        Commit whole sources: every row's source must be in ``done``. ``stamps``: the done sources'
+        file stamps when they were read, kept so a later run can tell which changed since."""
         if self._closed:
             raise RuntimeError(f"{self.output}: commit after finish()")
         if self._finished is not None:
             self._adopt_finished()
-        table = rows_table(rows, list(dict.fromkeys([*done, *(source for source, _ in failures)])), failures)
+        table = rows_table(rows, list(dict.fromkeys([*done, *(source for source, _ in failures)])), failures, stamps)
         self._check_commit(rows, table.completed_sources())
         table.paths = self._row_paths(rows)
         self._append_part(table, lambda h5: self._store_images(h5, rows, table))
+        self._changed.difference_update(table.completed_sources())
         if len(rows):
             self._size = self._size or (rows.images.shape[1], rows.images.shape[2])
         if self._publish_cost < PUBLISH_ALWAYS or time.monotonic() - self._published_at >= \
@@ -157,6 +181,7 @@ class FaceWriter(ABC):
             self._finished = read_faces(self.output)
             self._done = set(self._finished.completed_sources())
             self._failed = dict(self._finished.failures)
+            self._stamps = dict(self._finished.stamps)
 
     def _check_run_key(self, found: dict[str, Any] | None, how: str) -> None:
         if found == self.run_key:
@@ -212,7 +237,7 @@ class FaceWriter(ABC):
 
     def _check_commit(self, rows: FaceRows, completed: list[str]) -> None:
         """Everything that could make a part unusable is checked before the part is written."""
-        if again := self._done.intersection(completed).difference(self._failed):
+        if again := self._done.intersection(completed).difference(self._failed, self._changed):
             raise ValueError(f"sources committed before: {sorted(again)[:5]}")
         if partial := set(rows.source).difference(completed):
             raise ValueError(f"rows of sources not in done (commit whole sources): {sorted(partial)[:5]}")
@@ -234,7 +259,6 @@ class FaceWriter(ABC):
         part = self.parts_dir / f"part-{len(self._parts):05d}.h5"
         with writing_h5(part) as h5:
             write_columns(h5, table, compress=False)
-            write_strings(h5, "done_sources", table.completed_sources())
             if table.paths is not None:
                 write_strings(h5, "path", table.paths)
             store_images(h5)
@@ -243,13 +267,15 @@ class FaceWriter(ABC):
     def _register(self, part: Path, table: FaceTable) -> None:
         """Record a written part; nothing here grows with the parts before it."""
         self._tables.append(replace(table, images=None))  # its size is kept; a part file is not held open
-        self._joined = None
+        self._joined = self._kept = None
         self._parts.append((part, len(table)))
         completed = table.completed_sources()
         self._done.update(completed)
         for source in completed:
             self._failed.pop(source, None)
+            self._stamps.pop(source, None)
         self._failed.update(table.failures)
+        self._stamps.update(table.stamps)
         self._paths.update(table.paths or ())
         if len(table) and self._extra is None:
             self._extra = table.extra

@@ -81,7 +81,7 @@ def merge(parts: Sequence[Path | str], output: Path | str) -> None:
         ordered = [tables[number] for number in order]
         attrs = {**ordered[0].attrs, "merged_from": [str(parts[number]) for number in order]}
         make_folder_for(output)
-        write_final(output, ordered, attrs, {"merged": [table.run_key for table in ordered]})
+        write_final(output, ordered, attrs, {"merged": [table.run_key for table in ordered]}, latest=False)
     finally:
         for table in tables:
             table.close()

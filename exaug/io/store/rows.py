@@ -12,7 +12,8 @@ from exaug.expressions import EXPRESSIONS
 
 # the table's own datasets; extra columns may not take these names
 TABLE_DATASETS = frozenset({"images", "identity", "identities", "source", "sources", "expression", "face",
-                            "synthetic", "failed_sources", "failure_reasons", "path", "done_sources"})
+                            "synthetic", "failed_sources", "failure_reasons", "path", "done_sources",
+                            "source_stamps"})
 # augment --like: the extra column saying which reference (an index into the ``references`` attribute)
 # a generated face follows, -1 for the rest; such a face's expression is unnamed (-1)
 REFERENCE_COLUMN = "reference"

@@ -30,7 +30,9 @@ class FaceTable:
     run_key: dict[str, Any] | None = None
     images: ImageColumn | None = None  # None only for the writer's in-memory ledger
     paths: list[str] | None = None  # folder form: each row's PNG, relative to the folder
-    done: list[str] | None = None  # parts record the sources they complete; else derived
+    done: list[str] | None = None  # the sources this table completes, when recorded; else derived
+    stamps: dict[str, str] = field(default_factory=dict)  # source -> its file's stamp when read
+    # (exaug.io.digest.file_stamp): how a resumed run tells a changed input image
 
     def __len__(self) -> int:
         return len(self.expression)
@@ -72,18 +74,36 @@ def index_names(names: Iterable[str], index: dict[str, int] | None = None) -> np
     return np.array([index.setdefault(name, len(index)) for name in names], np.int32)
 
 
-def rows_table(rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]]) -> FaceTable:
+def rows_table(rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str, str]],
+               stamps: dict[str, str] | None = None) -> FaceTable:
     identities: dict[str, int] = {}
     sources: dict[str, int] = {}
     identity_index, source_index = index_names(rows.identity, identities), index_names(rows.source, sources)
     return FaceTable(list(identities), identity_index, list(sources), source_index, rows.expression, rows.face,
-                     rows.synthetic, rows.extra, [(str(s), str(r)) for s, r in failures], done=list(done))
+                     rows.synthetic, rows.extra, [(str(s), str(r)) for s, r in failures], done=list(done),
+                     stamps={source: stamps[source] for source in done if source in (stamps or {})})
 
 
-def concat_tables(tables: Sequence[FaceTable]) -> FaceTable:
+def latest_rows(tables: Sequence[FaceTable]) -> list[np.ndarray]:
+    """Each table's row numbers, less the rows of sources a later table completes again: a resumed
+    run reads again an image that changed or could not be read, and its new rows replace the old."""
+    kept: list[np.ndarray] = []
+    completed_later: set[str] = set()
+    for table in reversed(tables):
+        replaced = np.array([source in completed_later for source in table.sources], bool)
+        kept.append(np.flatnonzero(~replaced[table.source_index]) if replaced.any() else np.arange(len(table)))
+        completed_later.update(table.completed_sources())
+    return kept[::-1]
+
+
+def concat_tables(tables: Sequence[FaceTable], *, latest: bool = True) -> FaceTable:
     """Tables one after the other, identity and source indices remapped so names keep their order of
-    first appearance. The result has no images: callers copy or reference those per table."""
-    filled = [table for table in tables if len(table)]
+    first appearance. With ``latest`` (one run's parts), a source completed again replaces its
+    earlier rows, failure and stamp (:func:`latest_rows`); merging the outputs of different inputs,
+    which may share relative names, keeps every row. The result has no images: callers copy or
+    reference those per table, the rows :func:`latest_rows` says."""
+    kept = latest_rows(tables) if latest else [np.arange(len(table)) for table in tables]
+    filled = [_rows_of(table, rows) for table, rows in zip(tables, kept) if len(rows)]
     check_same_extras([table.extra for table in filled])
     identities: dict[str, int] = {}
     sources: dict[str, int] = {}
@@ -93,6 +113,11 @@ def concat_tables(tables: Sequence[FaceTable]) -> FaceTable:
     def joined(columns: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate([np.zeros(0, dtype), *columns]).astype(dtype)
 
+    stamps: dict[str, str] = {}
+    for table in tables:
+        for source in table.completed_sources():
+            stamps.pop(source, None)
+        stamps.update(table.stamps)
     return FaceTable(
         identities=list(identities),
         identity_index=joined(identity_index, np.int32),
@@ -102,10 +127,30 @@ def concat_tables(tables: Sequence[FaceTable]) -> FaceTable:
         face=joined([t.face for t in filled], np.int16),
         synthetic=joined([t.synthetic for t in filled], bool),
         extra={name: np.concatenate([t.extra[name] for t in filled]) for name in (filled[0].extra if filled else {})},
-        failures=standing_failures(tables),
+        failures=standing_failures(tables) if latest else [failure for table in tables for failure in table.failures],
         paths=[path for t in filled for path in t.paths] if all(t.paths is not None for t in filled) else None,
         done=list(dict.fromkeys(source for table in tables for source in table.completed_sources())),
+        stamps=stamps,
     )
+
+
+def _rows_of(table: FaceTable, rows: np.ndarray) -> FaceTable:
+    """``table``'s metadata for ``rows`` only (ascending), names no kept row uses left out."""
+    if len(rows) == len(table):
+        return table
+
+    def used(names: list[str], index: np.ndarray) -> tuple[list[str], np.ndarray]:
+        codes, first = np.unique(index[rows], return_index=True)
+        order = codes[np.argsort(first)]  # the names in order of first appearance among the rows
+        remap = np.zeros(len(names), np.int32)
+        remap[order] = np.arange(len(order))
+        return [names[code] for code in order], remap[index[rows]]
+
+    identities, identity_index = used(table.identities, table.identity_index)
+    sources, source_index = used(table.sources, table.source_index)
+    return FaceTable(identities, identity_index, sources, source_index, table.expression[rows], table.face[rows],
+                     table.synthetic[rows], {name: values[rows] for name, values in table.extra.items()},
+                     table.failures, paths=[table.paths[row] for row in rows] if table.paths is not None else None)
 
 
 def standing_failures(tables: Sequence[FaceTable]) -> list[tuple[str, str]]:

@@ -14,7 +14,8 @@ import h5py
 from exaug.expressions import label_name
 from exaug.io.atomic import make_folder, make_folder_for, replacing
 from exaug.io.images import save_png
-from exaug.io.store.folder import (FOLDER_INFO, MANIFEST_COLUMNS, manifest_cell, png_paths, write_csv)
+from exaug.io.store.folder import (FOLDER_INFO, MANIFEST_COLUMNS, SOURCES_COLUMNS, SOURCES_FILE, manifest_cell,
+                                   png_paths, source_cells, write_csv)
 from exaug.io.store.hdf5 import HDF5_SUFFIXES, read_h5_table, read_header, write_final, write_master
 from exaug.io.store.parts import FaceWriter, remove_tree
 from exaug.io.store.rows import FaceRows
@@ -57,7 +58,7 @@ class H5Writer(FaceWriter):
 
     def _publish(self) -> None:
         size = self._size or size_from_attrs(self.attrs)
-        write_master(self.output, self._ledger, self._parts, size, self.attrs, self.run_key)
+        write_master(self.output, self._ledger, self._parts, self._latest, size, self.attrs, self.run_key)
 
     def _finalize(self) -> None:
         make_folder_for(self.output)
@@ -97,7 +98,8 @@ class FolderWriter(FaceWriter):
             list(pool.map(save_png, rows.images, [self.output / path for path in table.paths]))
 
     def _publish(self) -> None:
-        """exaug.json first: it says how to read the extra columns the manifest is about to list."""
+        """exaug.json first: it says how to read the extra columns the manifest is about to list.
+        The PNGs of rows a later part replaced go once the manifest no longer lists them."""
         ledger = self._ledger
         make_folder(self.output)
         columns = {name: {"dtype": str(values.dtype), "shape": list(values.shape[1:])}
@@ -111,6 +113,11 @@ class FolderWriter(FaceWriter):
         rows = zip(ledger.paths, ledger.identity, expression_names, synthetic, ledger.source,
                    ledger.face.tolist(), *(manifest_cell(values) for values in ledger.extra.values()))
         write_csv(self.output / "manifest.csv", (*MANIFEST_COLUMNS, *ledger.extra), rows)
+        write_csv(self.output / SOURCES_FILE, SOURCES_COLUMNS, source_cells(ledger))
+        for table, kept in zip(self._tables, self._latest):
+            if table.paths is not None and len(kept) < len(table):
+                for path in set(table.paths).difference(table.paths[row] for row in kept):
+                    (self.output / path).unlink(missing_ok=True)
 
     def _finalize(self) -> None:
         self._publish()
