@@ -77,6 +77,8 @@ def print_summary(summary: RunSummary, what: str = "faces", max_failures: int = 
         table.add_row("already done (resumed)", str(summary.resumed))
     if summary.retried:
         table.add_row("unreadable before, read again", str(summary.retried))
+    if summary.changed:
+        table.add_row("changed since, read again", str(summary.changed))
     table.add_row(f"{what} written", str(summary.faces))
     table.add_row("failed or faceless images", str(len(summary.failures)))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")

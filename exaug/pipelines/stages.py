@@ -26,6 +26,7 @@ from exaug.errors import ImageLoadError
 from exaug.faces.align import AlignedFaces, FaceAligner
 from exaug.faces.detect import FaceDetector, ImageFaces
 from exaug.faces.mesh import MeshFitter
+from exaug.io.digest import file_stamp, same_file
 from exaug.io.images import MAX_PIXELS
 from exaug.io.sources import Source, load_source
 from exaug.io.store import FaceRows, open_writer
@@ -41,15 +42,22 @@ class LoadedImage:
     source: Source
     pixels: np.ndarray | torch.Tensor | None  # HxWx3 uint8 (pinned tensor on CUDA), None when unreadable
     error: str | None = None
+    stamp: str | None = None  # the file's stamp, taken before reading (None when it could not be)
 
 
 def _load(source: Source, pin_memory: bool, max_pixels: int) -> LoadedImage:
+    """The stamp comes first: a file changed while it is read is then recorded as the older one, so
+    the next run reads it again rather than keeping faces of a version it never saw."""
+    try:
+        stamp = file_stamp(source.path) if source.error is None else None
+    except OSError:
+        stamp = None
     try:
         pixels = load_source(source, max_pixels)
     except ImageLoadError as err:
-        return LoadedImage(source, None, err.reason)
+        return LoadedImage(source, None, err.reason, stamp)
     # Page-locked memory lets the copy to the GPU run asynchronously (non_blocking) with compute.
-    return LoadedImage(source, torch.from_numpy(pixels).pin_memory() if pin_memory else pixels)
+    return LoadedImage(source, torch.from_numpy(pixels).pin_memory() if pin_memory else pixels, stamp=stamp)
 
 
 def decoded_batches(sources: Sequence[Source], batch_size: int, workers: int = 4, prefetch: int = 2, *,
@@ -83,6 +91,7 @@ class AlignedBatch:
     detections: list[ImageFaces]  # per source (empty for failures)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
     meshes: torch.Tensor | None = None  # (n, 468, 3) per aligned face, source pixels, when asked for
+    stamps: dict[str, str] = field(default_factory=dict)  # relpath -> file stamp when read, where taken
 
 
 def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetector, aligner: FaceAligner,
@@ -100,7 +109,8 @@ def detect_and_align(batches: Iterable[list[LoadedImage]], detector: FaceDetecto
         images = [item.pixels if item.pixels is not None else np.zeros((1, 1, 3), np.uint8) for item in batch]
         aligned = aligner.align(images, per_source)
         meshes = mesher.fit(images, per_source).landmarks if mesher else None
-        yield AlignedBatch([item.source for item in batch], aligned, per_source, failures, meshes)
+        stamps = {item.source.relpath: item.stamp for item in batch if item.stamp}
+        yield AlignedBatch([item.source for item in batch], aligned, per_source, failures, meshes, stamps)
 
 
 BatchSource = Callable[[list[Source]], Iterator[AlignedBatch]]  # sources to do -> their aligned batches
@@ -232,6 +242,7 @@ class RunSummary:
     sources: int = 0  # images found under INPUT (this shard's)
     resumed: int = 0  # of those, done by an earlier run and skipped
     retried: int = 0  # of those, unreadable in an earlier run and read again (a face not found is not looked for again)
+    changed: int = 0  # of those, changed since an earlier run read them, and read again
     faces: int = 0  # rows written by this run
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), this run
     crowded: list[str] = field(default_factory=list)  # sources of several faces given one identity, this run
@@ -250,6 +261,14 @@ def crowded_sources(rows: FaceRows) -> list[str]:
                               if more and identity))
 
 
+def changed_sources(sources: Sequence[Source], done: set[str], stamps: dict[str, str]) -> set[str]:
+    """The done sources whose files no longer hold what was read (:func:`~exaug.io.digest.same_file`):
+    a photo replaced by a better one keeps the output's faces true to the input. A source without a
+    stamp (an output of an earlier exaug, a face table's row) is taken as unchanged."""
+    return {source.relpath for source in sources if source.relpath in done and source.relpath in stamps
+            and not same_file(stamps[source.relpath], source.path)}
+
+
 def write_face_table(output: Path, sources: list[Source], batches_for: BatchSource,
                      rows_of: Callable[[AlignedBatch], FaceRows], *, run_key: dict[str, Any], attrs: dict[str, Any],
                      overwrite: bool, description: str, show_progress: bool) -> RunSummary:
@@ -257,15 +276,20 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
     batch's rows (and the sources it completes) atomically, so a killed run resumes here.
 
     An image an earlier run could not read is tried again (it may have been fixed or finished
-    copying since); one in which no face was found is not (the same detector finds none again)."""
+    copying since); one in which no face was found is not (the same detector finds none again),
+    unless it changed since, as any image that changed is read again, its new faces replacing the
+    old (:func:`changed_sources`)."""
     summary = RunSummary(output, sources=len(sources))
     started = time.perf_counter()
     with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
         failed_before = writer.failures
         retry = {source for source, reason in failed_before.items() if reason != NO_FACE}
-        todo = [source for source in sources if source.relpath not in writer.done_sources - retry]
+        changed = changed_sources(sources, writer.done_sources - retry, writer.stamps)
+        writer.redo(changed)
+        todo = [source for source in sources if source.relpath not in writer.done_sources - retry - changed]
         summary.resumed = len(sources) - len(todo)
         summary.retried = len(retry.intersection(source.relpath for source in todo))
+        summary.changed = len(changed)
         with progress_bar("images", disable=not show_progress or not todo) as bar:
             task = bar.add_task(description, total=len(todo), info="")
             try:
@@ -273,10 +297,12 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
                     rows = rows_of(batch)
                     # An image that fails again as it did is left as recorded: with nothing new to
                     # commit a finished output is not rewritten (a re-run would copy it whole)
-                    again = {source for source, reason in batch.failures if failed_before.get(source) == reason}
+                    again = {source for source, reason in batch.failures
+                             if failed_before.get(source) == reason and source not in changed}
                     done = [source.relpath for source in batch.sources if source.relpath not in again]
                     if done:
-                        writer.commit(rows, done=done, failures=[f for f in batch.failures if f[0] not in again])
+                        writer.commit(rows, done=done, failures=[f for f in batch.failures if f[0] not in again],
+                                      stamps=batch.stamps)
                     summary.faces += len(rows.identity)
                     summary.failures += batch.failures
                     summary.crowded += crowded_sources(rows)
