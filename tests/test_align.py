@@ -141,7 +141,8 @@ def test_resuming_reads_unreadable_images_again_but_not_faceless_ones(tmp_path, 
 @pytest.mark.parametrize("name", ["out.h5", "out"])
 def test_resuming_reads_changed_images_again_and_replaces_their_faces(tmp_path, people_dir, name):
     """A photo replaced by another is read again and its new faces replace the old (a fresh run's
-    faces, the old PNGs gone); one only touched or copied over itself (same bytes) is not."""
+    faces, the old PNGs gone); one only touched or copied over itself (same bytes) is not; one
+    removed keeps its faces, and the run says so."""
     folder, output = tmp_path / "in", tmp_path / name
     for person in ("kate_siegel", "paul_rudd"):
         (folder / person).mkdir(parents=True)
@@ -167,8 +168,13 @@ def test_resuming_reads_changed_images_again_and_replaces_their_faces(tmp_path, 
     result = _exaug("align", str(folder), "-o", str(output))
     assert result.returncode == 0 and "changed since" not in result.stderr
     shutil.copy(people_dir / "kate_siegel" / "1.jpg", kate)
+    (folder / "paul_rudd" / "1.jpg").unlink()  # removed: its faces stay, and the run says so
     result = _exaug("align", str(folder), "-o", str(output))
     assert re.search(r"changed since, read again[ │]*1 ", result.stderr), result.stderr
+    assert f"{output} holds 1 image no longer in the input (paul_rudd/1.jpg), kept as written" in \
+        " ".join(result.stderr.split())
+    with read_faces(output) as table:
+        assert "paul_rudd/1.jpg" in table.source.tolist()
 
 
 def test_several_faces_given_one_identity_are_reported(tmp_path, faces_dir):

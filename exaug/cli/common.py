@@ -69,6 +69,11 @@ def command_line() -> str:
     return shlex.join(["exaug", *sys.argv[1:]])
 
 
+def _first(names: list[str]) -> str:
+    """The first three of ``names``, for a one-line note."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def print_summary(summary: RunSummary, what: str = "faces", max_failures: int = 20) -> None:
     """A table of what the run did, then each failed input with its reason."""
     table = Table(title=f"exaug: {summary.output}", show_header=False, title_justify="left")
@@ -83,12 +88,14 @@ def print_summary(summary: RunSummary, what: str = "faces", max_failures: int = 
     table.add_row("failed or faceless images", str(len(summary.failures)))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)")
     console.print(table)
-    if summary.crowded:
-        shown = ", ".join(summary.crowded[:3]) + (", ..." if len(summary.crowded) > 3 else "")
-        count = len(summary.crowded)
+    if count := len(summary.crowded):
         console.print(f"[yellow]note[/]: {count} image{'s hold' if count > 1 else ' holds'} several faces, each "
-                      f"given the image's identity ({shown}); --faces largest keeps one face an image",
-                      highlight=False)
+                      f"given the image's identity ({_first(summary.crowded)}); --faces largest keeps one face "
+                      "an image", highlight=False)
+    if count := len(summary.gone):
+        console.print(f"[yellow]note[/]: {summary.output} holds {count} image{'s' if count > 1 else ''} no longer "
+                      f"in the input ({_first(summary.gone)}), kept as written; --overwrite starts over without "
+                      "them", highlight=False)
     for source, reason in summary.failures[:max_failures]:
         console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
     if len(summary.failures) > max_failures:

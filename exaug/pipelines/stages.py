@@ -243,6 +243,7 @@ class RunSummary:
     resumed: int = 0  # of those, done by an earlier run and skipped
     retried: int = 0  # of those, unreadable in an earlier run and read again (a face not found is not looked for again)
     changed: int = 0  # of those, changed since an earlier run read them, and read again
+    gone: list[str] = field(default_factory=list)  # sources the output holds that INPUT no longer has (kept)
     faces: int = 0  # rows written by this run
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), this run
     crowded: list[str] = field(default_factory=list)  # sources of several faces given one identity, this run
@@ -290,6 +291,7 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
         summary.resumed = len(sources) - len(todo)
         summary.retried = len(retry.intersection(source.relpath for source in todo))
         summary.changed = len(changed)
+        summary.gone = sorted(writer.done_sources.difference(source.relpath for source in sources))
         with progress_bar("images", disable=not show_progress or not todo) as bar:
             task = bar.add_task(description, total=len(todo), info="")
             try:
