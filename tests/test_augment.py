@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -177,6 +178,22 @@ def test_shards_merged_equal_a_single_run(tmp_path, faces_dir, generator, model_
             assert np.array_equal(merged_data[name], single_data[name]), name
     difference = np.abs(merged_data["images"].astype(np.int64) - single_data["images"])
     assert difference.max() <= tolerance
+
+
+def test_a_shard_names_only_images_gone_from_the_input(tmp_path, people_dir, generator, model_hash):
+    """Images added to the input move the shards' boundaries: an image of this shard's output now in
+    the other shard is not reported missing; one deleted from the input is."""
+    folder = tmp_path / "in"
+    shutil.copytree(people_dir, folder)
+    options = AugmentOptions(num_shards=2, shard_index=0)
+    first = augment_dataset(folder, tmp_path / "shard0.h5", generator, model_hash, options, show_progress=False)
+    assert first.sources == 2 and first.gone == []  # angelina_jolie, kate_siegel
+    shutil.copytree(folder / "angelina_jolie", folder / "adam")  # sorts first: kate_siegel moves to shard 1
+    moved = augment_dataset(folder, tmp_path / "shard0.h5", generator, model_hash, options, show_progress=False)
+    assert moved.gone == [] and moved.resumed == 1
+    shutil.rmtree(folder / "angelina_jolie")
+    gone = augment_dataset(folder, tmp_path / "shard0.h5", generator, model_hash, options, show_progress=False)
+    assert gone.gone == ["angelina_jolie/1.jpg"]
 
 
 def test_a_different_model_is_not_mixed_in(augmented_h5, tmp_path, faces_dir, generator):

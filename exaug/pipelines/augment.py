@@ -89,8 +89,8 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
     reference = None if options.like is None else load_reference(options.like, generator, options.detection,
                                                                   options.max_pixels)
     targets = [] if reference is not None else [label_index(name) for name in options.expressions]
-    sources, batches_for = _open_input(input_path, generator, options)
-    sources = shard_sources(sources, options.num_shards, options.shard_index)
+    every_source, batches_for = _open_input(input_path, generator, options)
+    sources = shard_sources(every_source, options.num_shards, options.shard_index)
     size = options.size or generator.image_size
     run_key = {"command": "augment", "input": str(input_path.resolve()), "model_hash": model_hash,
                "expressions": [] if reference is not None else options.expressions, "intensity": options.intensity,
@@ -103,7 +103,9 @@ def augment_dataset(input_path: Path | str, output: Path | str, generator: Expre
                                lambda batch: _augmented_rows(batch, generator, targets, options.intensity, size,
                                                              reference),
                                run_key=run_key, attrs=attrs, overwrite=overwrite, description="augmenting",
-                               show_progress=show_progress)
+                               show_progress=show_progress,
+                               elsewhere={source.relpath for source in every_source}.difference(
+                                   source.relpath for source in sources))
     if options.preview:
         save_png(preview_sheet(output, options.preview_faces), options.preview)
     return summary

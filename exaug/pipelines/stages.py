@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -272,14 +273,16 @@ def changed_sources(sources: Sequence[Source], done: set[str], stamps: dict[str,
 
 def write_face_table(output: Path, sources: list[Source], batches_for: BatchSource,
                      rows_of: Callable[[AlignedBatch], FaceRows], *, run_key: dict[str, Any], attrs: dict[str, Any],
-                     overwrite: bool, description: str, show_progress: bool) -> RunSummary:
+                     overwrite: bool, description: str, show_progress: bool,
+                     elsewhere: AbstractSet[str] = frozenset()) -> RunSummary:
     """The run loop of align and augment: skip what an earlier run finished, then commit each
     batch's rows (and the sources it completes) atomically, so a killed run resumes here.
 
     An image an earlier run could not read is tried again (it may have been fixed or finished
     copying since); one in which no face was found is not (the same detector finds none again),
     unless it changed since, as any image that changed is read again, its new faces replacing the
-    old (:func:`changed_sources`)."""
+    old (:func:`changed_sources`). ``elsewhere``: the input's sources in other shards, which
+    this output's are not missing from the input when shards' boundaries move."""
     summary = RunSummary(output, sources=len(sources))
     started = time.perf_counter()
     with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
@@ -291,7 +294,7 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
         summary.resumed = len(sources) - len(todo)
         summary.retried = len(retry.intersection(source.relpath for source in todo))
         summary.changed = len(changed)
-        summary.gone = sorted(writer.done_sources.difference(source.relpath for source in sources))
+        summary.gone = sorted(writer.done_sources.difference(elsewhere, (source.relpath for source in sources)))
         with progress_bar("images", disable=not show_progress or not todo) as bar:
             task = bar.add_task(description, total=len(todo), info="")
             try:
