@@ -2,7 +2,7 @@
 between commits, with the visible output republished after every commit and as the store does it.
 
 Each run commits ``--commits`` batches of 16 faces with align --mesh's columns (a 468-point mesh,
-landmarks, transform) into a fresh HDF5 output, sleeping ``--work`` seconds between commits as
+landmarks, transform) and their sources' file stamps into a fresh HDF5 output, sleeping ``--work`` seconds between commits as
 detection would, and reports the time spent in commits (the total less the sleeps): over the first
 and the last tenth of the commits, and in all. "every_commit" republishes after each commit (exaug
 before 2026-12-03); "adaptive" is the store as it is (:data:`exaug.io.store.parts.PUBLISH_SHARE`).
@@ -24,6 +24,7 @@ import exaug.io.store.parts as parts
 from exaug.io.store import FaceRows, open_writer
 
 BATCH = 16
+STAMP = f"{123_456} {1_796_327_422_512_044_597} {'0' * 64}"  # as long as a real one (exaug.io.digest)
 
 
 def batch(index: int) -> tuple[FaceRows, list[str]]:
@@ -42,7 +43,7 @@ def run(output: Path, commits: int, work: float) -> dict:
             time.sleep(work)
             rows, sources = batch(index)
             started = time.perf_counter()
-            writer.commit(rows, sources)
+            writer.commit(rows, sources, stamps={source: STAMP for source in sources})
             spent.append(time.perf_counter() - started)
         started = time.perf_counter()
     finish = time.perf_counter() - started
