@@ -877,7 +877,10 @@ def test_merge_joins_shards_by_their_index_and_refuses_an_incomplete_set(tmp_pat
                        r".*s2.h5 is shard 2 of 3\); give all 3 parts",
              (s1,): "shards 0, 2 of 3 are missing",
              (s0, s1, s2, shard("half.h5", ["f.jpg"], 1, 2)): "shards of /data split 2 and 3 ways",
-             (s0, s1, s2, shard("again.h5", [], 1, 3)): "shard 1 of 3 of /data twice"}
+             (s0, s1, s2, shard("again.h5", [], 1, 3)): "shard 1 of 3 of /data twice",
+             (s0, shard("moved.h5", ["a.jpg", "b.jpg"], 1, 3), s2):  # the input grew between the shards' runs
+                 r"s0.h5 and .*moved.h5 \(shards 0 and 1 of 3\) both hold a.jpg: images added to or removed from "
+                 r"/data between the shards' runs .* run every shard again with --overwrite"}
     for inputs, reason in cases.items():
         with pytest.raises(ExaugError, match=reason):
             merge(list(inputs), tmp_path / "merged.h5")

@@ -95,9 +95,17 @@ def _check_mergeable(parts: Sequence[Path | str], tables: Sequence[FaceTable]) -
     for number, table in enumerate(tables):
         done, input_path = set(table.completed_sources()), (table.run_key or {}).get("input")
         for other, earlier in zip(parts, tables[:number]):
-            if (earlier.run_key or {}).get("input") == input_path and (both := done & set(earlier.completed_sources())):
-                raise ExaugError(f"{parts[number]}: holds sources {other} holds too ({sorted(both)[0]}, ...); "
-                                 "is it the same shard twice? merge each part once")
+            both = done & set(earlier.completed_sources())
+            if (earlier.run_key or {}).get("input") != input_path or not both:
+                continue
+            shards = _shard(earlier), _shard(table)
+            if None not in shards and shards[0] != shards[1]:  # two shards of a set: the input changed between runs
+                raise ExaugError(f"{other} and {parts[number]} (shards {shards[0][0]} and {shards[1][0]} of "
+                                 f"{shards[0][1]}) both hold {sorted(both)[0]}: images added to or removed from "
+                                 f"{input_path} between the shards' runs moved the boundaries between shards; run "
+                                 "every shard again with --overwrite, then merge")
+            raise ExaugError(f"{parts[number]}: holds sources {other} holds too ({sorted(both)[0]}, ...); "
+                             "is it the same shard twice? merge each part once")
     for what, values in (("model_hash", [table.attrs.get("model_hash") for table in tables]),
                          ("image size", [table.image_size for table in tables]),
                          ("--emotion list", [(table.run_key or {}).get("expressions") for table in tables]),
