@@ -49,7 +49,8 @@ INTENSITY = typer.Option(1.0, "--intensity", min=0.0, max=1.5,
                               "(half as large again). StarGAN models take 0 to 1 (1 the full target).")
 LIKE_HELP = ("A photo of someone whose expression every face takes (its largest face, found with the detection "
              "options below); the geometry-guided model only.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing output and start over (default: resume, "
+                         "reading again the images changed since).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
