@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO, cuda_only
 from exaug.cli import app
+from exaug.errors import ExaugError
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.detect import DetectionOptions
 from exaug.io.store import read_faces
@@ -175,6 +176,31 @@ def test_resuming_reads_changed_images_again_and_replaces_their_faces(tmp_path, 
         " ".join(result.stderr.split())
     with read_faces(output) as table:
         assert "paul_rudd/1.jpg" in table.source.tolist()
+
+
+def test_align_preview_shows_the_first_faces_each_under_its_identity(tmp_path, faces_dir):
+    """The sheet holds the faces as cut, 8 a row, each above its caption; a caption too long for its
+    face is cut there, not run into the next; a sheet that would land in the input is refused first."""
+    output, sheet = tmp_path / "out.h5", tmp_path / "sheet.png"
+    align_dataset(faces_dir, output, AlignOptions(preview=sheet), show_progress=False)
+    picture = np.asarray(Image.open(sheet).convert("RGB"))
+    with read_faces(output) as table:
+        count = len(table)
+        assert count == 10 and picture.shape == (2 * (128 + 16), 8 * 128, 3)
+        np.testing.assert_array_equal(picture[:128, :128], table.images[0])
+        np.testing.assert_array_equal(picture[144:272, 128:256], table.images[9])
+    assert (picture[144:, 2 * 128:] == 255).all()  # nothing after the last face
+    assert (picture[128:144, :128] < 128).any()  # a caption under the first face
+
+    from exaug.io.sheets import captioned_grid
+    faces = np.zeros((2, 64, 64, 3), np.uint8)
+    long = np.asarray(captioned_grid(faces, ["a_very_long_identity_folder_name_indeed", ""], 2))
+    assert (long[64:, :64] < 128).any() and (long[64:, 64:] == 255).all()
+
+    with pytest.raises(ExaugError, match="is inside the input"):
+        align_dataset(faces_dir, tmp_path / "never.h5", AlignOptions(preview=faces_dir / "sheet.png"),
+                      show_progress=False)
+    assert not (tmp_path / "never.h5").exists()
 
 
 def test_several_faces_given_one_identity_are_reported(tmp_path, faces_dir):
