@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from exaug.cli.eval import eval_command, report_table
@@ -153,6 +154,34 @@ def test_identity_generator_changes_nothing(generator, evaluated, ckplus_dir):
     assert unchanged.classifier.startswith(f"loaded from {saved}")
 
 
+def test_sheet_shows_each_held_out_face_in_every_expression_under_the_verdict(generator, evaluated, ckplus_dir,
+                                                                             tmp_path):
+    """With a generator that changes nothing, every cell of a row is the real face, and the judge
+    sees one expression in it: its caption is green in that one column (asked for it) and red in the
+    others; the real column's caption is green when that expression is the real one."""
+    report, saved = evaluated
+    identity = IdentityGenerator(generator, data={"validation": {"held_out_subjects": report.held_out_subjects}})
+    sheet = tmp_path / "sheet.png"
+    evaluate(identity, ckplus_dir, EvalOptions(classifier=saved, sheet=sheet, sheet_faces=3, batch_size=2, **QUICK))
+    picture = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+    size, band = generator.image_size, 16
+    assert picture.shape == (band + 3 * (size + band), 9 * size, 3)
+
+    def caption_colour(row: int, column: int) -> str:
+        top = band + row * (size + band) + size
+        pixels = picture[top:top + band, column * size:(column + 1) * size].reshape(-1, 3)
+        green = ((pixels[:, 1] > 90) & (pixels[:, 0] < 60)).any()
+        red = ((pixels[:, 0] > 140) & (pixels[:, 1] < 60)).any()
+        assert green != red
+        return "green" if green else "red"
+
+    for row in range(3):
+        top = band + row * (size + band)
+        cells = [picture[top:top + size, column * size:(column + 1) * size] for column in range(9)]
+        assert all((cell == cells[0]).all() for cell in cells)  # nothing changed
+        assert [caption_colour(row, column) for column in range(1, 9)].count("green") == 1
+
+
 def test_several_saved_classifiers_vote_as_a_panel(generator, evaluated, ckplus_dir, test_checkpoint, tmp_path):
     """--classifier repeated: the judges vote with their mean probability (the same judge twice votes
     exactly as it does alone), the report says so, and a panel cannot be saved as one classifier."""
@@ -191,8 +220,10 @@ def test_cli_writes_table_and_json(test_checkpoint, evaluated, ckplus_dir, tmp_p
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, [str(ckplus_dir), "--model", str(test_checkpoint), "--classifier", str(saved),
                                       "--val-subjects", "2", "--no-align", "--device", "cpu", "--json", str(out),
-                                      "--quiet"])
+                                      "--sheet", str(tmp_path / "sheet.png"), "--quiet"])
     assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "sheet.png").size == (9 * 64, 16 + 8 * (64 + 16))
+    assert f"sheet: {tmp_path / 'sheet.png'}" in " ".join(result.output.split())
     written = EvalReport.from_json(out.read_text())
     assert len(written.held_out_subjects) == 2 and set(written.held_out_subjects) <= set(report.held_out_subjects)
     assert "generated acc" in result.output

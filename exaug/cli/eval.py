@@ -45,6 +45,9 @@ def eval_command(
         help="Cache folder; aligned raw folders go to its aligned/ (default: ~/.cache/exaug)."),
     json_output: Optional[Path] = typer.Option(None, "--json", metavar="OUT.json", show_default=False,
                                                help="Also write the report as JSON."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", metavar="SHEET.png", show_default=False,
+                                         help="Also draw the first 8 held-out faces, real and in each expression, "
+                                              "each under what the classifier saw (green: as asked)."),
     device: DeviceChoice = DEVICE,
     batch_size: int = typer.Option(DEFAULT["batch_size"], min=1, help="Faces per classifier step and per generation batch."),
     quiet: bool = QUIET,
@@ -52,7 +55,7 @@ def eval_command(
     """Score a generator: an expression classifier's accuracy on real and generated held-out faces."""
     options = EvalOptions(val_subjects=val_subjects, seed=seed, epochs=epochs, batch_size=batch_size,
                           device=device.value, classifier=classifier or None, save_classifier=save_classifier,
-                          align=align, cache_dir=None if cache_dir is None else str(cache_dir),
+                          align=align, cache_dir=None if cache_dir is None else str(cache_dir), sheet=sheet,
                           show_progress=not quiet)
     if json_output is not None:
         check_writable(json_output)
@@ -62,6 +65,8 @@ def eval_command(
     if json_output is not None:
         atomic_write(json_output, lambda handle: handle.write(report.to_json().encode() + b"\n"))
         console.print(f"report: {json_output}", highlight=False)
+    if sheet is not None:
+        console.print(f"sheet: {sheet}", highlight=False)
 
 
 def report_table(report: EvalReport) -> Table:

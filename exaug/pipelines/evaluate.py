@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import Tensor
 
 from exaug import __version__
 from exaug.device import resolve_device
@@ -33,6 +35,9 @@ from exaug.errors import ExaugError, require_counts
 from exaug.expressions import EXPRESSIONS
 from exaug.faces.blend import feather_mask
 from exaug.io.atomic import check_writable
+from exaug.io.images import save_png
+from exaug.io.outputs import check_sheet_path
+from exaug.io.sheets import labelled_grid
 from exaug.model.generator import ExpressionGenerator
 from exaug.model.judge import Judge, JudgePanel, load_judge, panel_of
 from exaug.pipelines.training import training_data
@@ -60,6 +65,8 @@ class EvalOptions:
     align: bool = True
     cache_dir: str | None = None
     max_faces: int | None = None
+    sheet: Path | None = None  # also draw the first held-out faces, generated, with the judge's verdicts
+    sheet_faces: int = 8
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -104,6 +111,8 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
         raise ExaugError(f"the generator's expressions {generator.expressions} are not exaug's {EXPRESSIONS}")
     if options.save_classifier is not None:
         check_writable(options.save_classifier)
+    if options.sheet is not None:
+        check_sheet_path(options.sheet, data_path, data_path)
     faces = _load(generator, Path(data_path), options)
     train_pos, held_pos, split = _split(faces, generator.meta, options)
     rng = np.random.default_rng(options.seed)
@@ -116,6 +125,8 @@ def evaluate(generator: ExpressionGenerator, data_path: Path | str, options: Eva
     trained = time.perf_counter()
 
     scores = _score(generator, judge, held, options)
+    if options.sheet is not None:
+        save_png(verdict_sheet(scores.shown, judge), options.sheet)
     finished = time.perf_counter()
     real_count = np.bincount(held.labels, minlength=len(EXPRESSIONS))
     judged = np.array([name in judge.expressions for name in EXPRESSIONS])
@@ -241,11 +252,49 @@ def _loaded_judge(path: Path, held: FaceSet, image_size: int, device: str) -> Ju
 
 
 @dataclass
+class _Shown:
+    """The first held-out faces, what they became, and what the judge saw in each."""
+
+    faces: list[Tensor] = field(default_factory=list)  # (n, 3, S, S) uint8 per batch
+    generated: list[Tensor] = field(default_factory=list)  # (n, E, 3, S, S)
+    labels: list[Tensor] = field(default_factory=list)  # (n,) the real faces' expressions
+    real_judged: list[Tensor] = field(default_factory=list)  # (n,)
+    generated_judged: list[Tensor] = field(default_factory=list)  # (n, E)
+
+    def add(self, room: int, *columns: Tensor) -> None:
+        for kept, column in zip((self.faces, self.generated, self.labels, self.real_judged, self.generated_judged),
+                                columns):
+            kept.append(column[:room].cpu())
+
+    def __len__(self) -> int:
+        return sum(len(faces) for faces in self.faces)
+
+
+@dataclass
 class _Scores:
     real_correct: np.ndarray  # (E,) held-out real faces the classifier got right, per expression
     generated_correct: np.ndarray  # (E,) generated faces classified as the target they were made for
     outside_change: float
     cycle_error: float
+    shown: _Shown
+
+
+def verdict_sheet(shown: _Shown, judge: Judge | JudgePanel) -> Image.Image:
+    """Rows: held-out faces; columns: the real face, then each expression generated from it; under
+    each, what the judge saw (under the real face, its label first): green when it is what was asked
+    (the real label), red when not, black for an expression the judge has no class for."""
+    if not len(shown):
+        raise ExaugError("no held-out faces to draw")
+    faces, generated = torch.cat(shown.faces), torch.cat(shown.generated)
+    grid = torch.cat([faces[:, None], generated], 1).permute(0, 1, 3, 4, 2).numpy()
+    judged = torch.cat([torch.cat(shown.real_judged)[:, None], torch.cat(shown.generated_judged)], 1).numpy()
+    asked = np.concatenate([torch.cat(shown.labels).numpy()[:, None],
+                            np.broadcast_to(np.arange(len(EXPRESSIONS)), (len(faces), len(EXPRESSIONS)))], 1)
+    known = np.array([name in judge.expressions for name in EXPRESSIONS])[asked]
+    marks = np.where(known, (judged == asked).astype(np.int8), -1)
+    captions = [[f"{EXPRESSIONS[real]}: {EXPRESSIONS[row[0]]}", *(EXPRESSIONS[index] for index in row[1:])]
+                for real, row in zip(asked[:, 0], judged)]
+    return labelled_grid(grid, ["real: judged", *EXPRESSIONS], captions, marks)
 
 
 def _score(generator: ExpressionGenerator, judge: Judge | JudgePanel, held: FaceSet, options: EvalOptions) -> _Scores:
@@ -260,19 +309,23 @@ def _score(generator: ExpressionGenerator, judge: Judge | JudgePanel, held: Face
     generated_correct = np.zeros(count, np.int64)
     outside_sum = cycle_sum = 0.0
     cycle_terms = 0
+    shown = _Shown()
     with progress_bar("faces", disable=not options.show_progress) as bar:
         task = bar.add_task("rendering held-out faces", total=len(held), info="")
         for start in range(0, len(held), options.batch_size):
             positions = np.arange(start, min(start + options.batch_size, len(held)))
             faces = held.faces_at(positions, size).to(generator.device)
             labels = torch.from_numpy(held.labels[positions])
-            real_hits = judge.predict(faces, template=generator.template, batch_size=options.batch_size) == labels
+            real_judged = judge.predict(faces, template=generator.template, batch_size=options.batch_size)
+            real_hits = real_judged == labels
             real_correct += np.bincount(labels[real_hits].numpy(), minlength=count)
 
             generated = generator.generate_all(faces, EXPRESSIONS)  # (n, E, 3, S, S)
             flat = generated.flatten(0, 1)
             predicted = judge.predict(flat, template=generator.template, batch_size=options.batch_size).view(-1, count)
             generated_correct += (predicted == torch.arange(count)).sum(dim=0).numpy()
+            if options.sheet is not None and len(shown) < options.sheet_faces:
+                shown.add(options.sheet_faces - len(shown), faces, generated, labels, real_judged, predicted)
 
             change = (generated.float() - faces[:, None].float()).abs()
             outside_sum += float(change[..., outside].mean(dim=(2, 3)).sum())
@@ -284,4 +337,4 @@ def _score(generator: ExpressionGenerator, judge: Judge | JudgePanel, held: Face
             cycle_terms += int(other.sum())
             bar.update(task, advance=len(positions))
     return _Scores(real_correct, generated_correct, outside_change=outside_sum / (len(held) * count),
-                   cycle_error=cycle_sum / cycle_terms)
+                   cycle_error=cycle_sum / cycle_terms, shown=shown)
