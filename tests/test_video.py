@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,38 @@ def portrait_clip(tmp_path_factory, people_dir) -> Path:
     """20 frames (0.8 s at 25 fps) of a camera drifting over a real portrait: one face, 320x240."""
     return photo_clip(tmp_path_factory.mktemp("portrait") / "portrait.mp4",
                       [Shot(people_dir / "angelina_jolie" / "1.jpg", 20, (0.1, 0.05, 0.85), (0.15, 0.1, 0.75))])
+
+
+def test_preview_shows_the_edited_face_before_and_after_at_moments_of_the_clip(portrait_clip, test_checkpoint,
+                                                                                tmp_path):
+    """Two rows (frames 5 and 15 of 20): the face as it came in and as it went out, cut from the
+    frames, the two differing; a clip whose faces are never edited writes no sheet; a sheet that
+    could not be one is refused before the work."""
+    generator = ExpressionGenerator.load(test_checkpoint, "cpu")
+    sheet = tmp_path / "sheet.png"
+    options = VideoOptions(emotion="surprise", preset="veryfast", preview=sheet, preview_rows=2)
+    summary = edit_video(portrait_clip, tmp_path / "out.mp4", generator, options, show_progress=False)
+    assert summary.preview == sheet
+    picture = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+    assert picture.shape == (16 + 2 * (256 + 16), 2 * 256, 3)
+    for row in range(2):
+        top = 16 + row * (256 + 16)
+        before, after = picture[top:top + 256, :256], picture[top:top + 256, 256:]
+        assert before.std() > 20  # a face, not an empty crop
+        assert np.abs(before - after).mean() > 1.0  # edited
+        assert np.abs(before - after)[:32].mean() < np.abs(before - after)[96:224].mean()  # the face, not its margin
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)).save(noise)
+    faceless = photo_clip(tmp_path / "faceless.mp4", [Shot(noise, 6, (0.0, 0.0, 1.0))])
+    quiet = edit_video(faceless, tmp_path / "quiet.mp4", generator, replace(options, preview=tmp_path / "none.png"),
+                       show_progress=False)
+    assert quiet.preview is None and not (tmp_path / "none.png").exists()
+
+    with pytest.raises(ExaugError, match="the preview is a PNG"):
+        edit_video(portrait_clip, tmp_path / "never.mp4", generator, replace(options, preview=tmp_path / "sheet.jpg"),
+                   show_progress=False)
+    assert not (tmp_path / "never.mp4").exists()
 
 
 def test_start_end_and_ramp_edit_only_that_span(portrait_clip, test_checkpoint, tmp_path):

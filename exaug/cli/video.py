@@ -32,6 +32,9 @@ def video_command(
     crf: int = typer.Option(VideoOptions.crf, "--crf", min=0, max=51, help="x264 quality: lower is better and larger."),
     preset: str = typer.Option(VideoOptions.preset, "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
+    preview: Path = typer.Option(None, "--preview", metavar="SHEET.png",
+                                 help="Also write a PNG sheet: the largest edited face before and after, at four "
+                                      "moments spread over the clip."),
     start: str = typer.Option(None, "--start", metavar="TIME",
                               help="Edit from this time on (seconds or [HH:]MM:SS.s; default: the start)."),
     end: str = typer.Option(None, "--end", metavar="TIME",
@@ -65,7 +68,7 @@ def video_command(
     options = VideoOptions(emotion=target or VideoOptions.emotion, like=like, intensity=intensity,  # like wins
                            detection=detection_options(faces, min_face_size, threshold, max_side), crf=crf,
                            preset=preset, side_by_side=side_by_side, chunk_size=chunk_size, span=span,
-                           detect_every=detect_every)
+                           detect_every=detect_every, preview=preview)
     try:
         summary = edit_video(input_path, output, generator, options, show_progress=not quiet)
     except KeyboardInterrupt:  # the video is written whole or not at all (exaug.io.video.VideoWriter)
@@ -77,6 +80,9 @@ def video_command(
                   f"detection on {_frames(summary.detections)} "
                   f"(and around lost faces on {_frames(summary.crop_detections)}), "
                   f"{summary.frames_per_second:.1f} frames/s ({stages})", highlight=False)
+    if preview is not None:
+        console.print(f"preview: {preview}" if summary.preview else "preview: not written, no face was edited",
+                      highlight=False)
     if summary.reference:
         console.print(f"expression like {summary.reference['path']} (sha256 {summary.reference['sha256'][:16]}..., "
                       f"face at {summary.reference['box']})", highlight=False)

@@ -32,13 +32,15 @@ from exaug.faces.detect import DetectionOptions
 from exaug.faces.follow import FaceFollower, FollowOptions
 from exaug.faces.mesh import FaceMesh
 from exaug.faces.track import TrackedFace
-from exaug.io.outputs import check_not_input
+from exaug.io.images import save_png
+from exaug.io.outputs import check_not_input, check_sheet_path
 from exaug.io.video import FrameChunk, VideoWriter, check_container, probe, read_frames
 from exaug.model.generator import ExpressionGenerator
 from exaug.pipelines.like import check_intensity, load_reference
 from exaug.pipelines.stages import StageTimer, half_the_threads, in_background
 from exaug.pipelines.timespan import TimeSpan
 from exaug.pipelines.video_faces import EditedFaces, FaceEditor
+from exaug.pipelines.video_sheet import BeforeAfter
 from exaug.progress import progress_bar
 
 STAGES = ("decode", "detect", "track", "generate", "blend", "encode")
@@ -60,6 +62,8 @@ class VideoOptions:
     chunk_size: int = 4
     span: TimeSpan = field(default_factory=TimeSpan)
     detect_every: int = 10
+    preview: Path | None = None  # also a PNG sheet: an edited face before and after at moments of the clip
+    preview_rows: int = 4
 
 
 @dataclass
@@ -73,6 +77,7 @@ class VideoSummary:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     reference: dict | None = None  # the --like photo (path, sha256, face box), also in the video's tags
+    preview: Path | None = None  # the before/after sheet written (none when no face was edited)
 
     @property
     def faces_left(self) -> int:
@@ -92,6 +97,8 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     input_path, output = Path(input_path), Path(output)
     check_not_input(input_path, output)
     check_container(output)
+    if options.preview:  # before the work, not after it
+        check_sheet_path(options.preview, input_path, output)
     info = probe(input_path)
     span = options.span
     if span.start is not None and info.duration and span.start >= info.duration:
@@ -103,8 +110,10 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     follower = FaceFollower(options.detection.detector(device, 1), FaceMesh(),
                             FollowOptions(detect_every=options.detect_every),
                             fps=float(info.fps) if info.fps else 25.0, timer=timer)
-    editor = FaceEditor(generator, options.emotion, options.intensity, like=None if reference is None else reference.face)
+    editor = FaceEditor(generator, options.emotion, options.intensity,
+                        like=None if reference is None else reference.face, measure_change=options.preview is not None)
     summary = VideoSummary(output, reference=None if reference is None else reference.record())
+    sheet = None if options.preview is None else BeforeAfter(options.preview_rows, info.frames, float(info.fps or 25))
     tags = {} if reference is None else {"exaug_like": json.dumps(summary.reference)}
     started = time.perf_counter()
     width = 2 * info.width if options.side_by_side else info.width
@@ -122,8 +131,12 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
             with timer("blend"):
                 result = chunk.frames  # a chunk without faces passes through untouched
                 if edited:
+                    if sheet is not None:
+                        sheet.before(summary.frames, chunk.times, chunk.frames, edited)
                     canvas = frames.clone() if options.side_by_side and frames.device.type == "cpu" else frames
                     result = editor.paste(canvas, edited, weights).cpu().numpy()
+                    if sheet is not None:
+                        sheet.after(result)
                 if options.side_by_side:
                     result = np.concatenate([chunk.frames, result], axis=2)
             with timer("encode"):
@@ -174,4 +187,7 @@ def edit_video(input_path: Path | str, output: Path | str, generator: Expression
     summary.seconds = time.perf_counter() - started
     summary.detections, summary.crop_detections = follower.detections, follower.crop_detections
     summary.stage_seconds = {stage: timer.seconds.get(stage, 0.0) for stage in STAGES}
+    if sheet is not None and (picture := sheet.sheet()) is not None:
+        save_png(picture, options.preview)
+        summary.preview = options.preview
     return summary

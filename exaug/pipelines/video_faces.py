@@ -35,6 +35,8 @@ class EditedFaces:
     faces: torch.Tensor  # (n, 3, S, S) uint8
     transforms: torch.Tensor  # (n, 2, 3) frame pixel -> aligned pixel
     frame_index: np.ndarray  # (n,) the frame of the chunk each face is in
+    change: np.ndarray | None = None  # (n,) mean absolute change of each face in grey levels, when measured
+    # (FaceEditor's measure_change: video --preview shows the most changed)
 
 
 class FaceEditor:
@@ -42,8 +44,10 @@ class FaceEditor:
     reference face ``like``) and pastes them back."""
 
     def __init__(self, generator: ExpressionGenerator | GuidedExpressionGenerator, emotion: str,
-                 intensity: float = 1.0, *, like: torch.Tensor | None = None, max_size: int = MAX_SIZE):
+                 intensity: float = 1.0, *, like: torch.Tensor | None = None, max_size: int = MAX_SIZE,
+                 measure_change: bool = False):
         self.generator, self.emotion, self.intensity, self.like = generator, emotion, intensity, like
+        self.measure_change = measure_change
         self.full_resolution = generator.resolution_free
         self.template = generator.template or "exaug"
         self.max_size = max(max_size, generator.image_size)
@@ -88,7 +92,9 @@ class FaceEditor:
                 extra["like"] = self.like
             edited = self.generator.generate(crops, None if self.like is not None else self.emotion,
                                              intensity=intensity, **extra)
-            groups.append(EditedFaces(edited, transforms, frame_index[members]))
+            change = ((edited.float() - crops.float()).abs().mean(dim=(1, 2, 3)).cpu().numpy()
+                      if self.measure_change else None)
+            groups.append(EditedFaces(edited, transforms, frame_index[members], change))
         return groups
 
     def paste(self, frames: torch.Tensor, groups: list[EditedFaces], opacity: np.ndarray) -> torch.Tensor:
