@@ -288,13 +288,15 @@ def write_face_table(output: Path, sources: list[Source], batches_for: BatchSour
     with open_writer(output, run_key=run_key, attrs=attrs, overwrite=overwrite) as writer:
         failed_before = writer.failures
         retry = {source for source, reason in failed_before.items() if reason != NO_FACE}
-        changed = changed_sources(sources, writer.done_sources - retry, writer.stamps)
+        finished = writer.done_sources  # a copy: taken once, not once per source
+        changed = changed_sources(sources, finished - retry, writer.stamps)
         writer.redo(changed)
-        todo = [source for source in sources if source.relpath not in writer.done_sources - retry - changed]
+        skipped = finished - retry - changed
+        todo = [source for source in sources if source.relpath not in skipped]
         summary.resumed = len(sources) - len(todo)
         summary.retried = len(retry.intersection(source.relpath for source in todo))
         summary.changed = len(changed)
-        summary.gone = sorted(writer.done_sources.difference(elsewhere, (source.relpath for source in sources)))
+        summary.gone = sorted(finished.difference(elsewhere, (source.relpath for source in sources)))
         with progress_bar("images", disable=not show_progress or not todo) as bar:
             task = bar.add_task(description, total=len(todo), info="")
             try:
