@@ -154,15 +154,16 @@ def write_final(path: Path, tables: Sequence[FaceTable], attrs: dict[str, Any], 
                 latest: bool = True) -> None:
     """One self-contained, compressed file holding ``tables`` in order: consolidation (a run's parts:
     ``latest``, see :func:`~exaug.io.store.table.concat_tables`) and merge (whole outputs)."""
-    joined = concat_tables(tables, latest=latest)
-    kept = latest_rows(tables) if latest else [np.arange(len(table)) for table in tables]
+    kept = latest_rows(tables) if latest else None
+    joined = concat_tables(tables, kept)
+    copied = kept if kept is not None else [np.arange(len(table)) for table in tables]
     shape = (len(joined), *_image_size(tables, attrs), 3)
     with writing_h5(path) as h5:
         _write_header(h5, attrs, run_key)
         write_columns(h5, joined, compress=True)
         images = h5.create_dataset("images", shape=shape, dtype=np.uint8, **_chunked(shape, np.uint8))
         offset = 0
-        for table, rows in zip(tables, kept):
+        for table, rows in zip(tables, copied):
             for start, stop in row_runs(rows):
                 for first in range(start, stop, _COPY_ROWS):
                     block = table.images[first:min(first + _COPY_ROWS, stop)]

@@ -107,7 +107,7 @@ class FaceWriter(ABC):
     def _ledger(self) -> FaceTable:
         """Metadata of every standing row, in commit order (joined when asked for: publishing)."""
         if self._joined is None:
-            self._joined = concat_tables(self._tables)
+            self._joined = concat_tables(self._tables, self._latest)
         return self._joined
 
     @property

@@ -84,25 +84,31 @@ def rows_table(rows: FaceRows, done: Sequence[str], failures: Sequence[tuple[str
                      stamps={source: stamps[source] for source in done if source in (stamps or {})})
 
 
+def _last_completions(tables: Sequence[FaceTable]) -> dict[str, int]:
+    """Each source -> the last of ``tables`` that completes it: a resumed run reads again an image
+    that changed or could not be read, and that table's outcome (rows, failure, stamp) stands."""
+    return {source: number for number, table in enumerate(tables) for source in table.completed_sources()}
+
+
 def latest_rows(tables: Sequence[FaceTable]) -> list[np.ndarray]:
-    """Each table's row numbers, less the rows of sources a later table completes again: a resumed
-    run reads again an image that changed or could not be read, and its new rows replace the old."""
+    """Each table's row numbers, less the rows of sources a later table completes again."""
+    last = _last_completions(tables)
     kept: list[np.ndarray] = []
-    completed_later: set[str] = set()
-    for table in reversed(tables):
-        replaced = np.array([source in completed_later for source in table.sources], bool)
+    for number, table in enumerate(tables):
+        replaced = np.array([last.get(source, number) != number for source in table.sources], bool)
         kept.append(np.flatnonzero(~replaced[table.source_index]) if replaced.any() else np.arange(len(table)))
-        completed_later.update(table.completed_sources())
-    return kept[::-1]
+    return kept
 
 
-def concat_tables(tables: Sequence[FaceTable], *, latest: bool = True) -> FaceTable:
+def concat_tables(tables: Sequence[FaceTable], kept: Sequence[np.ndarray] | None = None) -> FaceTable:
     """Tables one after the other, identity and source indices remapped so names keep their order of
-    first appearance. With ``latest`` (one run's parts), a source completed again replaces its
-    earlier rows, failure and stamp (:func:`latest_rows`); merging the outputs of different inputs,
-    which may share relative names, keeps every row. The result has no images: callers copy or
-    reference those per table, the rows :func:`latest_rows` says."""
-    kept = latest_rows(tables) if latest else [np.arange(len(table)) for table in tables]
+    first appearance. One run's parts are joined with ``kept`` = :func:`latest_rows`: a source
+    completed again replaces its earlier rows, failure and stamp. Without ``kept`` every row and
+    failure is joined: merging the outputs of different inputs, which may share relative names. The
+    result has no images: callers copy or reference those per table, the rows ``kept`` says."""
+    last = _last_completions(tables)
+    everything = kept is None
+    kept = [np.arange(len(table)) for table in tables] if kept is None else kept
     filled = [_rows_of(table, rows) for table, rows in zip(tables, kept) if len(rows)]
     check_same_extras([table.extra for table in filled])
     identities: dict[str, int] = {}
@@ -113,11 +119,9 @@ def concat_tables(tables: Sequence[FaceTable], *, latest: bool = True) -> FaceTa
     def joined(columns: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate([np.zeros(0, dtype), *columns]).astype(dtype)
 
-    stamps: dict[str, str] = {}
-    for table in tables:
-        for source in table.completed_sources():
-            stamps.pop(source, None)
-        stamps.update(table.stamps)
+    def standing(number: int, source: str) -> bool:
+        return everything or last.get(source, number) == number
+
     return FaceTable(
         identities=list(identities),
         identity_index=joined(identity_index, np.int32),
@@ -127,10 +131,12 @@ def concat_tables(tables: Sequence[FaceTable], *, latest: bool = True) -> FaceTa
         face=joined([t.face for t in filled], np.int16),
         synthetic=joined([t.synthetic for t in filled], bool),
         extra={name: np.concatenate([t.extra[name] for t in filled]) for name in (filled[0].extra if filled else {})},
-        failures=standing_failures(tables) if latest else [failure for table in tables for failure in table.failures],
+        failures=[failure for number, table in enumerate(tables) for failure in table.failures
+                  if standing(number, failure[0])],
         paths=[path for t in filled for path in t.paths] if all(t.paths is not None for t in filled) else None,
         done=list(dict.fromkeys(source for table in tables for source in table.completed_sources())),
-        stamps=stamps,
+        stamps={source: stamp for number, table in enumerate(tables) for source, stamp in table.stamps.items()
+                if last.get(source, number) == number},
     )
 
 
@@ -151,17 +157,6 @@ def _rows_of(table: FaceTable, rows: np.ndarray) -> FaceTable:
     return FaceTable(identities, identity_index, sources, source_index, table.expression[rows], table.face[rows],
                      table.synthetic[rows], {name: values[rows] for name, values in table.extra.items()},
                      table.failures, paths=[table.paths[row] for row in rows] if table.paths is not None else None)
-
-
-def standing_failures(tables: Sequence[FaceTable]) -> list[tuple[str, str]]:
-    """The tables' failures, less those a later table completes again: a resumed run retries an
-    image that could not be read, and its new outcome replaces the old record."""
-    standing: list[tuple[str, str]] = []
-    completed_later: set[str] = set()
-    for table in reversed(tables):
-        standing += reversed([failure for failure in table.failures if failure[0] not in completed_later])
-        completed_later.update(table.completed_sources())
-    return standing[::-1]
 
 
 def size_from_attrs(attrs: dict[str, Any]) -> tuple[int, int]:
