@@ -33,8 +33,8 @@ def video_command(
     preset: str = typer.Option(VideoOptions.preset, "--preset", help="x264 speed preset (ultrafast ... veryslow)."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input and output next to each other."),
     preview: Path = typer.Option(None, "--preview", metavar="SHEET.png",
-                                 help="Also write a PNG sheet: the largest edited face before and after, at four "
-                                      "moments spread over the clip."),
+                                 help="Also write a PNG sheet: an edited face (a large one the edit changed "
+                                      "most) before and after, at four moments spread over the clip."),
     start: str = typer.Option(None, "--start", metavar="TIME",
                               help="Edit from this time on (seconds or [HH:]MM:SS.s; default: the start)."),
     end: str = typer.Option(None, "--end", metavar="TIME",

@@ -1,9 +1,10 @@
 """A before/after sheet of an edited video: the edit looked at in a second, without playing the clip.
 
 Rows are moments spread evenly over the clip; each shows one edited face of that frame (a large
-one the edit changed most) as it came in and as it went out, cut from the frames themselves (the aligned square the
-face was edited in, a little wider), at :data:`SIDE` pixels. Frames are shown as they are written;
-each row keeps the edited frame nearest its moment, so nothing but a few small crops is held.
+one the edit changed most) as it came in and as it went out, cut from the frames themselves (the
+aligned square the face was edited in, a little wider), at :data:`SIDE` pixels. Frames are shown as
+they are written; each row keeps the cut of the edited frame nearest its moment (so nothing but a
+few cuts is held), and only those are resized, once, for the sheet.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MARGIN = 1.25  # the crop: the face's aligned square, this much wider
 class _Row:
     distance: float  # frames from the row's moment
     time: float
-    before: np.ndarray  # (SIDE, SIDE, 3)
+    before: np.ndarray  # (s, s, 3): the square around the face, at the frame's resolution
     after: np.ndarray | None = None
     index: int = 0  # the frame in its chunk, until ``after`` is cut
     box: np.ndarray | None = None
@@ -52,12 +53,12 @@ class BeforeAfter:
             distance = abs(float(self.moments[row]) - frame)
             held = self._pending.get(row) or self.rows[row]
             if held is None or distance < held.distance:
-                self._pending[row] = _Row(distance, float(times[index]), _crop(frames[index], box), index=index, box=box)
+                self._pending[row] = _Row(distance, float(times[index]), _cut(frames[index], box), index=index, box=box)
 
     def after(self, frames: np.ndarray) -> None:
         """The same chunk's frames with the faces pasted."""
         for row, picked in self._pending.items():
-            picked.after = _crop(frames[picked.index], picked.box)
+            picked.after = _cut(frames[picked.index], picked.box)
             self.rows[row] = picked
         self._pending = {}
 
@@ -66,7 +67,7 @@ class BeforeAfter:
         rows = [row for row in self.rows if row is not None]
         if not rows:
             return None
-        grid = np.stack([np.stack([row.before, row.after]) for row in rows])
+        grid = np.stack([np.stack([_resized(row.before), _resized(row.after)]) for row in rows])
         captions = [[f"{row.time:.2f} s", f"{row.time:.2f} s"] for row in rows]
         return labelled_grid(grid, ["before", "after"], captions)
 
@@ -93,9 +94,9 @@ def _shown_faces(edited: list[EditedFaces]) -> dict[int, np.ndarray]:
     return shown
 
 
-def _crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """The square around ``box`` (x0, y0, x1, y1), :data:`MARGIN` times its side, at SIDE pixels; the
-    part outside the frame is black."""
+def _cut(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The square around ``box`` (x0, y0, x1, y1), :data:`MARGIN` times its side, at the frame's
+    resolution; the part outside the frame is black."""
     centre, half = (box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max()) * MARGIN / 2
     x0, y0 = (centre - half).round().astype(int)
     size = max(1, int(round(2 * half)))
@@ -104,4 +105,8 @@ def _crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     left, top, right, bottom = max(x0, 0), max(y0, 0), min(x0 + size, width), min(y0 + size, height)
     if right > left and bottom > top:
         canvas[top - y0:bottom - y0, left - x0:right - x0] = frame[top:bottom, left:right]
-    return np.asarray(Image.fromarray(canvas).resize((SIDE, SIDE), Image.Resampling.LANCZOS))
+    return canvas
+
+
+def _resized(cut: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(cut).resize((SIDE, SIDE), Image.Resampling.LANCZOS))
